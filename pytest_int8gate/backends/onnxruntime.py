@@ -1,0 +1,130 @@
+"""ONNX Runtime on the CPU: the embedded default backend.
+
+INT8 runs in one of two modes. ``simulated`` (default) disables graph optimisations, so each Q/DQ pair
+is computed in float: exactly the arithmetic TensorRT's int8 kernels reproduce. ``fused`` lets ONNX
+Runtime fuse Q/DQ into its int8 kernels, which are exact on CPUs with VNNI but can saturate on AVX2
+CPUs without it; the CPU's features are therefore part of every description.
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from ..errors import BackendError
+from . import ORT_MODES, BackendInfo
+
+#: CPU flags that decide how ONNX Runtime's int8 kernels behave.
+INT8_CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
+
+
+@functools.cache
+def cpu_features() -> tuple[str, ...]:
+    """The int8-relevant instruction-set flags of this CPU (Linux /proc/cpuinfo; empty elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ()
+    flags: set[str] = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    return tuple(f for f in INT8_CPU_FLAGS if f in flags)
+
+
+def has_vnni() -> bool:
+    return any(f in cpu_features() for f in ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp"))
+
+
+def device_text() -> str:
+    features = " ".join(cpu_features()) or "no int8 flags known"
+    vnni = "VNNI" if has_vnni() else "no VNNI"
+    return f"cpu {platform.machine()} ({vnni}: {features})"
+
+
+class OrtRunner:
+    """One ONNX Runtime CPU session."""
+
+    def __init__(
+        self, model: onnx.ModelProto, *, precision: str, optimize: bool, threads: int = 0, mode: str = ""
+    ) -> None:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = (
+            ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            if optimize
+            else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        )
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self._session = ort.InferenceSession(
+                model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:
+            raise BackendError(f"ONNX Runtime could not build the {precision} model: {exc}") from exc
+        self._output_names = tuple(o.name for o in self._session.get_outputs())
+        self._info = BackendInfo(
+            backend="onnxruntime",
+            version=ort.__version__,
+            device=device_text(),
+            precision=precision,
+            mode=mode,
+            options={
+                "graph_optimization": "all" if optimize else "disabled",
+                "threads": str(threads or "auto"),
+            },
+        )
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return self._output_names
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            values = self._session.run(None, dict(feeds))
+        except Exception as exc:
+            raise BackendError(f"ONNX Runtime failed to run the {self._info.precision} model: {exc}") from exc
+        return {name: np.asarray(value) for name, value in zip(self._output_names, values, strict=True)}
+
+    def describe(self) -> BackendInfo:
+        return self._info
+
+
+class OrtBackend:
+    """FP32 and INT8 sessions on the CPU execution provider."""
+
+    name = "onnxruntime"
+
+    def __init__(self, mode: str = "simulated", threads: int = 0) -> None:
+        if mode not in ORT_MODES:
+            raise BackendError(
+                f"unknown ONNX Runtime INT8 mode {mode!r}; choose one of {', '.join(ORT_MODES)}."
+            )
+        self.mode = mode
+        self.threads = threads
+
+    def fp32_runner(self, model: onnx.ModelProto) -> OrtRunner:
+        return OrtRunner(model, precision="fp32", optimize=True, threads=self.threads)
+
+    def int8_runner(self, model: onnx.ModelProto) -> OrtRunner:
+        return OrtRunner(
+            model, precision="int8", optimize=self.mode == "fused", threads=self.threads, mode=self.mode
+        )
+
+    def describe(self) -> BackendInfo:
+        return BackendInfo(
+            backend="onnxruntime",
+            version=ort.__version__,
+            device=device_text(),
+            precision="int8",
+            mode=self.mode,
+            options={"threads": str(self.threads or "auto")},
+        )

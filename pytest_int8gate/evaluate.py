@@ -1,0 +1,227 @@
+"""Run FP32 and INT8 runners over evaluation data and measure how far INT8 strays from FP32.
+
+Metrics accumulate batch by batch (memory grows only by one float per sample, plus the outputs when a
+user KPI needs them). NaN or Inf in any output is a failure, never a number.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .backends import Runner
+from .data import Dataset, Feeds
+from .errors import DataError, NonFiniteOutputError
+
+#: A user KPI: (outputs [N, ...], labels or None) -> score, higher is better.
+KpiFunction = Callable[[np.ndarray, "np.ndarray | None"], float]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """INT8 against FP32 on one output: every measured number, by metric name."""
+
+    output_name: str
+    num_samples: int
+    fp32: Mapping[str, float]
+    int8: Mapping[str, float]
+    per_sample_cosine: np.ndarray = field(repr=False, compare=False)
+
+    def metric(self, name: str) -> float:
+        return self.int8[name]
+
+
+def select_output(runner: Runner, output_name: str | None) -> str:
+    names = runner.output_names
+    if output_name is None:
+        return names[0]
+    if output_name not in names:
+        raise DataError(f"output {output_name!r} is not an output of the model; outputs are {list(names)}.")
+    return output_name
+
+
+def check_finite(array: np.ndarray, *, precision: str, output: str, first_sample: int) -> None:
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        flat = array.reshape(array.shape[0], -1) if array.ndim else array.reshape(1, 1)
+        bad = int(np.argwhere(~np.isfinite(flat))[0][0]) + first_sample
+        kind = "NaN" if np.isnan(array).any() else "Inf"
+        raise NonFiniteOutputError(f"the {precision} model's output {output!r} is {kind} at sample {bad}.")
+
+
+def run_output(runner: Runner, feeds: Feeds, output: str, *, precision: str, first_sample: int) -> np.ndarray:
+    value = runner.run(feeds)[output]
+    check_finite(value, precision=precision, output=output, first_sample=first_sample)
+    return value
+
+
+class MetricAccumulator:
+    """Streams (fp32, int8, labels) batches into the comparison metrics."""
+
+    def __init__(self, *, labels: bool, keep_outputs: bool = False) -> None:
+        self.labels = labels
+        self.keep_outputs = keep_outputs
+        self.count = 0
+        self.cosines: list[np.ndarray] = []
+        self.signal = 0.0
+        self.noise = 0.0
+        self.max_abs = 0.0
+        self.agree = 0
+        self.fp32_top1 = 0
+        self.int8_top1 = 0
+        self.fp32_top5 = 0
+        self.int8_top5 = 0
+        self.classes: int | None = None
+        self.kept: tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]] = ([], [], [])
+
+    def add(self, fp32: np.ndarray, int8: np.ndarray, labels: np.ndarray | None = None) -> None:
+        if fp32.shape != int8.shape:
+            raise DataError(f"FP32 output shape {fp32.shape} differs from INT8 output shape {int8.shape}.")
+        n = fp32.shape[0]
+        a = fp32.reshape(n, -1).astype(np.float64)
+        b = int8.reshape(n, -1).astype(np.float64)
+        diff = a - b
+        na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+        denom = na * nb
+        dots = np.einsum("ij,ij->i", a, b)
+        cos = np.where(
+            denom > 0, dots / np.where(denom > 0, denom, 1.0), np.where((na == 0) & (nb == 0), 1.0, 0.0)
+        )
+        self.cosines.append(np.clip(cos, -1.0, 1.0))
+        self.signal += float(np.sum(a * a))
+        self.noise += float(np.sum(diff * diff))
+        self.max_abs = max(self.max_abs, float(np.max(np.abs(diff))) if diff.size else 0.0)
+        classes = classification_view(fp32)
+        if classes is not None:
+            fc, ic = classes, classification_view(int8)
+            assert ic is not None
+            self.classes = fc.shape[1]
+            f1, i1 = fc.argmax(axis=1), ic.argmax(axis=1)
+            self.agree += int(np.sum(f1 == i1))
+            if labels is not None:
+                self.fp32_top1 += int(np.sum(f1 == labels))
+                self.int8_top1 += int(np.sum(i1 == labels))
+                self.fp32_top5 += _topk_hits(fc, labels, 5)
+                self.int8_top5 += _topk_hits(ic, labels, 5)
+        if self.keep_outputs:
+            self.kept[0].append(fp32)
+            self.kept[1].append(int8)
+            if labels is not None:
+                self.kept[2].append(labels)
+        self.count += n
+
+    def result(self, output_name: str, kpi: KpiFunction | None = None) -> Comparison:
+        cos = np.concatenate(self.cosines) if self.cosines else np.zeros(0)
+        fp32: dict[str, float] = {}
+        int8: dict[str, float] = {
+            "cosine": float(cos.mean()) if cos.size else 1.0,
+            "cosine_min": float(cos.min()) if cos.size else 1.0,
+            "sqnr_db": sqnr_db(self.signal, self.noise),
+            "max_abs_error": self.max_abs,
+        }
+        n = max(self.count, 1)
+        if self.classes is not None:
+            int8["top1_agreement"] = self.agree / n
+            if self.labels:
+                fp32["top1"] = self.fp32_top1 / n
+                int8["top1"] = self.int8_top1 / n
+                fp32["top5"] = self.fp32_top5 / n
+                int8["top5"] = self.int8_top5 / n
+        if kpi is not None:
+            outs_f = np.concatenate(self.kept[0])
+            outs_i = np.concatenate(self.kept[1])
+            labels = np.concatenate(self.kept[2]) if self.kept[2] else None
+            fp32["kpi"] = float(kpi(outs_f, labels))
+            int8["kpi"] = float(kpi(outs_i, labels))
+        return Comparison(output_name, self.count, fp32, int8, cos)
+
+
+def classification_view(output: np.ndarray) -> np.ndarray | None:
+    """[N, C] logits (trailing 1-sized axes dropped), or None when the output is not a class vector."""
+    view = output
+    while view.ndim > 2 and view.shape[-1] == 1:
+        view = view[..., 0]
+    if view.ndim != 2 or view.shape[1] < 2:
+        return None
+    return view
+
+
+def _topk_hits(logits: np.ndarray, labels: np.ndarray, k: int) -> int:
+    k = min(k, logits.shape[1])
+    top = np.argpartition(-logits, k - 1, axis=1)[:, :k]
+    return int(np.sum(np.any(top == labels[:, None], axis=1)))
+
+
+def sqnr_db(signal: float, noise: float) -> float:
+    """Signal-to-quantization-noise ratio in dB; infinite when INT8 equals FP32 exactly."""
+    if noise == 0.0:
+        return math.inf
+    if signal == 0.0:
+        return -math.inf
+    return 10.0 * math.log10(signal / noise)
+
+
+def _labelled_batches(
+    dataset: Dataset, batch_size: int, labels: np.ndarray | None
+) -> Iterator[tuple[int, Feeds, np.ndarray | None]]:
+    start = 0
+    for feeds in dataset.batches(batch_size):
+        n = next(iter(feeds.values())).shape[0]
+        yield start, feeds, None if labels is None else labels[start : start + n]
+        start += n
+
+
+def compare(
+    fp32: Runner,
+    int8: Runner,
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    output_name: str | None = None,
+    labels: np.ndarray | None = None,
+    kpi: KpiFunction | None = None,
+) -> Comparison:
+    """Run both runners over ``dataset`` and compare one output (default: the first)."""
+    output = select_output(fp32, output_name)
+    acc = MetricAccumulator(labels=labels is not None, keep_outputs=kpi is not None)
+    for start, feeds, batch_labels in _labelled_batches(dataset, batch_size, labels):
+        ref = run_output(fp32, feeds, output, precision="FP32", first_sample=start)
+        got = run_output(int8, feeds, output, precision="INT8", first_sample=start)
+        acc.add(ref, got, batch_labels)
+    return acc.result(output, kpi)
+
+
+@dataclass(frozen=True)
+class ReferenceOutputs:
+    """FP32 outputs of a fixed subset, computed once and compared against many INT8 variants."""
+
+    output_name: str
+    batches: tuple[tuple[Feeds, np.ndarray], ...]
+    labels: np.ndarray | None = None
+
+    @staticmethod
+    def compute(
+        fp32: Runner,
+        dataset: Dataset,
+        *,
+        batch_size: int,
+        output_name: str | None = None,
+        labels: np.ndarray | None = None,
+    ) -> ReferenceOutputs:
+        output = select_output(fp32, output_name)
+        kept = []
+        for start, feeds, _ in _labelled_batches(dataset, batch_size, None):
+            kept.append((feeds, run_output(fp32, feeds, output, precision="FP32", first_sample=start)))
+        return ReferenceOutputs(output, tuple(kept), labels)
+
+    def compare(self, int8: Runner, kpi: KpiFunction | None = None) -> Comparison:
+        acc = MetricAccumulator(labels=self.labels is not None, keep_outputs=kpi is not None)
+        start = 0
+        for feeds, ref in self.batches:
+            got = run_output(int8, feeds, self.output_name, precision="INT8", first_sample=start)
+            n = ref.shape[0]
+            acc.add(ref, got, None if self.labels is None else self.labels[start : start + n])
+            start += n
+        return acc.result(self.output_name, kpi)

@@ -1,0 +1,338 @@
+"""Load and validate an ONNX model, prepare it for quantization, and list its quantizable layers.
+
+Preparation makes real exports safe to quantize: nodes get stable unique names (ONNX node names are
+what TensorRT calls its layers), models below opset 13 are converted (per-channel Q/DQ needs 13),
+and weights that arrive as ``Constant`` nodes are folded into initializers so that per-channel weight
+quantization sees them as weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .errors import ModelError
+
+#: Ops whose inputs get Q/DQ; residual ``Add`` nodes are added by :func:`quantizable_layers`.
+COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+#: Ops that TensorRT fuses with a following residual Add ("Conv + Add" fusion).
+RESIDUAL_PRODUCERS = ("Conv", "ConvTranspose")
+MIN_OPSET = 13
+
+Dim = int | str | None
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A graph input or output: name, numpy dtype and shape (int, symbolic name or None per axis)."""
+
+    name: str
+    dtype: np.dtype[np.generic]
+    shape: tuple[Dim, ...] | None
+
+    def shape_text(self) -> str:
+        if self.shape is None:
+            return "unknown"
+        return "[" + ", ".join("?" if d is None else str(d) for d in self.shape) + "]"
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A quantizable node, in topological order; ``name`` is the ONNX node name (= TensorRT layer)."""
+
+    index: int
+    name: str
+    op_type: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the other stages need to know about a prepared model."""
+
+    source: str
+    model_hash: str
+    opset: int
+    inputs: tuple[TensorInfo, ...]
+    outputs: tuple[TensorInfo, ...]
+    layers: tuple[Layer, ...]
+    notes: tuple[str, ...]
+
+    def input(self, name: str) -> TensorInfo:
+        for tensor in self.inputs:
+            if tensor.name == name:
+                return tensor
+        raise KeyError(name)
+
+    def layer(self, name: str) -> Layer:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(name)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.outputs)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A prepared model proto and its description."""
+
+    proto: onnx.ModelProto
+    info: ModelInfo
+
+
+def load_model(path: str | os.PathLike[str]) -> LoadedModel:
+    """Read, validate and prepare the ONNX model at ``path``; raise :class:`ModelError` if unusable."""
+    model_path = Path(path)
+    if not model_path.is_file():
+        raise ModelError(f"{model_path}: ONNX model file not found.")
+    data = model_path.read_bytes()
+    try:
+        proto = onnx.load_model_from_string(data)
+    except Exception as exc:  # protobuf raises DecodeError and others
+        raise ModelError(f"{model_path}: not a readable ONNX model ({type(exc).__name__}: {exc}).") from exc
+    if not proto.graph.node:
+        raise ModelError(f"{model_path}: the ONNX graph has no nodes (empty or corrupt file).")
+    digest = hashlib.sha256(data)
+    base_dir = model_path.resolve().parent
+    for location in _external_locations(proto):
+        target = (base_dir / location).resolve()
+        if not target.is_relative_to(base_dir):
+            raise ModelError(
+                f"{model_path}: external data file {location!r} lies outside the model's folder; refused."
+            )
+        if not target.is_file():
+            raise ModelError(f"{model_path}: external data file {location!r} is missing.")
+        digest.update(location.encode())
+        digest.update(target.read_bytes())
+    if proto.graph.initializer and _external_locations(proto):
+        onnx.load_external_data_for_model(proto, str(base_dir))
+    return prepare_model(proto, source=str(model_path), content_hash=digest.hexdigest())
+
+
+def _external_locations(proto: onnx.ModelProto) -> list[str]:
+    locations = []
+    for init in proto.graph.initializer:
+        if init.data_location == onnx.TensorProto.EXTERNAL:
+            for entry in init.external_data:
+                if entry.key == "location" and entry.value not in locations:
+                    locations.append(entry.value)
+    return locations
+
+
+def model_hash(proto: onnx.ModelProto) -> str:
+    """Content hash of an in-memory model (files are hashed from their bytes by :func:`load_model`)."""
+    return hashlib.sha256(proto.SerializeToString(deterministic=True)).hexdigest()
+
+
+def prepare_model(
+    proto: onnx.ModelProto, *, source: str = "<in-memory model>", content_hash: str | None = None
+) -> LoadedModel:
+    """Validate ``proto`` and return a prepared copy with its :class:`ModelInfo`."""
+    digest = content_hash or model_hash(proto)
+    model = onnx.ModelProto()
+    model.CopyFrom(proto)
+    notes: list[str] = []
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:
+        raise ModelError(f"{source}: invalid ONNX model: {_first_line(exc)}") from exc
+
+    opset = _default_opset(model)
+    if opset < MIN_OPSET:
+        try:
+            model = onnx.version_converter.convert_version(model, MIN_OPSET)
+        except Exception as exc:
+            raise ModelError(
+                f"{source}: opset {opset} is below {MIN_OPSET} (needed for per-channel Q/DQ) and the "
+                f"automatic conversion failed ({_first_line(exc)}); re-export the model at opset >= "
+                f"{MIN_OPSET}."
+            ) from exc
+        notes.append(f"converted from opset {opset} to {MIN_OPSET}")
+        opset = MIN_OPSET
+
+    folded = fold_constant_nodes(model.graph)
+    if folded:
+        notes.append(f"folded {folded} Constant node(s) into initializers")
+    renamed = name_nodes(model.graph)
+    if renamed:
+        notes.append(f"named {renamed} unnamed or duplicate node(s)")
+    try:
+        model = onnx.shape_inference.infer_shapes(model)
+    except Exception as exc:  # custom ops: shapes stay unknown, quantization does not need them
+        notes.append(f"shape inference incomplete: {_first_line(exc)}")
+
+    initializers = {init.name for init in model.graph.initializer}
+    inputs = tuple(_tensor_info(vi) for vi in model.graph.input if vi.name not in initializers)
+    if not inputs:
+        raise ModelError(f"{source}: the model has no inputs to feed.")
+    outputs = tuple(_tensor_info(vi) for vi in model.graph.output)
+    info = ModelInfo(
+        source=source,
+        model_hash=digest,
+        opset=opset,
+        inputs=inputs,
+        outputs=outputs,
+        layers=quantizable_layers(model.graph),
+        notes=tuple(notes),
+    )
+    return LoadedModel(proto=model, info=info)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _default_opset(model: onnx.ModelProto) -> int:
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return int(entry.version)
+    return 1
+
+
+def fold_constant_nodes(graph: onnx.GraphProto) -> int:
+    """Turn top-level ``Constant`` nodes into initializers; return how many were folded."""
+    kept = []
+    folded = 0
+    for node in graph.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and len(node.output) == 1:
+            array = _constant_value(node)
+            if array is not None:
+                graph.initializer.append(numpy_helper.from_array(array, name=node.output[0]))
+                folded += 1
+                continue
+        kept.append(node)
+    if folded:
+        del graph.node[:]
+        graph.node.extend(kept)
+    return folded
+
+
+def _constant_value(node: onnx.NodeProto) -> np.ndarray | None:
+    for attr in node.attribute:
+        if attr.name == "value":
+            return np.asarray(numpy_helper.to_array(attr.t))
+        if attr.name == "value_float":
+            return np.array(attr.f, dtype=np.float32)
+        if attr.name == "value_floats":
+            return np.array(list(attr.floats), dtype=np.float32)
+        if attr.name == "value_int":
+            return np.array(attr.i, dtype=np.int64)
+        if attr.name == "value_ints":
+            return np.array(list(attr.ints), dtype=np.int64)
+    return None  # sparse or string constants stay nodes
+
+
+def name_nodes(graph: onnx.GraphProto) -> int:
+    """Give unnamed or duplicate-named nodes deterministic unique names; return how many changed."""
+    seen: set[str] = set()
+    changed = 0
+    for index, node in enumerate(graph.node):
+        name = node.name or f"{node.op_type}_{index}"
+        candidate, suffix = name, 1
+        while candidate in seen:
+            candidate = f"{name}__{suffix}"
+            suffix += 1
+        if candidate != node.name:
+            node.name = candidate
+            changed += 1
+        seen.add(candidate)
+    return changed
+
+
+def _tensor_info(value_info: onnx.ValueInfoProto) -> TensorInfo:
+    tensor_type = value_info.type.tensor_type
+    dtype = (
+        np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
+        if tensor_type.elem_type
+        else np.dtype(np.float32)
+    )
+    shape: tuple[Dim, ...] | None = None
+    if tensor_type.HasField("shape"):
+        dims: list[Dim] = []
+        for dim in tensor_type.shape.dim:
+            if dim.HasField("dim_value"):
+                dims.append(int(dim.dim_value))
+            elif dim.HasField("dim_param"):
+                dims.append(dim.dim_param)
+            else:
+                dims.append(None)
+        shape = tuple(dims)
+    return TensorInfo(name=value_info.name, dtype=dtype, shape=shape)
+
+
+def quantizable_layers(graph: onnx.GraphProto) -> tuple[Layer, ...]:
+    """Compute ops with at least one float activation input, plus residual Adds after a Conv."""
+    initializers = {init.name for init in graph.initializer}
+    producers = {out: node for node in graph.node for out in node.output}
+    layers: list[Layer] = []
+    for node in graph.node:
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        if node.op_type in COMPUTE_OPS:
+            data_inputs = [i for i in node.input[:2] if i]
+            if not any(i not in initializers for i in data_inputs):
+                continue  # constant-only op: nothing to calibrate
+        elif node.op_type == "Add" and is_residual_add(node, producers, initializers):
+            pass
+        else:
+            continue
+        layers.append(
+            Layer(
+                index=len(layers),
+                name=node.name,
+                op_type=node.op_type,
+                inputs=tuple(node.input),
+                outputs=tuple(node.output),
+            )
+        )
+    return tuple(layers)
+
+
+def is_residual_add(
+    node: onnx.NodeProto, producers: dict[str, onnx.NodeProto], initializers: set[str]
+) -> bool:
+    """An Add of two activations where one comes from a Conv: TensorRT fuses it into that Conv."""
+    if len(node.input) != 2 or any(i in initializers or not i for i in node.input):
+        return False
+    return any(i in producers and producers[i].op_type in RESIDUAL_PRODUCERS for i in node.input)
+
+
+def graph_consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    """Tensor name -> the nodes that read it (top-level graph only)."""
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            if name:
+                consumers.setdefault(name, []).append(node)
+    return consumers
+
+
+def add_graph_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
+    """A copy of ``model`` that also returns the tensors ``names`` (to read intermediate activations)."""
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    present = {o.name for o in exposed.graph.output}
+    known = {vi.name: vi for vi in exposed.graph.value_info}
+    for name in names:
+        if name in present:
+            continue
+        if name in known:
+            exposed.graph.output.append(known[name])
+        else:
+            exposed.graph.output.append(
+                onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+            )
+        present.add(name)
+    return exposed
