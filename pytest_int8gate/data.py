@@ -298,14 +298,19 @@ def load_labels(path: str | os.PathLike[str], num_samples: int) -> np.ndarray:
         raise
     except (ValueError, OSError, EOFError) as exc:
         raise DataError(f"{file}: not a readable numpy labels file ({exc}).") from exc
+    return check_labels(labels, num_samples, source=str(file))
+
+
+def check_labels(labels: np.ndarray, num_samples: int, *, source: str = "labels") -> np.ndarray:
+    """One integer class per evaluation sample, as int64."""
     labels = np.asarray(labels)
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]
     if labels.ndim != 1 or labels.dtype.kind not in "iu":
         raise DataError(
-            f"{file}: labels must be a 1-D integer array (one class per sample), got {labels.dtype} "
+            f"{source}: labels must be a 1-D integer array (one class per sample), got {labels.dtype} "
             f"{list(labels.shape)}."
         )
     if labels.shape[0] != num_samples:
-        raise DataError(f"{file}: {labels.shape[0]} labels for {num_samples} evaluation samples.")
+        raise DataError(f"{source}: {labels.shape[0]} labels for {num_samples} evaluation samples.")
     return labels.astype(np.int64)

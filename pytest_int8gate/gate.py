@@ -72,6 +72,9 @@ DEFAULT_BUDGET = {"cosine": 0.98}
 DEFAULT_LABELLED_BUDGET = {"top1_drop": 0.01, "cosine": 0.98}
 
 
+_FLOAT_SLACK = 1e-9
+
+
 def valid_keys_text() -> str:
     return ", ".join(BUDGET_METRICS)
 
@@ -177,7 +180,8 @@ def judge(budget: Budget, comparison: Comparison) -> tuple[MetricResult, ...]:
         else:
             delta = None
             observed = int8
-        passed = observed <= limit if spec.upper else observed >= limit
+        # fractions such as 0.974 - 0.964 carry float noise: a drop of exactly the limit passes
+        passed = observed <= limit + _FLOAT_SLACK if spec.upper else observed >= limit - _FLOAT_SLACK
         results.append(MetricResult(name, fp32, int8, delta, limit, spec.upper, bool(passed)))
     return tuple(results)
 
@@ -190,3 +194,37 @@ def _unmeasurable(spec: MetricSpec, output: str) -> str:
     if spec.requires == "kpi":
         return f"budget {spec.name} needs a KPI function (int8_gate.check(..., kpi=callable))."
     return f"budget {spec.name} could not be measured on output {output!r}."
+
+
+@dataclass(frozen=True)
+class GateVerdict:
+    """The judgement of one gated model, with everything needed to explain it."""
+
+    name: str
+    model: str
+    backend: Mapping[str, object]
+    backend_text: str
+    calibrator: str
+    calibration_samples: int
+    eval_samples: int
+    output_name: str
+    budget: Budget
+    results: tuple[MetricResult, ...]
+    fp32: Mapping[str, float]
+    int8: Mapping[str, float]
+    plan: Mapping[str, object]
+    quantized_layers: int
+    total_layers: int
+    evaluations: int
+    duration_s: float
+    notes: tuple[str, ...] = ()
+    cache_hits: tuple[str, ...] = ()
+    bisection: object | None = None
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.results)
+
+    @property
+    def failed_metrics(self) -> tuple[MetricResult, ...]:
+        return tuple(r for r in self.results if not r.passed)

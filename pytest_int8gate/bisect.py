@@ -1,0 +1,542 @@
+"""Find the layers that break an INT8 budget, repair them, and verify the fix.
+
+The meaning is that of NVIDIA's layer analyzer (the "seed" method): walk the quantizable layers in
+topological order; a layer is an *offender* when quantizing it, together with the layers before it
+that were already accepted, makes the budget fail on the search subset. The seed walks every layer
+(N evaluations). ``binary`` finds the same offenders by bisection over the quantization prefix:
+
+1. quantize every not-yet-decided layer from position ``p`` on (one evaluation); if that passes,
+   there are no more offenders;
+2. otherwise the smallest failing prefix ``p..j`` is found by binary search (``ceil(log2(N - p))``
+   evaluations, since the full prefix is known to fail), and layer ``j`` is the next offender.
+
+For k offenders among N layers this costs ``1 + sum(1 + ceil(log2 m_i))`` evaluations, with
+``m_i <= N`` the number of layers still undecided when offender i is searched: about
+``k * ceil(log2 N)`` instead of N. Bisection assumes that adding layers to the quantized prefix
+never improves the result; the search records each probe's margin and, where a longer prefix scored
+clearly better than a shorter one, scans that interval linearly and says so.
+
+Each offender is first *repaired* ("mixed quantization"): the other calibrators' amax for its
+activation inputs are tried in the same context; if one meets the budget the layer stays INT8 with
+that calibrator. Otherwise it is kept in float ("mixed precision"). The resulting plan is then
+*verified* on the full evaluation set; a plan that does not meet the budget there is reported as
+such, never as a fix. Per-layer sensitivity (SQNR of each layer's own output when only its inputs
+and weights are quantized) comes from one extra pass over the subset.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnx
+
+from .evaluate import Comparison, ReferenceOutputs
+from .gate import Budget, MetricResult, judge
+from .graph import Layer, add_graph_outputs
+from .quantize import CALIBRATORS as PLAN_CALIBRATORS
+from .quantize import QuantPlan, quantize_model
+
+if TYPE_CHECKING:
+    from .pipeline import GatePipeline
+
+STRATEGIES = ("binary", "linear")
+#: A longer prefix must beat a shorter one by more than this margin to count as non-monotonic.
+MONOTONIC_TOLERANCE = 0.01
+REPAIR_ORDER = ("percentile", "mse", "entropy", "max")
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One INT8 evaluation on the search subset."""
+
+    quantized: int  # how many candidate layers were quantized
+    margin: float  # >= 0 passes; the budget's tightest normalised slack
+    passed: bool
+    metrics: tuple[tuple[str, float], ...] = ()  # the budget's metrics as measured (drops as drops)
+
+
+@dataclass(frozen=True)
+class OffendingLayer:
+    """A layer whose quantization breaks the budget, and what the search did about it."""
+
+    index: int
+    name: str
+    op_type: str
+    metrics: dict[str, float]  # the budget's metrics on the subset when this layer was added
+    action: str  # "calibrator" (stays INT8 with another calibrator) or "float"
+    calibrator: str | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "index": self.index,
+            "name": self.name,
+            "op": self.op_type,
+            "metrics": self.metrics,
+            "action": self.action,
+            "calibrator": self.calibrator,
+        }
+
+
+@dataclass(frozen=True)
+class LayerSensitivity:
+    """SQNR (dB) of a layer's own output when only that layer is quantized, FP32 inputs."""
+
+    name: str
+    op_type: str
+    sqnr_db: float
+
+
+@dataclass(frozen=True)
+class VerifiedFix:
+    """The repaired plan, re-evaluated on the full evaluation set."""
+
+    exclude: tuple[str, ...]
+    overrides: dict[str, str]
+    results: tuple[MetricResult, ...]
+    passed: bool
+
+    def manifest_snippet(self) -> str:
+        lines = []
+        if self.exclude:
+            lines.append("exclude:")
+            lines.extend(f"  - {_yaml_str(name)}" for name in self.exclude)
+        if self.overrides:
+            lines.append("calibrator_overrides:")
+            lines.extend(f"  {_yaml_str(name)}: {calib}" for name, calib in self.overrides.items())
+        return "\n".join(lines)
+
+
+def _yaml_str(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@dataclass(frozen=True)
+class BisectionReport:
+    """What the bisection found; ``evaluations`` counts every INT8 evaluation it made."""
+
+    strategy: str
+    total_layers: int
+    subset_size: int
+    search_evaluations: int
+    repair_evaluations: int
+    offenders: tuple[OffendingLayer, ...]
+    sensitivity: tuple[LayerSensitivity, ...]
+    fix: VerifiedFix | None
+    notes: tuple[str, ...]
+    duration_s: float
+
+    @property
+    def evaluations(self) -> int:
+        return self.search_evaluations + self.repair_evaluations + (1 if self.fix is not None else 0)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "strategy": self.strategy,
+            "total_layers": self.total_layers,
+            "subset_size": self.subset_size,
+            "search_evaluations": self.search_evaluations,
+            "repair_evaluations": self.repair_evaluations,
+            "evaluations": self.evaluations,
+            "offending_layers": [o.as_dict() for o in self.offenders],
+            "sensitivity": [
+                {"name": s.name, "op": s.op_type, "sqnr_db": _finite_or_none(s.sqnr_db)}
+                for s in self.sensitivity
+            ],
+            "fix": None
+            if self.fix is None
+            else {
+                "exclude": list(self.fix.exclude),
+                "calibrator_overrides": self.fix.overrides,
+                "passed": self.fix.passed,
+                "metrics": {r.name: r.as_dict() for r in self.fix.results},
+                "manifest": self.fix.manifest_snippet(),
+            },
+            "notes": list(self.notes),
+            "duration_s": round(self.duration_s, 3),
+        }
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def probe_of(quantized: int, results: Sequence[MetricResult]) -> Probe:
+    metrics = tuple((r.name, r.observed) for r in results)
+    return Probe(quantized, margin_of(results), all(r.passed for r in results), metrics)
+
+
+def margin_of(results: Sequence[MetricResult]) -> float:
+    """The tightest normalised slack of a judged budget: >= 0 when every metric passes."""
+    slacks = []
+    for r in results:
+        observed = r.observed
+        slack = (r.limit - observed) if r.upper else (observed - r.limit)
+        scale = max(abs(r.limit), 1e-6) if r.name in ("sqnr_db", "max_abs_error") else 1.0
+        slacks.append(slack / scale)
+    return min(slacks) if slacks else 0.0
+
+
+# ---- the search, on an abstract oracle ----------------------------------------------------------
+
+#: (accepted layers, trial layers, calibrator overrides) -> probe; the oracle quantizes exactly those.
+Oracle = Callable[[Sequence[int], Sequence[int], dict[int, str]], Probe]
+
+
+@dataclass
+class SearchState:
+    """Mutable bookkeeping of one search."""
+
+    accepted: list[int] = field(default_factory=list)
+    overrides: dict[int, str] = field(default_factory=dict)
+    offenders: list[int] = field(default_factory=list)
+    repaired: dict[int, str] = field(default_factory=dict)
+    offender_probes: dict[int, Probe] = field(default_factory=dict)
+    search_evaluations: int = 0
+    repair_evaluations: int = 0
+    notes: list[str] = field(default_factory=list)
+    capped: bool = False
+
+
+def find_offenders(
+    n_layers: int,
+    oracle: Oracle,
+    *,
+    strategy: str = "binary",
+    repair: Callable[[int, SearchState], str | None] | None = None,
+    max_evaluations: int = 10_000,
+    first: Probe | None = None,
+) -> SearchState:
+    """Run the culprit search over layer positions ``0..n_layers-1`` with ``oracle``.
+
+    ``first`` is the already-measured probe of every layer quantized (binary strategy only): the
+    evaluation that showed the failure is counted once and not repeated.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown bisection strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}.")
+    state = SearchState()
+
+    def probe(trial: Sequence[int]) -> Probe:
+        state.search_evaluations += 1
+        return oracle(state.accepted, trial, state.overrides)
+
+    def settle(offender: int, failing: Probe) -> None:
+        state.offender_probes[offender] = failing
+        calibrator = repair(offender, state) if repair is not None else None
+        if calibrator is None:
+            state.offenders.append(offender)
+        else:
+            state.repaired[offender] = calibrator
+            state.overrides[offender] = calibrator
+            state.accepted.append(offender)
+
+    def budget_left() -> bool:
+        if state.search_evaluations + state.repair_evaluations >= max_evaluations:
+            if not state.capped:
+                state.notes.append(
+                    f"stopped at the cap of {max_evaluations} evaluations; the search is incomplete"
+                )
+            state.capped = True
+            return False
+        return True
+
+    if strategy == "linear":
+        for i in range(n_layers):
+            if not budget_left():
+                break
+            result = probe([i])
+            if result.passed:
+                state.accepted.append(i)
+            else:
+                settle(i, result)
+        return state
+
+    position = 0
+    while position < n_layers and budget_left():
+        rest = list(range(position, n_layers))
+        if position == 0 and first is not None:
+            state.search_evaluations += 1
+            whole = first
+        else:
+            whole = probe(rest)
+        if whole.passed:
+            state.accepted.extend(rest)
+            break
+        offender, probes = _first_failing_prefix(position, n_layers, whole, probe, budget_left)
+        if offender is None:
+            break
+        ambiguous = _non_monotonic_interval(probes)
+        if ambiguous is not None:
+            short_end, long_end = ambiguous
+            state.notes.append(
+                f"bisection assumption broke between positions {short_end} and {long_end} (a longer "
+                f"quantized prefix scored better); scanned positions {position}..{offender} linearly"
+            )
+            for i in range(position, offender):
+                if not budget_left():
+                    return state
+                result = probe(list(range(position, i + 1)))
+                probes[i] = result
+                if not result.passed:
+                    offender = i
+                    break
+        state.accepted.extend(range(position, offender))
+        settle(offender, probes.get(offender, whole))
+        position = offender + 1
+    return state
+
+
+def _first_failing_prefix(
+    start: int,
+    stop: int,
+    whole: Probe,
+    probe: Callable[[Sequence[int]], Probe],
+    budget_left: Callable[[], bool],
+) -> tuple[int | None, dict[int, Probe]]:
+    """Smallest j in [start, stop) with prefix start..j failing, given that start..stop-1 fails."""
+    probes: dict[int, Probe] = {stop - 1: whole}
+    lo, hi = start - 1, stop - 1  # prefix ending at lo passes (or is empty), ending at hi fails
+    while hi - lo > 1:
+        if not budget_left():
+            return None, probes
+        mid = (lo + hi) // 2
+        result = probe(list(range(start, mid + 1)))
+        probes[mid] = result
+        if result.passed:
+            lo = mid
+        else:
+            hi = mid
+    return hi, probes
+
+
+def _non_monotonic_interval(probes: dict[int, Probe]) -> tuple[int, int] | None:
+    """Two probes where the longer prefix scored clearly better than a shorter one, widest first."""
+    ordered = sorted(probes.items())
+    for i, (short_end, short) in enumerate(ordered):
+        for long_end, long in ordered[i + 1 :]:
+            if long.margin > short.margin + MONOTONIC_TOLERANCE:
+                return short_end, long_end
+    return None
+
+
+# ---- the search on a real model -----------------------------------------------------------------
+
+
+class SubsetOracle:
+    """Evaluates plans on a fixed subset against cached FP32 outputs, with the cached calibration table."""
+
+    def __init__(self, pipeline: GatePipeline, layers: Sequence[Layer], subset: int) -> None:
+        self.pipeline = pipeline
+        self.layers = list(layers)
+        self.budget: Budget = pipeline.budget
+        data = pipeline.eval_data.head(subset)
+        labels = pipeline.labels[: data.num_samples] if pipeline.labels is not None else None
+        self.reference = ReferenceOutputs.compute(
+            pipeline.fp32_runner,
+            data,
+            batch_size=pipeline.batch_size,
+            output_name=pipeline.spec.output,
+            labels=labels,
+        )
+        self.subset_size = data.num_samples
+        self.base_plan = pipeline.spec.plan
+
+    def plan_for(self, quantized: Sequence[int], overrides: dict[int, str]) -> QuantPlan:
+        names = frozenset(self.layers[i].name for i in quantized)
+        merged = dict(self.base_plan.overrides)
+        merged.update({self.layers[i].name: calib for i, calib in overrides.items() if i in quantized})
+        return replace(self.base_plan, include=names, overrides=merged)
+
+    def comparison(self, plan: QuantPlan) -> Comparison:
+        pipeline = self.pipeline
+        model = quantize_model(pipeline.model, pipeline.table, plan)
+        runner = pipeline.backend.int8_runner(model.proto)
+        pipeline.evaluations += 1
+        return self.reference.compare(runner, pipeline.kpi)
+
+    def __call__(self, accepted: Sequence[int], trial: Sequence[int], overrides: dict[int, str]) -> Probe:
+        quantized = [*accepted, *trial]
+        results = judge(self.budget, self.comparison(self.plan_for(quantized, overrides)))
+        last = self.layers[max(trial)].name if trial else "-"
+        passed = all(r.passed for r in results)
+        self.pipeline.progress(
+            "bisect", f"{len(quantized)} layers quantized (up to {last}): {'pass' if passed else 'fail'}"
+        )
+        return probe_of(len(quantized), results)
+
+
+def bisect_failure(pipeline: GatePipeline, failing: Comparison) -> BisectionReport:
+    """Search, repair and verify for a gate whose full-set comparison ``failing`` missed the budget."""
+    started = time.perf_counter()
+    spec = pipeline.spec
+    base = spec.plan
+    candidates = _candidate_layers(pipeline)
+    notes: list[str] = []
+    oracle = SubsetOracle(pipeline, candidates, spec.bisect_subset)
+    first = oracle(range(len(candidates)), [], {})
+    if first.passed:
+        notes.append(
+            f"the failure does not reproduce on the first {oracle.subset_size} evaluation samples; the "
+            f"search used all {pipeline.eval_data.num_samples} (raise --int8-bisect-subset to speed it up)"
+        )
+        oracle = SubsetOracle(pipeline, candidates, pipeline.eval_data.num_samples)
+        first = probe_of(len(candidates), judge(pipeline.budget, failing))
+    repair_calibrators = [c for c in REPAIR_ORDER if c in PLAN_CALIBRATORS]
+
+    def repair(index: int, state: SearchState) -> str | None:
+        current = base.overrides.get(candidates[index].name, base.calibrator)
+        for calibrator in repair_calibrators:
+            if calibrator == current:
+                continue
+            if state.search_evaluations + state.repair_evaluations >= spec.bisect_max_evaluations:
+                return None
+            state.repair_evaluations += 1
+            trial_overrides = {**state.overrides, index: calibrator}
+            probe = oracle(state.accepted, [index], trial_overrides)
+            if probe.passed:
+                return calibrator
+        return None
+
+    state = find_offenders(
+        len(candidates),
+        oracle,
+        strategy=spec.bisect_strategy,
+        repair=repair,
+        max_evaluations=spec.bisect_max_evaluations,
+        first=first if spec.bisect_strategy == "binary" else None,
+    )
+    notes.extend(state.notes)
+    offenders = []
+    for index in sorted([*state.offenders, *state.repaired]):
+        layer = candidates[index]
+        calibrator = state.repaired.get(index)
+        offenders.append(
+            OffendingLayer(
+                index=layer.index,
+                name=layer.name,
+                op_type=layer.op_type,
+                metrics=dict(state.offender_probes[index].metrics),
+                action="calibrator" if calibrator else "float",
+                calibrator=calibrator,
+            )
+        )
+    fix = None
+    if offenders and not state.capped:
+        exclude = tuple(o.name for o in offenders if o.action == "float")
+        overrides = {o.name: o.calibrator for o in offenders if o.calibrator}
+        plan = replace(
+            base,
+            exclude=base.exclude | frozenset(exclude),
+            overrides={**base.overrides, **overrides},
+        )
+        comparison = pipeline.evaluate(plan)
+        results = judge(pipeline.budget, comparison)
+        fix = VerifiedFix(exclude, overrides, results, all(r.passed for r in results))
+    elif not offenders and not state.capped:
+        notes.append(
+            "no single layer is to blame: every prefix passes on the search subset, yet the full plan fails"
+        )
+    sensitivity = layer_sensitivity(pipeline, oracle.reference, candidates)
+    return BisectionReport(
+        strategy=spec.bisect_strategy,
+        total_layers=len(candidates),
+        subset_size=oracle.subset_size,
+        search_evaluations=state.search_evaluations,
+        repair_evaluations=state.repair_evaluations,
+        offenders=tuple(offenders),
+        sensitivity=sensitivity,
+        fix=fix,
+        notes=tuple(notes),
+        duration_s=time.perf_counter() - started,
+    )
+
+
+def _candidate_layers(pipeline: GatePipeline) -> list[Layer]:
+    """The layers the spec's plan actually quantizes, in topological order."""
+    quantized = set(pipeline.quantized().quantized_layers)
+    return [layer for layer in pipeline.model.info.layers if layer.name in quantized]
+
+
+def layer_sensitivity(
+    pipeline: GatePipeline, reference: ReferenceOutputs, layers: Sequence[Layer]
+) -> tuple[LayerSensitivity, ...]:
+    """Each layer's own-output SQNR with only its inputs and weights quantized, from one FP32 pass.
+
+    The probe model is the FP32 graph plus, for every quantized layer, a copy of the layer that reads
+    the Q/DQ'd version of the same FP32 inputs; both outputs are exposed and compared.
+    """
+    plan = replace(pipeline.spec.plan, include=frozenset(layer.name for layer in layers))
+    quantized = quantize_model(pipeline.model, pipeline.table, plan).proto
+    probe, pairs = isolated_layer_model(pipeline.model.proto, quantized, [layer.name for layer in layers])
+    if not pairs:
+        return ()
+    runner = pipeline.backend.fp32_runner(probe)
+    signal = dict.fromkeys(pairs, 0.0)
+    noise = dict.fromkeys(pairs, 0.0)
+    for feeds, _ in reference.batches:
+        outputs = runner.run(feeds)
+        for name, (ref_name, q_name) in pairs.items():
+            ref = outputs[ref_name].astype(np.float64)
+            diff = ref - outputs[q_name].astype(np.float64)
+            signal[name] += float(np.sum(ref * ref))
+            noise[name] += float(np.sum(diff * diff))
+    from .evaluate import sqnr_db
+
+    ops = {layer.name: layer.op_type for layer in layers}
+    table = [LayerSensitivity(name, ops[name], sqnr_db(signal[name], noise[name])) for name in pairs]
+    return tuple(sorted(table, key=lambda s: s.sqnr_db))
+
+
+def isolated_layer_model(
+    fp32: onnx.ModelProto, quantized: onnx.ModelProto, layer_names: Sequence[str]
+) -> tuple[onnx.ModelProto, dict[str, tuple[str, str]]]:
+    """FP32 graph + a quantized twin of each named layer fed from the FP32 tensors.
+
+    Returns the model and, per layer, (FP32 output name, twin output name).
+    """
+    model = onnx.ModelProto()
+    model.CopyFrom(fp32)
+    graph = model.graph
+    fp32_names = {n.name for n in graph.node}
+    known_tensors = {i.name for i in graph.initializer}
+    wanted = set(layer_names)
+    pairs: dict[str, tuple[str, str]] = {}
+    for init in quantized.graph.initializer:
+        if init.name not in known_tensors:
+            graph.initializer.append(init)
+    for node in quantized.graph.node:
+        if node.name in wanted:
+            twin = onnx.NodeProto()
+            twin.CopyFrom(node)
+            twin.name = f"{node.name}__int8_twin"
+            del twin.output[:]
+            twin.output.extend(f"{o}__int8_twin" for o in node.output)
+            graph.node.append(twin)
+            pairs[node.name] = (node.output[0], twin.output[0])
+        elif node.name not in fp32_names:  # Q/DQ nodes reading FP32 tensors
+            graph.node.append(node)
+    exposed = add_graph_outputs(model, [name for pair in pairs.values() for name in pair])
+    sorted_model = _topologically_sorted(exposed)
+    return sorted_model, pairs
+
+
+def _topologically_sorted(model: onnx.ModelProto) -> onnx.ModelProto:
+    graph = model.graph
+    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered: list[onnx.NodeProto] = []
+    while pending:
+        ready = [n for n in pending if all(i in available for i in n.input)]
+        if not ready:
+            raise ValueError("the sensitivity probe graph has a cycle or a dangling input")
+        for node in ready:
+            ordered.append(node)
+            available.update(node.output)
+        pending = [n for n in pending if n not in ready]
+    del graph.node[:]
+    graph.node.extend(ordered)
+    return model
