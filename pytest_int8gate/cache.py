@@ -40,9 +40,7 @@ class ArtifactCache:
     def path(self, kind: str, key: str, suffix: str) -> Path:
         return self.root / kind / f"{key}{suffix}"
 
-    def get_or_build(
-        self, kind: str, key: str, suffix: str, build: Callable[[], bytes]
-    ) -> tuple[Path, bool]:
+    def get_or_build(self, kind: str, key: str, suffix: str, build: Callable[[], bytes]) -> tuple[Path, bool]:
         """The artefact's path and whether it was already cached (built now otherwise)."""
         target = self.path(kind, key, suffix)
         if target.is_file():

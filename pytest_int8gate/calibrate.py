@@ -30,8 +30,8 @@ from .graph import add_graph_outputs
 CALIBRATORS: tuple[str, ...] = ("max", "percentile", "entropy", "mse")
 
 #: Bins of the streaming |x| histogram; memory per tensor is fixed at HIST_BINS int64 counts.
+#: A power of two <= 65536 (bin indices are computed as uint16).
 HIST_BINS = 4096
-assert HIST_BINS <= 1 << 16, "bin indices are uint16"
 #: Positive int8 levels of TensorRT's symmetric scheme (scale = amax / 127, 128 levels 0..127).
 INT8_MAX = 127
 QUANTIZED_LEVELS = 128
@@ -42,7 +42,7 @@ TABLE_FORMAT = "pytest-int8gate calibration table"
 TABLE_FORMAT_VERSION = 1
 TRT_CACHE_ALGORITHM = "EntropyCalibration2"
 
-_HISTOGRAM_SHIFT = int(math.log2(HIST_BINS))
+_HISTOGRAM_SHIFT = HIST_BINS.bit_length() - 1
 _TRT_HEADER = re.compile(r"^TRT-(\d+)-([A-Za-z0-9_]+)$")
 _HEX_SCALE = re.compile(r"^[0-9a-fA-F]{1,8}$")
 
@@ -351,8 +351,7 @@ def entropy_amax(
         return float(absmax)
     h = hist[:nbins].astype(np.float64)
     h[0] = h[1]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        divergence = _entropy_divergences(h, settings.entropy_start_bin)
+    divergence = _entropy_divergences(h, settings.entropy_start_bin)
     candidates = np.arange(settings.entropy_start_bin, nbins + 1)
     best = int(candidates[len(candidates) - 1 - int(np.argmin(divergence[::-1]))])
     return float(min((best + 0.5) * bin_width, absmax))
@@ -364,6 +363,12 @@ _KL_Q_FLOOR = 1e-10
 
 def _entropy_divergences(h: np.ndarray, start_bin: int) -> np.ndarray:
     """KL(P||Q) for every candidate i in [start_bin, len(h)] (see :func:`entropy_amax`)."""
+    # Both branches of the final np.where are evaluated: logs of 0 appear in the discarded one.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return _divergences(h, start_bin)
+
+
+def _divergences(h: np.ndarray, start_bin: int) -> np.ndarray:
     nbins = len(h)
     total = float(h.sum())
     cumulative = np.concatenate(([0.0], np.cumsum(h)))

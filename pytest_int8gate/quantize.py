@@ -43,9 +43,8 @@ from onnx import TensorProto, helper, numpy_helper
 from .errors import CalibrationError, ModelError
 from .graph import RESIDUAL_PRODUCERS, Layer, LoadedModel, ModelInfo
 
-#: Calibrators whose amax a plan may ask for; ``percentile`` also takes a parameter: ``percentile(99.99)``.
+#: Calibrators whose amax a plan may ask for (the names calibrate.CalibrationTable stores amax under).
 CALIBRATORS = ("entropy", "max", "mse", "percentile")
-_PERCENTILE = re.compile(r"percentile\((?P<p>\d+(?:\.\d+)?)\)")
 INT8_MAX = 127
 #: First opset with per-axis DequantizeLinear; float16 Q/DQ needs 19.
 MIN_QDQ_OPSET = 13
@@ -63,13 +62,6 @@ class AmaxSource(Protocol):
     def amax_for(self, tensor: str, method: str) -> float:
         """The amax that calibrator ``method`` chose for ``tensor``; raises CalibrationError if absent."""
         ...
-
-
-def is_known_calibrator(name: str) -> bool:
-    match = _PERCENTILE.fullmatch(name)
-    if match:
-        return 0.0 < float(match["p"]) <= 100.0
-    return name in CALIBRATORS
 
 
 @dataclass(frozen=True)
@@ -134,11 +126,10 @@ class QuantPlan:
                 if name not in known_set:
                     raise ModelError(_unknown_layer_message(name, what, known, info.source))
         for layer_name, method in [("", self.calibrator), *self.overrides.items()]:
-            if not is_known_calibrator(method):
+            if method not in CALIBRATORS:
                 where = f" for layer {layer_name!r}" if layer_name else ""
                 raise CalibrationError(
-                    f"Unknown calibrator {method!r}{where}; known calibrators: "
-                    f"{', '.join(CALIBRATORS)} (percentile also as 'percentile(99.99)')."
+                    f"Unknown calibrator {method!r}{where}; known calibrators: {', '.join(CALIBRATORS)}."
                 )
 
 

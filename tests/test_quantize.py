@@ -499,7 +499,7 @@ def test_validate_lists_the_calibrators_for_an_unknown_one() -> None:
         QuantPlan(calibrator="kl").validate(info)
     with pytest.raises(CalibrationError, match="'conv_a'"):
         QuantPlan(overrides={"conv_a": "minmax"}).validate(info)
-    QuantPlan(calibrator="percentile(99.99)", overrides={"conv_a": "mse"}).validate(info)
+    QuantPlan(calibrator="percentile", overrides={"conv_a": "mse"}).validate(info)
 
 
 def test_key_is_stable_and_independent_of_order() -> None:

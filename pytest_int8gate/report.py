@@ -1,0 +1,229 @@
+"""Turn verdicts into what people read: the failure text, the session summary, JSON and JUnit properties."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .bisect import BisectionReport
+from .cache import atomic_write_bytes
+from .gate import BUDGET_METRICS, GateVerdict, MetricResult
+
+#: Metrics shown in the summary and JUnit properties, in this order, when measured.
+KEY_METRICS = ("top1", "top1_agreement", "cosine", "cosine_min", "sqnr_db", "max_abs_error")
+
+
+def _num(value: float | None, width: int = 7) -> str:
+    if value is None:
+        return "-".center(width)
+    if value == 0:
+        value = 0.0  # no "-0.0000"
+    if math.isinf(value):
+        return ("inf" if value > 0 else "-inf").rjust(width)
+    magnitude = abs(value)
+    text = f"{value:.4f}" if magnitude < 100 else f"{value:.1f}"
+    return text.rjust(width)
+
+
+def header_line(verdict: GateVerdict) -> str:
+    return (
+        f"[{verdict.backend_text} | {verdict.calibrator} | calibration {verdict.calibration_samples}, "
+        f"evaluation {verdict.eval_samples} samples | output {verdict.output_name}]"
+    )
+
+
+def metric_table(results: Sequence[MetricResult], indent: str = "  ") -> list[str]:
+    rows = [f"{indent}{'metric':<15}{'fp32':>9}{'int8':>9}{'delta':>9}   {'limit':<11}result"]
+    for r in results:
+        op = "<=" if r.upper else ">="
+        rows.append(
+            f"{indent}{r.name:<15}{_num(r.fp32, 9)}{_num(r.int8, 9)}{_num(r.delta, 9)}   "
+            f"{op} {r.limit:<8g}{'PASS' if r.passed else 'FAIL'}"
+        )
+    return rows
+
+
+def _results_inline(results: Sequence[MetricResult]) -> str:
+    return ", ".join(f"{r.name} {_num(r.observed, 0).strip()}" for r in results)
+
+
+def bisection_lines(report: BisectionReport, eval_samples: int) -> list[str]:
+    lines = [
+        f"Offending layers ({report.evaluations} evaluations over {report.total_layers} quantized layers, "
+        f"{report.strategy} search on {report.subset_size} samples):"
+    ]
+    if report.offenders:
+        width = max(len(o.name) for o in report.offenders) + 2
+        lines.append(f"  {'idx':>4}  {'layer':<{width}}{'op':<15}{'budget when quantized':<34}verdict")
+        for o in report.offenders:
+            metrics = ", ".join(f"{k} {_num(v, 0).strip()}" for k, v in o.metrics.items())
+            verdict = f"stays INT8 with {o.calibrator}" if o.action == "calibrator" else "keep in float"
+            lines.append(f"  {o.index:>4}  {o.name:<{width}}{o.op_type:<15}{metrics:<34}{verdict}")
+    else:
+        lines.append("  none found")
+    fix = report.fix
+    if fix is not None:
+        parts = []
+        if fix.exclude:
+            parts.append(f"exclude [{', '.join(fix.exclude)}]")
+        if fix.overrides:
+            parts.append("calibrator " + ", ".join(f"{k}={v}" for k, v in fix.overrides.items()))
+        outcome = "PASS" if fix.passed else "FAIL - not a fix"
+        lines.append(
+            f"Verified fix on all {eval_samples} evaluation samples: {'; '.join(parts)} -> "
+            f"{_results_inline(fix.results)}  {outcome}"
+        )
+        if fix.passed:
+            lines.append("Apply it in int8gate.yaml (under the model's entry):")
+            lines.extend("  " + line for line in fix.manifest_snippet().splitlines())
+    for note in report.notes:
+        lines.append(f"Note: {note}")
+    if report.sensitivity:
+        worst = ", ".join(
+            f"{s.name} {_num(s.sqnr_db, 0).strip()}"
+            for s in report.sensitivity[: min(5, len(report.sensitivity))]
+        )
+        lines.append(f"Most sensitive layers (own-output SQNR in dB, lower is worse): {worst}")
+    return lines
+
+
+def failure_text(verdict: GateVerdict) -> str:
+    """The text a failing gate shows in the test output (no traceback)."""
+    lines = [f"INT8 gate failed: {verdict.name}  {header_line(verdict)}"]
+    lines.extend(metric_table(verdict.results))
+    if isinstance(verdict.bisection, BisectionReport):
+        lines.extend(bisection_lines(verdict.bisection, verdict.eval_samples))
+    elif verdict.bisection is None:
+        lines.append("Offending layers: not searched (bisection disabled; enable with --int8-bisect).")
+    lines.extend(f"Note: {note}" for note in verdict.notes)
+    return "\n".join(lines)
+
+
+def verdict_text(verdict: GateVerdict) -> str:
+    """A passing or failing verdict as text (the failure text when it failed)."""
+    if not verdict.passed:
+        return failure_text(verdict)
+    lines = [f"INT8 gate passed: {verdict.name}  {header_line(verdict)}"]
+    lines.extend(metric_table(verdict.results))
+    lines.extend(f"Note: {note}" for note in verdict.notes)
+    return "\n".join(lines)
+
+
+def _json_number(value: float | None) -> float | str | None:
+    if value is None or math.isfinite(value):
+        return value
+    return "inf" if value > 0 else "-inf"
+
+
+def verdict_record(verdict: GateVerdict, *, nodeid: str, duration_s: float | None = None) -> dict[str, Any]:
+    """The JSON report entry of one gate."""
+    bisection = verdict.bisection.as_dict() if isinstance(verdict.bisection, BisectionReport) else None
+    return {
+        "model": verdict.model,
+        "name": verdict.name,
+        "nodeid": nodeid,
+        "verdict": "pass" if verdict.passed else "fail",
+        "metrics": {
+            r.name: {k: _json_number(v) if isinstance(v, float) else v for k, v in r.as_dict().items()}
+            for r in verdict.results
+        },
+        "measured": {
+            "fp32": {k: _json_number(v) for k, v in verdict.fp32.items()},
+            "int8": {k: _json_number(v) for k, v in verdict.int8.items()},
+        },
+        "budget": dict(verdict.budget.limits),
+        "backend": dict(verdict.backend),
+        "calibrator": verdict.calibrator,
+        "plan": dict(verdict.plan),
+        "samples": {"calibration": verdict.calibration_samples, "evaluation": verdict.eval_samples},
+        "layers": {"quantized": verdict.quantized_layers, "quantizable": verdict.total_layers},
+        "offending_layers": bisection["offending_layers"] if bisection else [],
+        "bisection": bisection,
+        "evaluations": verdict.evaluations,
+        "cache_hits": list(verdict.cache_hits),
+        "notes": list(verdict.notes),
+        "duration_s": round(duration_s if duration_s is not None else verdict.duration_s, 3),
+    }
+
+
+def error_record(*, model: str, name: str, nodeid: str, message: str, duration_s: float) -> dict[str, Any]:
+    return {
+        "model": model,
+        "name": name,
+        "nodeid": nodeid,
+        "verdict": "error",
+        "error": message,
+        "metrics": {},
+        "offending_layers": [],
+        "evaluations": 0,
+        "duration_s": round(duration_s, 3),
+    }
+
+
+def junit_properties(verdict: GateVerdict) -> list[tuple[str, object]]:
+    """Key figures as (name, value) pairs for ``item.user_properties`` (JUnit <property> elements)."""
+    props: list[tuple[str, object]] = [
+        ("int8gate_verdict", "pass" if verdict.passed else "fail"),
+        ("int8gate_backend", verdict.backend_text),
+        ("int8gate_calibrator", verdict.calibrator),
+    ]
+    for name in KEY_METRICS:
+        if name in verdict.int8:
+            props.append((f"int8gate_int8_{name}", _fmt_prop(verdict.int8[name])))
+        if name in verdict.fp32:
+            props.append((f"int8gate_fp32_{name}", _fmt_prop(verdict.fp32[name])))
+    if isinstance(verdict.bisection, BisectionReport):
+        props.append(("int8gate_offending_layers", ",".join(o.name for o in verdict.bisection.offenders)))
+    return props
+
+
+def _fmt_prop(value: float) -> str:
+    return f"{value:.6g}"
+
+
+@dataclass(frozen=True)
+class SummaryRow:
+    name: str
+    verdict: str
+    figures: str
+
+
+def summary_row(record: Mapping[str, Any]) -> SummaryRow:
+    if record["verdict"] == "error":
+        return SummaryRow(record["name"], "ERROR", str(record.get("error", ""))[:100])
+    measured = record.get("measured", {}).get("int8", {})
+    parts = []
+    for name, values in record["metrics"].items():
+        spec = BUDGET_METRICS[name]
+        value = values["int8"] if not spec.drop else None
+        if spec.drop and values["fp32"] is not None:
+            value = values["fp32"] - values["int8"]
+        parts.append(f"{name} {_num(value, 0).strip()}")
+    if not record["metrics"] and "cosine" in measured:
+        parts.append(f"cosine {_num(measured['cosine'], 0).strip()}")
+    offenders = record.get("offending_layers") or []
+    if offenders:
+        parts.append("offenders " + ", ".join(o["name"] for o in offenders))
+    if record.get("cache_hits"):
+        parts.append("cached: " + ", ".join(record["cache_hits"]))
+    return SummaryRow(record["name"], record["verdict"].upper(), "; ".join(parts))
+
+
+def summary_lines(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    rows = [summary_row(r) for r in records]
+    if not rows:
+        return []
+    width = max(len(r.name) for r in rows) + 2
+    return [f"{r.name:<{width}}{r.verdict:<7}{r.figures}" for r in rows]
+
+
+def write_json_report(
+    path: str | os.PathLike[str], records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]
+) -> None:
+    payload = {"version": 1, **meta, "gates": list(records)}
+    atomic_write_bytes(Path(path), (json.dumps(payload, indent=2, sort_keys=False) + "\n").encode())
