@@ -54,8 +54,9 @@ def _results_inline(results: Sequence[MetricResult]) -> str:
 
 def bisection_lines(report: BisectionReport, eval_samples: int) -> list[str]:
     lines = [
-        f"Offending layers ({report.evaluations} evaluations over {report.total_layers} quantized layers, "
-        f"{report.strategy} search on {report.subset_size} samples):"
+        f"Offending layers ({report.strategy} search: {report.search_evaluations} evaluations over "
+        f"{report.total_layers} quantized layers on {report.subset_size} samples; "
+        f"{report.repair_evaluations} repair attempts):"
     ]
     if report.offenders:
         width = max(len(o.name) for o in report.offenders) + 2
@@ -84,10 +85,7 @@ def bisection_lines(report: BisectionReport, eval_samples: int) -> list[str]:
     for note in report.notes:
         lines.append(f"Note: {note}")
     if report.sensitivity:
-        worst = ", ".join(
-            f"{s.name} {_num(s.sqnr_db, 0).strip()}"
-            for s in report.sensitivity[: min(5, len(report.sensitivity))]
-        )
+        worst = ", ".join(f"{s.name} {s.sqnr_db:.1f}" for s in report.sensitivity[:5])
         lines.append(f"Most sensitive layers (own-output SQNR in dB, lower is worse): {worst}")
     return lines
 

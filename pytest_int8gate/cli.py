@@ -1,0 +1,463 @@
+"""The ``int8gate`` command line: calibrate, quantize and gate a model outside pytest.
+
+Each subcommand is a thin shell over the library stages (graph, data, calibrate, quantize, pipeline);
+any :class:`Int8GateError` becomes one ``int8gate: error: ...`` line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import onnx
+
+from . import __version__
+from .backends import BACKEND_NAMES, ORT_MODES
+from .bisect import BisectionReport
+from .calibrate import CALIBRATORS as TABLE_CALIBRATORS
+from .calibrate import CalibrationTable, CalibratorSettings, calibrate, trt_version_number
+from .data import DEFAULT_BATCH_SIZE, batch_size_for, load_dataset
+from .errors import Int8GateError
+from .gate import Budget, GateVerdict, MetricResult
+from .graph import load_model
+from .pipeline import GatePipeline, GateSpec
+from .quantize import CALIBRATORS as PLAN_CALIBRATORS
+from .quantize import QuantPlan, activation_tensors, quantize_model
+
+PROG = "int8gate"
+#: How many tensors' amax ``calibrate`` prints (the table file has them all).
+AMAX_PREVIEW = 8
+
+EXIT_PASS = 0
+EXIT_FAIL = 1
+EXIT_ERROR = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version and usage errors: argparse already printed
+        return exc.code if isinstance(exc.code, int) else (EXIT_PASS if exc.code is None else EXIT_ERROR)
+    command: Callable[[argparse.Namespace], int] = args.run
+    try:
+        return command(args)
+    except Int8GateError as exc:
+        print(f"{PROG}: error: {_one_line(str(exc))}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Calibrate, quantize (explicit Q/DQ, TensorRT's INT8 scheme) and gate ONNX models.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    calib = commands.add_parser(
+        "calibrate",
+        help="one FP32 pass -> a calibration table (amax of every calibrator for every activation)",
+        description="Run the model once in FP32 over the calibration data and write the calibration table "
+        "(JSON; optionally also TensorRT's text calibration cache).",
+    )
+    calib.add_argument("model", metavar="MODEL", help="the FP32 ONNX model")
+    calib.add_argument(
+        "--data", required=True, metavar="CALIB", help=".npz, .npy, a folder of them, or module:function"
+    )
+    calib.add_argument(
+        "--method",
+        default="entropy",
+        choices=TABLE_CALIBRATORS,
+        help="calibrator shown in the summary and written to --trt-cache (default: entropy)",
+    )
+    calib.add_argument("--percentile", type=float, default=99.99, help="percentile calibrator's p")
+    calib.add_argument("--out", required=True, metavar="TABLE.json", help="where to write the table")
+    calib.add_argument("--trt-cache", metavar="FILE", help="also write TensorRT's text calibration cache")
+    calib.add_argument(
+        "--trt-version", default="10.13", help="TensorRT version in the cache header (default: 10.13)"
+    )
+    _add_run_options(calib)
+    calib.set_defaults(run=run_calibrate)
+
+    quant = commands.add_parser(
+        "quantize",
+        help="calibration table + plan -> Q/DQ ONNX model",
+        description="Insert Q/DQ pairs (activations per tensor, weights per output channel) using a "
+        "calibration table made for this model.",
+    )
+    quant.add_argument("model", metavar="MODEL", help="the FP32 ONNX model the table was made for")
+    quant.add_argument("--table", required=True, metavar="TABLE.json", help="from `int8gate calibrate`")
+    _add_plan_options(quant)
+    quant.add_argument(
+        "--allow-stale", action="store_true", help="accept a table made for a different model file"
+    )
+    quant.add_argument("--out", required=True, metavar="MODEL.int8.onnx", help="where to write the model")
+    quant.set_defaults(run=run_quantize)
+
+    check = commands.add_parser(
+        "check",
+        help="calibrate, quantize, evaluate against a budget; bisect on failure (exit 0 pass, 1 fail)",
+        description="Gate one model: FP32 vs INT8 on the evaluation data, judged against the budget. "
+        "On failure the offending layers are found and a fix is verified.",
+    )
+    check.add_argument("model", metavar="MODEL", help="the FP32 ONNX model")
+    check.add_argument("--calib-data", required=True, metavar="CALIB", help="calibration data")
+    check.add_argument("--eval-data", metavar="DATA", help="evaluation data (default: the calibration data)")
+    check.add_argument("--labels", metavar="LABELS", help=".npy with one integer class per evaluation sample")
+    check.add_argument(
+        "--budget",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="limits, e.g. top1_drop=0.01 cosine=0.98 (default: top1_drop=0.01 and cosine=0.98 with "
+        "labels, cosine=0.98 without)",
+    )
+    _add_plan_options(check)
+    check.add_argument("--percentile", type=float, default=99.99, help="percentile calibrator's p")
+    check.add_argument("--backend", default="onnxruntime", choices=BACKEND_NAMES)
+    check.add_argument(
+        "--ort-mode",
+        default="simulated",
+        choices=ORT_MODES,
+        help="ONNX Runtime INT8: simulated Q/DQ in float (= TensorRT's arithmetic) or fused int8 kernels",
+    )
+    check.add_argument("--output", metavar="NAME", help="model output to compare (default: the first)")
+    check.add_argument("--no-bisect", action="store_true", help="do not search for offending layers")
+    check.add_argument("--cache-dir", type=Path, metavar="DIR", help="reuse calibration tables and models")
+    check.add_argument("--json", type=Path, metavar="OUT", help="also write the verdict as JSON")
+    check.add_argument("-v", "--verbose", action="store_true", help="print progress on stderr")
+    _add_run_options(check)
+    check.set_defaults(run=run_check)
+    return parser
+
+
+def _add_plan_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--calibrator", default="entropy", choices=PLAN_CALIBRATORS, help="default: entropy (TensorRT's)"
+    )
+    parser.add_argument(
+        "--exclude",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="NODE",
+        help="layers (ONNX node names) to keep in float",
+    )
+    parser.add_argument(
+        "--override",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="NODE=CALIB",
+        help="per-layer calibrator, e.g. /conv2/Conv=percentile",
+    )
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=DEFAULT_BATCH_SIZE,
+        help=f"samples per run (default {DEFAULT_BATCH_SIZE}; a model's fixed batch axis wins)",
+    )
+    parser.add_argument(
+        "--threads", type=_non_negative_int, default=0, help="ONNX Runtime intra-op threads (0 = auto)"
+    )
+
+
+def _positive_int(text: str) -> int:
+    value = _int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, str]:
+    """``["/conv2/Conv=percentile"]`` -> ``{"/conv2/Conv": "percentile"}`` (node names may hold '=')."""
+    overrides: dict[str, str] = {}
+    for item in items:
+        node, sep, method = item.rpartition("=")
+        if not sep or not node or not method:
+            raise Int8GateError(f"--override {item!r} is not NODE=CALIBRATOR (e.g. /conv2/Conv=percentile).")
+        overrides[node] = method
+    return overrides
+
+
+# ---- calibrate ------------------------------------------------------------------------------------
+def run_calibrate(args: argparse.Namespace) -> int:
+    settings = CalibratorSettings(percentile=args.percentile)
+    trt_version_number(args.trt_version)  # a bad version fails before the FP32 pass, not after
+    loaded = load_model(args.model)
+    dataset = load_dataset(args.data, loaded.info, role="calibration")
+    tensors = activation_tensors(loaded)
+    batch_size = batch_size_for(loaded.info, args.batch_size)
+
+    started = time.perf_counter()
+    table, stats = calibrate(
+        loaded.proto,
+        tensors,
+        dataset.batches(batch_size),
+        model_hash=loaded.info.model_hash,
+        data_fingerprint=dataset.fingerprint,
+        settings=settings,
+        threads=args.threads,
+    )
+    total_s = time.perf_counter() - started
+    other_s = max(total_s - stats.fp32_pass_s - stats.statistics_s, 0.0)
+
+    print(
+        f"calibrated {len(tensors)} activation tensor(s) of {Path(args.model).name} on "
+        f"{stats.num_samples} samples (batch {batch_size})"
+    )
+    print(f"  fp32 pass     {stats.fp32_pass_s:8.3f} s")
+    print(f"  statistics    {stats.statistics_s:8.3f} s")
+    print(f"  other         {other_s:8.3f} s  (session build, data reading, calibrators)")
+    print(f"  total         {total_s:8.3f} s")
+    if table.amax:
+        shown = list(table.amax)[:AMAX_PREVIEW]
+        width = max(len(name) for name in shown)
+        more = f" (first {len(shown)} of {len(table.amax)})" if len(table.amax) > len(shown) else ""
+        print(f"{args.method} amax{more}:")
+        for name in shown:
+            print(f"  {name:<{width}}  {table.amax[name][args.method]:.6g}")
+    for name, reason in table.skipped.items():
+        print(f"skipped {name}: {reason}")
+
+    try:
+        table.save(args.out)
+    except OSError as exc:
+        raise Int8GateError(f"{args.out}: cannot write the calibration table ({exc}).") from exc
+    print(f"wrote {args.out}")
+    if args.trt_cache:
+        cache = table.to_trt_cache(args.method, args.trt_version)
+        _write(args.trt_cache, cache, what="TensorRT calibration cache")
+        print(f"wrote {args.trt_cache} ({cache.splitlines()[0]}, {args.method} scales)")
+    return EXIT_PASS
+
+
+# ---- quantize -------------------------------------------------------------------------------------
+def run_quantize(args: argparse.Namespace) -> int:
+    loaded = load_model(args.model)
+    table = CalibrationTable.load(args.table, model_hash=loaded.info.model_hash, allow_stale=args.allow_stale)
+    if table.model_hash != loaded.info.model_hash:
+        print(
+            f"{PROG}: warning: {args.table} was made for another model ({table.model_hash[:12]}, this "
+            f"model {loaded.info.model_hash[:12]}); using it because of --allow-stale",
+            file=sys.stderr,
+        )
+    plan = QuantPlan(
+        calibrator=args.calibrator, exclude=frozenset(args.exclude), overrides=parse_overrides(args.override)
+    )
+    plan.validate(loaded.info)
+    quantized = quantize_model(loaded, table, plan)
+    _save_model(quantized.proto, args.out)
+
+    total = len(loaded.info.layers)
+    overrides = "".join(f", {layer} with {method}" for layer, method in plan.overrides.items())
+    print(
+        f"quantized {len(quantized.quantized_layers)} of {total} layer(s) of {Path(args.model).name} "
+        f"with the {plan.calibrator} calibrator{overrides}"
+    )
+    if quantized.skipped:
+        print(f"kept in float ({len(quantized.skipped)}):")
+        width = max(len(name) for name in quantized.skipped)
+        for name, reason in quantized.skipped.items():
+            print(f"  {name:<{width}}  {reason}")
+    for name, note in quantized.notes.items():
+        print(f"note: {name}: {note}")
+    print(f"wrote {args.out}")
+    return EXIT_PASS
+
+
+def _save_model(model: onnx.ModelProto, path: str) -> None:
+    target = Path(path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        onnx.save(model, str(target))
+    except (OSError, ValueError) as exc:
+        raise Int8GateError(f"{target}: cannot write the quantized model ({exc}).") from exc
+
+
+def _write(path: str, text: str, *, what: str) -> None:
+    target = Path(path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise Int8GateError(f"{target}: cannot write the {what} ({exc}).") from exc
+
+
+# ---- check ----------------------------------------------------------------------------------------
+def run_check(args: argparse.Namespace) -> int:
+    spec = GateSpec(
+        model=Path(args.model),
+        calib_data=args.calib_data,
+        eval_data=args.eval_data,
+        labels=args.labels,
+        budget=Budget.parse(args.budget, source="--budget"),
+        calibrator=args.calibrator,
+        percentile=args.percentile,
+        exclude=frozenset(args.exclude),
+        overrides=parse_overrides(args.override),
+        backend=args.backend,
+        ort_mode=args.ort_mode,
+        output=args.output,
+        batch_size=args.batch_size,
+        threads=args.threads,
+        cache_dir=args.cache_dir,
+        bisect=not args.no_bisect,
+    )
+    CalibratorSettings(percentile=spec.percentile)  # reject a bad percentile before any work
+
+    def progress(stage: str, message: str) -> None:
+        print(f"{PROG}: {stage}: {message}", file=sys.stderr)
+
+    verdict = GatePipeline(spec, progress=progress if args.verbose else None).run()
+    print(verdict_text(verdict), end="")
+    if args.json is not None:
+        _write(str(args.json), json.dumps(verdict_dict(verdict), indent=2) + "\n", what="verdict JSON")
+    return EXIT_PASS if verdict.passed else EXIT_FAIL
+
+
+def verdict_text(verdict: GateVerdict) -> str:
+    """Plain-text verdict: header, metric table, offending layers and the verified fix."""
+    outcome = "passed" if verdict.passed else "FAILED"
+    lines = [
+        f"INT8 gate {outcome}: {verdict.name}  [{verdict.backend_text} | {verdict.calibrator} | "
+        f"{verdict.calibration_samples} calibration / {verdict.eval_samples} evaluation samples]",
+        f"  output {verdict.output_name!r}; {verdict.quantized_layers} of {verdict.total_layers} layers "
+        "quantized",
+    ]
+    lines.extend(_metric_table(verdict.results))
+    if isinstance(verdict.bisection, BisectionReport):
+        lines.extend(_bisection_lines(verdict.bisection))
+    lines.extend(f"note: {note}" for note in verdict.notes)
+    if verdict.cache_hits:
+        lines.append(f"cache: reused {', '.join(verdict.cache_hits)}")
+    lines.append(f"{verdict.evaluations} evaluation(s) in {verdict.duration_s:.2f} s")
+    return "\n".join(lines) + "\n"
+
+
+def _metric_table(results: Sequence[MetricResult]) -> list[str]:
+    rows = [("metric", "fp32", "int8", "delta", "limit", "result")]
+    for result in results:
+        rows.append(
+            (
+                result.name,
+                _number(result.fp32),
+                _number(result.int8),
+                _number(result.delta),
+                f"{'<=' if result.upper else '>='} {_number(result.limit)}",
+                "PASS" if result.passed else "FAIL",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]
+
+
+def _bisection_lines(report: BisectionReport) -> list[str]:
+    lines = [
+        f"Offending layers ({report.evaluations} evaluations over {report.total_layers} quantizable layers, "
+        f"search subset {report.subset_size} samples):"
+    ]
+    if not report.offenders:
+        lines.append("  none found")
+    else:
+        rows = [("idx", "layer", "op", "action", "calibrator")]
+        for offender in report.offenders:
+            action = "keep in float" if offender.action == "float" else "change calibrator"
+            rows.append(
+                (str(offender.index), offender.name, offender.op_type, action, offender.calibrator or "-")
+            )
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        lines.extend(
+            "  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+            for row in rows
+        )
+    fix = report.fix
+    if fix is not None:
+        parts = [f"exclude [{', '.join(fix.exclude)}]"] if fix.exclude or not fix.overrides else []
+        if fix.overrides:
+            parts.append("calibrators " + ", ".join(f"{k}={v}" for k, v in fix.overrides.items()))
+        measured = ", ".join(f"{r.name} {_number(r.observed)}" for r in fix.results)
+        label = "Verified fix" if fix.passed else "Fix NOT verified (still fails on the full set)"
+        lines.append(f"{label}: {'; '.join(parts)} -> {measured}  {'PASS' if fix.passed else 'FAIL'}")
+    lines.extend(f"  {note}" for note in report.notes)
+    return lines
+
+
+def verdict_dict(verdict: GateVerdict) -> dict[str, object]:
+    """The verdict as JSON-ready data (non-finite numbers become null)."""
+    document: dict[str, object] = {
+        "name": verdict.name,
+        "model": verdict.model,
+        "passed": verdict.passed,
+        "backend": dict(verdict.backend),
+        "calibrator": verdict.calibrator,
+        "calibration_samples": verdict.calibration_samples,
+        "eval_samples": verdict.eval_samples,
+        "output": verdict.output_name,
+        "budget": dict(verdict.budget.limits),
+        "metrics": {r.name: r.as_dict() for r in verdict.results},
+        "fp32": dict(verdict.fp32),
+        "int8": dict(verdict.int8),
+        "plan": dict(verdict.plan),
+        "quantized_layers": verdict.quantized_layers,
+        "total_layers": verdict.total_layers,
+        "evaluations": verdict.evaluations,
+        "duration_s": round(verdict.duration_s, 3),
+        "notes": list(verdict.notes),
+        "cache_hits": list(verdict.cache_hits),
+        "bisection": verdict.bisection.as_dict() if isinstance(verdict.bisection, BisectionReport) else None,
+    }
+    return {key: _finite(value) for key, value in document.items()}
+
+
+def _finite(value: object) -> object:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if not math.isfinite(value):
+        return str(value)
+    return f"{value:.4f}" if abs(value) < 1000 else f"{value:.4g}"
+
+
+def _one_line(message: str) -> str:
+    return " ".join(part.strip() for part in message.splitlines() if part.strip()) or "unknown error"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
