@@ -12,6 +12,7 @@ import importlib
 import os
 import re
 import sys
+import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,7 +134,7 @@ def _read_array_file(path: Path, model: ModelInfo) -> Feeds:
         if "pickle" in str(exc).lower():
             raise DataError(f"{path}: holds pickled objects, which are refused; save plain arrays.") from exc
         raise DataError(f"{path}: not a readable numpy file ({exc}).") from exc
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
         raise DataError(f"{path}: not a readable numpy file ({exc}).") from exc
 
 
@@ -296,7 +297,7 @@ def load_labels(path: str | os.PathLike[str], num_samples: int) -> np.ndarray:
             labels = np.load(file, allow_pickle=False)
     except DataError:
         raise
-    except (ValueError, OSError, EOFError) as exc:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise DataError(f"{file}: not a readable numpy labels file ({exc}).") from exc
     return check_labels(labels, num_samples, source=str(file))
 

@@ -190,6 +190,9 @@ def test_unsupported_missing_and_empty_sources(tmp_path: Path, single: ModelInfo
     empty_folder.mkdir()
     with pytest.raises(DataError, match=r"holds no \.npz or \.npy files"):
         load_dataset(empty_folder, single)
+
+
+def test_a_corrupt_npz_is_a_data_error(tmp_path: Path, single: ModelInfo) -> None:
     (tmp_path / "truncated.npz").write_bytes(b"PK\x03\x04 truncated zip")
     with pytest.raises(DataError, match=r"truncated\.npz: not a readable numpy file"):
         load_dataset(tmp_path / "truncated.npz", single)

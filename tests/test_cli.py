@@ -1,0 +1,325 @@
+"""The ``int8gate`` command line, run in-process with ``main([...])`` and once as ``python -m``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from pytest_int8gate import __version__
+from pytest_int8gate.calibrate import INT8_MAX, CalibrationTable, read_trt_cache
+from pytest_int8gate.cli import main, parse_overrides
+from pytest_int8gate.errors import Int8GateError
+from pytest_int8gate.graph import load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "example_project"
+DIGITS = EXAMPLE / "models" / "digits_cnn.onnx"
+DIGITS_OUTLIER = EXAMPLE / "models" / "digits_cnn_outlier.onnx"
+CALIB = EXAMPLE / "data" / "calib.npz"
+EVAL = EXAMPLE / "data" / "eval.npz"
+LABELS = EXAMPLE / "data" / "eval_labels.npy"
+
+
+def _mlp(path: Path, seed: int) -> Path:
+    """x[N,4] -> MatMul mm1 -> Relu -> MatMul mm2 -> y[N,2]; the seed only changes the weights."""
+    rng = np.random.default_rng(seed)
+    w1 = rng.normal(size=(4, 3)).astype(np.float32)
+    w2 = rng.normal(size=(3, 2)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm1"),
+            helper.make_node("Relu", ["h"], ["r"], name="relu"),
+            helper.make_node("MatMul", ["r", "w2"], ["y"], name="mm2"),
+        ],
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture
+def mlp(tmp_path: Path) -> tuple[Path, Path, np.ndarray]:
+    """The tiny model, its calibration .npz and the calibration array."""
+    x = np.random.default_rng(0).normal(size=(40, 4)).astype(np.float32)
+    data = tmp_path / "calib.npz"
+    np.savez(data, x=x)
+    return _mlp(tmp_path / "mlp.onnx", seed=1), data, x
+
+
+def _calibrate(model: Path, data: Path, table: Path, *extra: str) -> int:
+    return main(["calibrate", str(model), "--data", str(data), "--out", str(table), *extra])
+
+
+def _error_line(stderr: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("int8gate: error: ")
+    return lines[0]
+
+
+def test_calibrate_writes_table_and_trt_cache(
+    tmp_path: Path, mlp: tuple[Path, Path, np.ndarray], capsys: pytest.CaptureFixture[str]
+) -> None:
+    model, data, x = mlp
+    table_path, cache_path = tmp_path / "out" / "table.json", tmp_path / "calib.cache"
+    assert _calibrate(model, data, table_path, "--method", "max", "--trt-cache", str(cache_path)) == 0
+    out = capsys.readouterr().out
+    assert "2 activation tensor(s) of mlp.onnx on 40 samples (batch 32)" in out
+    for line in ("fp32 pass", "statistics", "total"):
+        assert line in out
+
+    table = CalibrationTable.load(table_path, model_hash=load_model(model).info.model_hash)
+    assert table.num_samples == 40
+    assert set(table.amax) == {"x", "r"}
+    assert table.amax["x"]["max"] == float(np.abs(x).max())
+    assert f"  x  {float(np.abs(x).max()):.6g}" in out
+
+    text = cache_path.read_text()
+    assert text.startswith("TRT-101300-EntropyCalibration2\n")
+    cache = read_trt_cache(text)
+    assert cache.scales["x"] == pytest.approx(float(np.abs(x).max()) / INT8_MAX, rel=1e-6)
+
+
+def test_calibrate_trt_version_and_method_choose_header_and_scales(
+    tmp_path: Path, mlp: tuple[Path, Path, np.ndarray]
+) -> None:
+    model, data, _ = mlp
+    cache_path = tmp_path / "c.cache"
+    args = ["--method", "percentile", "--percentile", "90", "--trt-cache", str(cache_path)]
+    assert _calibrate(model, data, tmp_path / "t.json", *args, "--trt-version", "8.6.1") == 0
+    cache = read_trt_cache(cache_path.read_text())
+    assert cache.header == "TRT-8601-EntropyCalibration2"
+    table = CalibrationTable.load(tmp_path / "t.json")
+    assert table.settings.percentile == 90
+    assert cache.amax()["x"] == pytest.approx(table.amax["x"]["percentile"], rel=1e-6)
+    assert table.amax["x"]["percentile"] < table.amax["x"]["max"]
+
+
+def test_calibrate_bad_percentile_and_trt_version_exit_2_before_work(
+    tmp_path: Path, mlp: tuple[Path, Path, np.ndarray], capsys: pytest.CaptureFixture[str]
+) -> None:
+    model, data, _ = mlp
+    assert _calibrate(model, data, tmp_path / "t.json", "--percentile", "120") == 2
+    assert "percentile" in _error_line(capsys.readouterr().err)
+    assert _calibrate(model, data, tmp_path / "t.json", "--trt-version", "ten") == 2
+    assert "'ten'" in _error_line(capsys.readouterr().err)
+    assert not (tmp_path / "t.json").exists()
+
+
+def test_calibrate_and_quantize_the_example_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    table, qdq = tmp_path / "digits.json", tmp_path / "digits.int8.onnx"
+    assert _calibrate(DIGITS, CALIB, table) == 0
+    assert "5 activation tensor(s) of digits_cnn.onnx on 600 samples" in capsys.readouterr().out
+
+    assert main(["quantize", str(DIGITS), "--table", str(table), "--out", str(qdq)]) == 0
+    out = capsys.readouterr().out
+    assert "quantized 5 of 5 layer(s) of digits_cnn.onnx with the entropy calibrator" in out
+    assert "kept in float" not in out
+
+    model = onnx.load(str(qdq))
+    assert sum(node.op_type == "QuantizeLinear" for node in model.graph.node) == 5
+    session = ort.InferenceSession(str(qdq), providers=["CPUExecutionProvider"])
+    with np.load(EVAL) as archive:
+        images = archive["input"]
+    logits = session.run(None, {"input": images})[0]
+    accuracy = float(np.mean(np.argmax(logits, axis=1) == np.load(LABELS)))
+    assert accuracy >= 0.95  # FP32 is 0.974
+
+
+def test_quantize_exclude_and_override(
+    tmp_path: Path, mlp: tuple[Path, Path, np.ndarray], capsys: pytest.CaptureFixture[str]
+) -> None:
+    model, data, _ = mlp
+    table, qdq = tmp_path / "t.json", tmp_path / "q.onnx"
+    assert _calibrate(model, data, table) == 0
+    capsys.readouterr()
+    argv = ["quantize", str(model), "--table", str(table), "--exclude", "mm2"]
+    assert main([*argv, "--override", "mm1=max", "--out", str(qdq)]) == 0
+    out = capsys.readouterr().out
+    assert "quantized 1 of 2 layer(s) of mlp.onnx with the entropy calibrator, mm1 with max" in out
+    assert "mm2  excluded by the plan" in out
+
+    graph = onnx.load(str(qdq)).graph
+    nodes = {node.name: node for node in graph.node}
+    assert nodes["mm2"].input[0] == "r"  # kept in float
+    quantize = [node for node in graph.node if node.op_type == "QuantizeLinear"]
+    assert [node.input[0] for node in quantize] == ["x"]
+    scale = {init.name: numpy_helper.to_array(init) for init in graph.initializer}[quantize[0].input[1]]
+    max_amax = CalibrationTable.load(table).amax["x"]["max"]
+    assert float(scale) == pytest.approx(max_amax / INT8_MAX, rel=1e-6)
+
+
+def test_quantize_misspelt_exclude_exits_2_naming_the_node(
+    tmp_path: Path, mlp: tuple[Path, Path, np.ndarray], capsys: pytest.CaptureFixture[str]
+) -> None:
+    model, data, _ = mlp
+    table, qdq = tmp_path / "t.json", tmp_path / "q.onnx"
+    assert _calibrate(model, data, table) == 0
+    capsys.readouterr()
+    assert main(["quantize", str(model), "--table", str(table), "--exclude", "mm_2", "--out", str(qdq)]) == 2
+    line = _error_line(capsys.readouterr().err)
+    assert "'mm_2'" in line
+    assert "did you mean 'mm2'" in line
+    assert not qdq.exists()
+
+
+def test_quantize_bad_override_exits_2(
+    tmp_path: Path, mlp: tuple[Path, Path, np.ndarray], capsys: pytest.CaptureFixture[str]
+) -> None:
+    model, data, _ = mlp
+    table = tmp_path / "t.json"
+    assert _calibrate(model, data, table) == 0
+    capsys.readouterr()
+    base = ["quantize", str(model), "--table", str(table), "--out", str(tmp_path / "q.onnx")]
+    assert main([*base, "--override", "mm1=kl"]) == 2
+    assert "'kl'" in _error_line(capsys.readouterr().err)
+    assert main([*base, "--override", "mm1"]) == 2
+    assert "NODE=CALIBRATOR" in _error_line(capsys.readouterr().err)
+
+
+def test_stale_table_exits_2_unless_allowed(
+    tmp_path: Path, mlp: tuple[Path, Path, np.ndarray], capsys: pytest.CaptureFixture[str]
+) -> None:
+    model, data, _ = mlp
+    other = _mlp(tmp_path / "other.onnx", seed=2)  # same graph, other weights
+    table, qdq = tmp_path / "t.json", tmp_path / "q.onnx"
+    assert _calibrate(model, data, table) == 0
+    capsys.readouterr()
+    argv = ["quantize", str(other), "--table", str(table), "--out", str(qdq)]
+    assert main(argv) == 2
+    line = _error_line(capsys.readouterr().err)
+    assert "stale calibration table" in line
+    assert "the model changed" in line
+    assert not qdq.exists()
+
+    assert main([*argv, "--allow-stale"]) == 0
+    captured = capsys.readouterr()
+    assert "int8gate: warning:" in captured.err
+    assert "another model" in captured.err
+    assert qdq.exists()
+
+
+def test_missing_model_and_data_exit_2(
+    tmp_path: Path, mlp: tuple[Path, Path, np.ndarray], capsys: pytest.CaptureFixture[str]
+) -> None:
+    model, _, _ = mlp
+    assert _calibrate(tmp_path / "nope.onnx", CALIB, tmp_path / "t.json") == 2
+    assert "nope.onnx" in _error_line(capsys.readouterr().err)
+    assert _calibrate(model, CALIB, tmp_path / "t.json") == 2  # the digits data does not fit the MLP
+    assert "'input'" in _error_line(capsys.readouterr().err)
+
+
+def test_check_passes_on_the_example_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    report = tmp_path / "verdict.json"
+    argv = ["check", str(DIGITS), "--calib-data", str(CALIB), "--eval-data", str(EVAL)]
+    assert main([*argv, "--labels", str(LABELS), "--json", str(report)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("INT8 gate passed: digits_cnn.onnx  [onnxruntime ")
+    assert "600 calibration / 500 evaluation samples" in out
+    assert "top1_drop" in out
+    assert "cosine" in out
+    assert "FAIL" not in out
+
+    verdict = json.loads(report.read_text())
+    assert verdict["passed"] is True
+    assert verdict["budget"] == {"top1_drop": 0.01, "cosine": 0.98}
+    assert verdict["metrics"]["top1_drop"]["fp32"] == pytest.approx(0.974)
+    assert verdict["metrics"]["cosine"]["int8"] >= 0.98
+    assert verdict["bisection"] is None
+
+
+def test_check_fails_on_the_outlier_model_and_names_the_offender(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    report = tmp_path / "verdict.json"
+    argv = ["check", str(DIGITS_OUTLIER), "--calib-data", str(CALIB), "--eval-data", str(EVAL)]
+    argv += ["--labels", str(LABELS), "--calibrator", "max", "--budget", "top1_drop=0.01"]
+    assert main([*argv, "--json", str(report)]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("INT8 gate FAILED: digits_cnn_outlier.onnx")
+    table_row = next(line for line in out.splitlines() if line.strip().startswith("top1_drop"))
+    assert table_row.split()[-1] == "FAIL"
+    assert "Offending layers" in out
+    assert "/conv2/Conv" in out
+
+    verdict = json.loads(report.read_text())
+    assert verdict["passed"] is False
+    assert verdict["metrics"]["top1_drop"]["int8"] < 0.5  # max calibration ruins the outlier model
+    offenders = verdict["bisection"]["offending_layers"]
+    assert [o["name"] for o in offenders] == ["/conv2/Conv"]
+
+
+def test_check_without_bisection_and_with_exclusion(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["check", str(DIGITS_OUTLIER), "--calib-data", str(CALIB), "--eval-data", str(EVAL)]
+    argv += ["--labels", str(LABELS), "--calibrator", "max", "--budget", "top1_drop=0.01"]
+    assert main([*argv, "--no-bisect"]) == 1
+    assert "Offending layers" not in capsys.readouterr().out
+    assert main([*argv, "--exclude", "/conv2/Conv"]) == 0
+    out = capsys.readouterr().out
+    assert "4 of 5 layers quantized" in out
+
+
+def test_check_bad_budget_key_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["check", str(DIGITS), "--calib-data", str(CALIB), "--budget", "top1=0.01"]
+    assert main(argv) == 2
+    line = _error_line(capsys.readouterr().err)
+    assert "'top1'" in line
+    assert "top1_drop" in line  # the valid keys are listed
+
+
+def test_usage_errors_and_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"int8gate {__version__}"
+    assert main([]) == 2
+    assert "COMMAND" in capsys.readouterr().err
+    assert main(["calibrate", str(DIGITS), "--data", str(CALIB), "--out", "t.json", "--batch-size", "0"]) == 2
+    assert "--batch-size: must be >= 1" in capsys.readouterr().err
+
+
+def test_parse_overrides() -> None:
+    assert parse_overrides(["/a/Conv=max", "b=c=percentile"]) == {"/a/Conv": "max", "b=c": "percentile"}
+    with pytest.raises(Int8GateError, match="NODE=CALIBRATOR"):
+        parse_overrides(["=max"])
+
+
+def test_module_entry_point_runs_as_a_process(tmp_path: Path, mlp: tuple[Path, Path, np.ndarray]) -> None:
+    model, data, _ = mlp
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, "-m", "pytest_int8gate.cli"]
+    table = tmp_path / "t.json"
+    done = subprocess.run(
+        [*command, "calibrate", str(model), "--data", str(data), "--out", str(table)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "on 40 samples" in done.stdout
+    assert CalibrationTable.load(table).num_samples == 40
+
+    failed = subprocess.run(
+        [*command, "quantize", str(model), "--table", str(table), "--exclude", "nope", "--out", "q.onnx"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert failed.returncode == 2
+    assert failed.stderr.startswith("int8gate: error: ")
+    assert "'nope'" in failed.stderr
