@@ -1,0 +1,64 @@
+"""End to end on the example project's real model and data: its gate passes, its outlier model fails and
+the failure names the planted layer with a verified fix."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "example_project"
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def example(tmp_path: Path) -> Path:
+    target = tmp_path / "example_project"
+    shutil.copytree(EXAMPLE, target, ignore=shutil.ignore_patterns(".pytest_cache", "__pycache__"))
+    return target
+
+
+def run_pytest(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:randomly", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_the_example_gate_passes_through_marker_tests_and_manifest(example: Path) -> None:
+    result = run_pytest(example, "--int8-report-json", "report.json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "5 passed" in result.stdout
+    report = json.loads((example / "report.json").read_text())
+    names = {gate["name"] for gate in report["gates"]}
+    assert {"digits_cnn", "digits_cnn_outlier_fixed"} <= names
+    for gate in report["gates"]:
+        assert gate["verdict"] == "pass"
+        if "top1_drop" in gate["metrics"]:
+            # INT8 (entropy, simulated) within 1 point of FP32 on the held-out set
+            assert gate["metrics"]["top1_drop"]["fp32"] - gate["metrics"]["top1_drop"]["int8"] <= 0.01
+
+
+def test_the_outlier_model_fails_and_names_the_planted_layer(example: Path) -> None:
+    result = run_pytest(
+        example, "--int8-model", "models/digits_cnn_outlier.onnx", "-k", "outlier and not fixed",
+        "--int8-report-json", "report.json",
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    out = result.stdout
+    assert "INT8 gate failed: digits_cnn_outlier.onnx" in out
+    assert "/conv2/Conv" in out and "keep in float" in out
+    assert "Verified fix on all 500 evaluation samples: exclude [/conv2/Conv]" in out
+    assert "pytest_int8gate" not in out.split("FAILURES")[1].split("int8gate ===")[0]  # no traceback
+    gate = json.loads((example / "report.json").read_text())["gates"][0]
+    assert gate["verdict"] == "fail"
+    assert [o["name"] for o in gate["offending_layers"]] == ["/conv2/Conv"]
+    assert gate["bisection"]["fix"]["passed"] is True
