@@ -132,7 +132,13 @@ class GatePipeline:
 
     @functools.cached_property
     def backend(self) -> Backend:
-        return get_backend(self.spec.backend, ort_mode=self.spec.ort_mode, threads=self.spec.threads)
+        return get_backend(
+            self.spec.backend,
+            ort_mode=self.spec.ort_mode,
+            threads=self.spec.threads,
+            cache_dir=self.spec.cache_dir,
+            batch_size=self.batch_size,
+        )
 
     @property
     def budget(self) -> Budget:

@@ -5,6 +5,7 @@ Every backend receives the same artefacts: the prepared FP32 model and the proje
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -67,8 +68,19 @@ class Backend(Protocol):
     def describe(self) -> BackendInfo: ...
 
 
-def get_backend(name: str = "onnxruntime", *, ort_mode: str = "simulated", threads: int = 0) -> Backend:
-    """The backend called ``name``; ``auto`` picks TensorRT when it and a GPU are present."""
+def get_backend(
+    name: str = "onnxruntime",
+    *,
+    ort_mode: str = "simulated",
+    threads: int = 0,
+    cache_dir: str | os.PathLike[str] | None = None,
+    batch_size: int = 32,
+) -> Backend:
+    """The backend called ``name``; ``auto`` picks TensorRT when it and a GPU are present.
+
+    ``cache_dir`` holds TensorRT's serialized engines; ``batch_size`` is the largest batch an engine
+    must accept (its optimisation profile).
+    """
     if name not in BACKEND_NAMES:
         raise BackendError(f"unknown backend {name!r}; choose one of {', '.join(BACKEND_NAMES)}.")
     if name in ("tensorrt", "auto"):
@@ -76,7 +88,7 @@ def get_backend(name: str = "onnxruntime", *, ort_mode: str = "simulated", threa
 
         reason = trt_backend.unavailable_reason()
         if reason is None:
-            return trt_backend.TensorRTBackend()
+            return trt_backend.TensorRTBackend(cache_dir=cache_dir, batch_sizes=(1, batch_size, batch_size))
         if name == "tensorrt":
             raise BackendError(f"--int8-backend=tensorrt was requested but {reason}.")
     from .onnxruntime import OrtBackend
