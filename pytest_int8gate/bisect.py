@@ -124,6 +124,7 @@ class BisectionReport:
     subset_size: int
     search_evaluations: int
     repair_evaluations: int
+    baseline_evaluations: int  # the whole plan on the search subset, when the search did not reuse it
     offenders: tuple[OffendingLayer, ...]
     sensitivity: tuple[LayerSensitivity, ...]
     fix: VerifiedFix | None
@@ -132,13 +133,15 @@ class BisectionReport:
 
     @property
     def evaluations(self) -> int:
-        return self.search_evaluations + self.repair_evaluations + (1 if self.fix is not None else 0)
+        verification = 1 if self.fix is not None else 0
+        return self.baseline_evaluations + self.search_evaluations + self.repair_evaluations + verification
 
     def as_dict(self) -> dict[str, object]:
         return {
             "strategy": self.strategy,
             "total_layers": self.total_layers,
             "subset_size": self.subset_size,
+            "baseline_evaluations": self.baseline_evaluations,
             "search_evaluations": self.search_evaluations,
             "repair_evaluations": self.repair_evaluations,
             "evaluations": self.evaluations,
@@ -314,11 +317,16 @@ def _first_failing_prefix(
 
 
 def _non_monotonic_interval(probes: dict[int, Probe]) -> tuple[int, int] | None:
-    """Two probes where the longer prefix scored clearly better than a shorter one, widest first."""
+    """Two passing probes where the longer prefix scored clearly better than the shorter one.
+
+    Only passing prefixes matter: a clear gain from quantizing more layers means a prefix in between
+    may fail although both ends pass, which bisection would never see. How badly failing prefixes
+    fail does not change where the first failure is.
+    """
     ordered = sorted(probes.items())
     for i, (short_end, short) in enumerate(ordered):
         for long_end, long in ordered[i + 1 :]:
-            if long.margin > short.margin + MONOTONIC_TOLERANCE:
+            if long.passed and long.margin > short.margin + MONOTONIC_TOLERANCE:
                 return short_end, long_end
     return None
 
@@ -378,6 +386,7 @@ def bisect_failure(pipeline: GatePipeline, failing: Comparison) -> BisectionRepo
     notes: list[str] = []
     oracle = SubsetOracle(pipeline, candidates, spec.bisect_subset)
     first = oracle(range(len(candidates)), [], {})
+    baseline_evaluations = 1
     if first.passed:
         notes.append(
             f"the failure does not reproduce on the first {oracle.subset_size} evaluation samples; the "
@@ -409,6 +418,8 @@ def bisect_failure(pipeline: GatePipeline, failing: Comparison) -> BisectionRepo
         max_evaluations=spec.bisect_max_evaluations,
         first=first if spec.bisect_strategy == "binary" else None,
     )
+    if spec.bisect_strategy == "binary":
+        baseline_evaluations -= 1  # the search counted the whole-plan probe as its first evaluation
     notes.extend(state.notes)
     offenders = []
     for index in sorted([*state.offenders, *state.repaired]):
@@ -447,6 +458,7 @@ def bisect_failure(pipeline: GatePipeline, failing: Comparison) -> BisectionRepo
         subset_size=oracle.subset_size,
         search_evaluations=state.search_evaluations,
         repair_evaluations=state.repair_evaluations,
+        baseline_evaluations=baseline_evaluations,
         offenders=tuple(offenders),
         sensitivity=sensitivity,
         fix=fix,

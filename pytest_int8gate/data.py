@@ -40,6 +40,8 @@ class Dataset:
 
     def batches(self, batch_size: int) -> Iterator[Feeds]:
         """Feeds of ``batch_size`` samples (the last one may be smaller), in the source's order."""
+        if batch_size < 1:
+            raise DataError(f"{self.source}: batch size must be at least 1, not {batch_size}.")
         pending: list[Feeds] = []
         pending_count = 0
         for chunk in self.chunks():
@@ -119,15 +121,20 @@ def _file_chunks(path: Path, model: ModelInfo, role: str) -> Callable[[], Iterat
     return chunks
 
 
-def _read_array_file(path: Path, model: ModelInfo) -> Feeds:
+def read_numpy_file(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of a ``.npz`` by name, or a ``.npy``'s array under the key ``""``; never unpickles."""
     try:
-        if path.suffix == ".npy":
-            if len(model.inputs) != 1:
-                names = ", ".join(t.name for t in model.inputs)
-                raise DataError(f"{path}: a .npy holds one array but the model has inputs {names}; use .npz.")
-            return {model.inputs[0].name: np.load(path, allow_pickle=False)}
-        with np.load(path, allow_pickle=False) as archive:
-            return {key: archive[key] for key in archive.files}
+        with path.open("rb") as handle:
+            magic = handle.read(6)
+            handle.seek(0)
+            if path.suffix == ".npy":
+                if magic != b"\x93NUMPY":
+                    raise DataError(f"{path}: not a readable numpy file (no .npy header).")
+                return {"": np.load(handle, allow_pickle=False)}
+            if not magic.startswith(b"PK"):
+                raise DataError(f"{path}: not a readable numpy file (a .npz must be a zip archive).")
+            with np.load(handle, allow_pickle=False) as archive:
+                return {key: archive[key] for key in archive.files}
     except DataError:
         raise
     except ValueError as exc:
@@ -136,6 +143,16 @@ def _read_array_file(path: Path, model: ModelInfo) -> Feeds:
         raise DataError(f"{path}: not a readable numpy file ({exc}).") from exc
     except (OSError, EOFError, zipfile.BadZipFile) as exc:
         raise DataError(f"{path}: not a readable numpy file ({exc}).") from exc
+
+
+def _read_array_file(path: Path, model: ModelInfo) -> Feeds:
+    arrays = read_numpy_file(path)
+    if path.suffix != ".npy":
+        return arrays
+    if len(model.inputs) != 1:
+        names = ", ".join(t.name for t in model.inputs)
+        raise DataError(f"{path}: a .npy holds one array but the model has inputs {names}; use .npz.")
+    return {model.inputs[0].name: arrays[""]}
 
 
 def _loader_chunks(
@@ -205,7 +222,7 @@ def _scan(
                     f"but {list(shapes[key])} before; shapes must not vary."
                 )
             if model is not None:
-                _check_values(source, index, model.input(key), array)
+                _check_values(source, total, model.input(key), array)
             digest.update(f"{key}|{array.dtype.str}|{array.shape}".encode())
             digest.update(np.ascontiguousarray(array).tobytes())
         total += lengths[keys[0]]
@@ -242,17 +259,15 @@ def _check_names(source: str, role: str, given_names: tuple[str, ...], model: Mo
     raise DataError(f"{source}: {role} data has " + " and ".join(parts) + ".")
 
 
-def _check_values(source: str, chunk_index: int, tensor: TensorInfo, array: np.ndarray) -> None:
+def _check_values(source: str, first_sample: int, tensor: TensorInfo, array: np.ndarray) -> None:
     if array.dtype != tensor.dtype:
         raise DataError(
             f"{source}: input {tensor.name!r} has dtype {array.dtype} but the model expects "
             f"{tensor.dtype}; convert it (e.g. .astype(np.{tensor.dtype})) when saving."
         )
     if array.dtype.kind == "f" and not np.isfinite(array).all():
-        bad = int(np.argwhere(~np.isfinite(array.reshape(array.shape[0], -1)))[0][0])
-        raise DataError(
-            f"{source}: input {tensor.name!r} holds NaN or Inf (chunk {chunk_index}, sample {bad})."
-        )
+        bad = first_sample + int(np.argwhere(~np.isfinite(array.reshape(array.shape[0], -1)))[0][0])
+        raise DataError(f"{source}: input {tensor.name!r} holds NaN or Inf (sample {bad}).")
 
 
 def _check_shape(source: str, tensor: TensorInfo, sample_shape: tuple[int, ...]) -> None:
@@ -285,20 +300,10 @@ def load_labels(path: str | os.PathLike[str], num_samples: int) -> np.ndarray:
     file = Path(path)
     if not file.is_file():
         raise DataError(f"{file}: labels file not found.")
-    try:
-        if file.suffix == ".npz":
-            with np.load(file, allow_pickle=False) as archive:
-                if len(archive.files) != 1:
-                    raise DataError(
-                        f"{file}: a labels .npz must hold exactly one array, not {archive.files}."
-                    )
-                labels = archive[archive.files[0]]
-        else:
-            labels = np.load(file, allow_pickle=False)
-    except DataError:
-        raise
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise DataError(f"{file}: not a readable numpy labels file ({exc}).") from exc
+    arrays = read_numpy_file(file)
+    if len(arrays) != 1:
+        raise DataError(f"{file}: a labels .npz must hold exactly one array, not {sorted(arrays)}.")
+    labels = next(iter(arrays.values()))
     return check_labels(labels, num_samples, source=str(file))
 
 

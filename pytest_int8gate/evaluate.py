@@ -46,9 +46,11 @@ def select_output(runner: Runner, output_name: str | None) -> str:
 def check_finite(array: np.ndarray, *, precision: str, output: str, first_sample: int) -> None:
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         flat = array.reshape(array.shape[0], -1) if array.ndim else array.reshape(1, 1)
-        bad = int(np.argwhere(~np.isfinite(flat))[0][0]) + first_sample
-        kind = "NaN" if np.isnan(array).any() else "Inf"
-        raise NonFiniteOutputError(f"the {precision} model's output {output!r} is {kind} at sample {bad}.")
+        row, col = (int(i) for i in np.argwhere(~np.isfinite(flat))[0])
+        kind = "NaN" if np.isnan(flat[row, col]) else "Inf"
+        raise NonFiniteOutputError(
+            f"the {precision} model's output {output!r} is {kind} at sample {row + first_sample}."
+        )
 
 
 def run_output(runner: Runner, feeds: Feeds, output: str, *, precision: str, first_sample: int) -> np.ndarray:

@@ -235,19 +235,27 @@ def _constant_value(node: onnx.NodeProto) -> np.ndarray | None:
 
 
 def name_nodes(graph: onnx.GraphProto) -> int:
-    """Give unnamed or duplicate-named nodes deterministic unique names; return how many changed."""
-    seen: set[str] = set()
+    """Give unnamed or duplicate-named nodes deterministic unique names; return how many changed.
+
+    A name the exporter gave is the user's handle on a layer (``exclude:``), so the first node with each
+    explicit name keeps it and generated names avoid every explicit one.
+    """
+    taken = {node.name for node in graph.node if node.name}
+    kept: set[str] = set()
     changed = 0
     for index, node in enumerate(graph.node):
-        name = node.name or f"{node.op_type}_{index}"
-        candidate, suffix = name, 1
-        while candidate in seen:
-            candidate = f"{name}__{suffix}"
+        if node.name and node.name not in kept:
+            kept.add(node.name)
+            continue
+        base = node.name or f"{node.op_type}_{index}"
+        candidate, suffix = base, 1
+        while candidate in taken:
+            candidate = f"{base}__{suffix}"
             suffix += 1
-        if candidate != node.name:
-            node.name = candidate
-            changed += 1
-        seen.add(candidate)
+        node.name = candidate
+        taken.add(candidate)
+        kept.add(candidate)
+        changed += 1
     return changed
 
 

@@ -63,9 +63,7 @@ def chain_weights(n_layers: int, channels: int = 16, *, seed: int = 0) -> list[D
     return layers
 
 
-def plant(
-    weights: Sequence[Dense], layer_index: int, factor: float = 1e4, channel: int = 0
-) -> list[Dense]:
+def plant(weights: Sequence[Dense], layer_index: int, factor: float = 1e4, channel: int = 0) -> list[Dense]:
     """A copy of ``weights`` whose layer ``layer_index`` is INT8-hostile, with the same FP32 function.
 
     Output channel ``channel`` of layer ``layer_index - 1`` is multiplied by ``factor`` (row and bias)
@@ -113,7 +111,10 @@ def chain_model(weights: Sequence[Dense]) -> onnx.ModelProto:
     for index, dense in enumerate(weights):
         last = index == len(weights) - 1
         w_name, b_name = f"fc{index}.weight", f"fc{index}.bias"
-        initializers += [numpy_helper.from_array(dense.weight, w_name), numpy_helper.from_array(dense.bias, b_name)]
+        initializers += [
+            numpy_helper.from_array(dense.weight, w_name),
+            numpy_helper.from_array(dense.bias, b_name),
+        ]
         gemm_out = OUTPUT if last else f"fc{index}_out"
         nodes.append(
             helper.make_node("Gemm", [current, w_name, b_name], [gemm_out], name=layer_name(index), transB=1)

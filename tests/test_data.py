@@ -201,8 +201,13 @@ def test_a_corrupt_npz_is_a_data_error(tmp_path: Path, single: ModelInfo) -> Non
 def test_a_file_that_is_not_numpy_is_not_called_a_pickle(tmp_path: Path, single: ModelInfo) -> None:
     """numpy reports any file without the .npy magic as pickled data; the message must not repeat that."""
     (tmp_path / "broken.npy").write_bytes(b"not numpy at all")
-    with pytest.raises(DataError, match=r"broken\.npy: not a readable numpy file"):
+    with pytest.raises(DataError, match=r"broken\.npy: not a (readable )?numpy") as info:
         load_dataset(tmp_path / "broken.npy", single)
+    assert "pickle" not in str(info.value)
+    (tmp_path / "text.npz").write_text("a,b\n1,2\n")
+    with pytest.raises(DataError, match=r"text\.npz: not a (readable )?numpy") as info:
+        load_dataset(tmp_path / "text.npz", single)
+    assert "pickle" not in str(info.value)
 
 
 # ---- batching ----------------------------------------------------------------------------------------
@@ -349,8 +354,20 @@ def test_non_finite_data_names_the_sample(tmp_path: Path, single: ModelInfo, bad
     x = samples(6)
     x[4, 1, 0] = bad_value
     np.savez(tmp_path / "nan.npz", x=x)
-    with pytest.raises(DataError, match=r"'x' holds NaN or Inf \(chunk 0, sample 4\)"):
+    with pytest.raises(DataError, match=r"'x' holds NaN or Inf.*sample 4\b"):
         load_dataset(tmp_path / "nan.npz", single)
+
+
+def test_non_finite_data_in_a_folder_names_the_global_sample(tmp_path: Path, single: ModelInfo) -> None:
+    """Chunk numbers mean nothing to the user: name the sample's position in the whole data set."""
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    np.save(folder / "0.npy", samples(3))
+    later = samples(4, start=3)
+    later[1, 0, 0] = np.nan
+    np.save(folder / "1.npy", later)
+    with pytest.raises(DataError, match=r"sample 4\b"):
+        load_dataset(folder, single)
 
 
 def test_object_arrays_and_pickles_are_refused(tmp_path: Path, single: ModelInfo) -> None:
@@ -424,3 +441,13 @@ def test_load_labels(tmp_path: Path) -> None:
         load_labels(tmp_path / "absent.npy", 2)
     with pytest.raises(DataError, match=r"labels\.npy: 3 labels for 5"):
         load_labels(tmp_path / "labels.npy", 5)
+
+
+def test_corrupt_labels_files_are_data_errors(tmp_path: Path) -> None:
+    (tmp_path / "labels.npz").write_bytes(b"PK\x03\x04 truncated zip")
+    with pytest.raises(DataError, match=r"labels\.npz: not a (readable )?numpy"):
+        load_labels(tmp_path / "labels.npz", 2)
+    (tmp_path / "labels.npy").write_text("0\n1\n")
+    with pytest.raises(DataError, match=r"labels\.npy: not a (readable )?numpy") as info:
+        load_labels(tmp_path / "labels.npy", 2)
+    assert "pickle" not in str(info.value)

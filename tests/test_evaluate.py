@@ -16,6 +16,7 @@ from pytest_int8gate.errors import DataError, NonFiniteOutputError
 from pytest_int8gate.evaluate import (
     MetricAccumulator,
     ReferenceOutputs,
+    check_finite,
     classification_view,
     compare,
     sqnr_db,
@@ -300,6 +301,14 @@ def test_inf_in_the_int8_output_names_the_sample() -> None:
     x[9, 7] = 0.0
     with pytest.raises(NonFiniteOutputError, match=r"INT8 model's output 'y' is Inf at sample 9"):
         compare(fp32, int8, Dataset.from_arrays({"x": x}), batch_size=5)
+
+
+def test_the_kind_named_is_that_of_the_sample_named() -> None:
+    int8 = np.ones((6, 3), np.float32)
+    int8[2, 1] = np.inf
+    int8[5, 0] = np.nan
+    with pytest.raises(NonFiniteOutputError, match=r"is Inf at sample 12"):
+        check_finite(int8, precision="INT8", output="y", first_sample=10)
 
 
 def test_reference_outputs_compare_names_the_sample() -> None:
