@@ -54,8 +54,8 @@ REPAIRS = (
         "import numpy\nimport typing\n",
         "import builtins\nimport numpy\nimport typing\nimport typing_extensions\n",
         1,
-        "`builtins` is needed by the bool repair below; 22 parameters and returns are annotated "
-        "`typing_extensions.Buffer` without the import, which mypy would turn into Any "
+        "`builtins` is needed by the bool repair below; 22 signatures use `typing_extensions.Buffer` "
+        "without importing it, which mypy would turn into Any "
         "(e.g. OnnxParser.parse, Runtime.deserialize_cuda_engine, IBuilderConfig.create_timing_cache).",
     ),
     Repair(
@@ -106,8 +106,9 @@ ignore_errors = True
 ignore_missing_imports = True
 """
 
-# Checked in the same mypy run. Each expected error proves something; any other error in it, or a missing one,
-# means mypy did not read the repaired stubs and the result on the project module would be vacuous.
+# Checked in the same mypy run. Each expected error proves something, and line 7 must pass (tensorrt.bool is
+# still the DataType constant); any other error in it, or a missing one, means mypy did not read the repaired
+# stubs as intended and a clean result on the project module would prove nothing.
 PROBE = """\
 import tensorrt as trt
 

@@ -344,6 +344,7 @@ def render(
 ) -> str:
     baseline = _median(results["fp32"], "wall_s") if "fp32" in results else None
     baseline_pass = _median(results["fp32"], "fp32_pass_s") if "fp32" in results else None
+    baseline_cpu = _median(results["fp32"], "cpu_s") if "fp32" in results else None
     first = next(iter(results.values()))[0]
     int8gate_run = results.get("int8gate", results.get("int8gate+qdq", [{}]))[0]
     layers = int(int8gate_run["layers"]) if "layers" in int8gate_run else None
@@ -367,13 +368,15 @@ def render(
         f"- median of {args.trials} trial(s); every trial of every variant in a fresh process, "
         "trials interleaved",
         "",
-        "| variant | wall s | x FP32 pass | FP32 pass s | statistics s | CPU s | peak RSS MB "
-        "| RSS growth MB |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| variant | wall s | x FP32 pass (wall) | FP32 pass s | statistics s | CPU s | x FP32 pass (CPU) "
+        "| peak RSS MB | RSS growth MB |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for variant, trials in results.items():
         wall = _median(trials, "wall_s")
         ratio = "-" if baseline is None or wall is None else f"{wall / baseline:.2f}"
+        cpu = _median(trials, "cpu_s")
+        cpu_ratio = "-" if not baseline_cpu or cpu is None else f"{cpu / baseline_cpu:.2f}"
         peak = _median(trials, "peak_rss_mb")
         setup = _median(trials, "rss_setup_mb")
         growth = "-" if peak is None or setup is None or not setup else f"{peak - setup:.0f}"
@@ -381,18 +384,17 @@ def render(
         stats = _seconds(_median(trials, "statistics_s"))
         lines.append(
             f"| {VARIANTS[variant]} | {_seconds(wall)} | {ratio} | {fp32_pass} | {stats} | "
-            f"{_seconds(_median(trials, 'cpu_s'))} | "
-            f"{_seconds_or_mb(peak)} | {growth} |"
+            f"{_seconds(cpu)} | {cpu_ratio} | {_seconds_or_mb(peak)} | {growth} |"
         )
     lines += [
         "",
-        "x FP32 pass = wall time / the bare FP32 variant's wall time (session build + pass"
+        "x FP32 pass (wall) = wall time / the bare FP32 variant's wall time (session build + pass"
         + (f", {_seconds(baseline)} s of which {_seconds(baseline_pass)} s running" if baseline else "")
         + "). FP32 pass s and statistics s are the split reported by int8gate's calibration (time inside "
         "ONNX Runtime vs. updating histograms); the rest of its wall time is model preparation, data "
         "checking/fingerprinting, session build and the four calibrators. CPU s is the process CPU time "
-        "(all threads) over the same timed region as wall s; it is less disturbed by other load. "
-        "Peak RSS is the child process's "
+        "(all threads) over the same timed region as wall s; it is less disturbed by other load on the "
+        "machine, and x FP32 pass (CPU) is the same ratio on CPU time. Peak RSS is the child process's "
         "ru_maxrss (imports and the in-memory data included); RSS growth = peak minus the RSS after imports "
         "and data loading.",
         "",

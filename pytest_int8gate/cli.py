@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -18,16 +17,16 @@ import onnx
 
 from . import __version__
 from .backends import BACKEND_NAMES, ORT_MODES
-from .bisect import BisectionReport
 from .calibrate import CALIBRATORS as TABLE_CALIBRATORS
 from .calibrate import CalibrationTable, CalibratorSettings, calibrate, trt_version_number
 from .data import DEFAULT_BATCH_SIZE, batch_size_for, load_dataset
 from .errors import Int8GateError
-from .gate import Budget, GateVerdict, MetricResult
+from .gate import Budget
 from .graph import load_model
 from .pipeline import GatePipeline, GateSpec
 from .quantize import CALIBRATORS as PLAN_CALIBRATORS
 from .quantize import QuantPlan, activation_tensors, quantize_model
+from .report import verdict_record, verdict_text
 
 PROG = "int8gate"
 #: How many tensors' amax ``calibrate`` prints (the table file has them all).
@@ -335,124 +334,11 @@ def run_check(args: argparse.Namespace) -> int:
         print(f"{PROG}: {stage}: {message}", file=sys.stderr)
 
     verdict = GatePipeline(spec, progress=progress if args.verbose else None).run()
-    print(verdict_text(verdict), end="")
+    print(verdict_text(verdict))
     if args.json is not None:
-        _write(str(args.json), json.dumps(verdict_dict(verdict), indent=2) + "\n", what="verdict JSON")
+        record = verdict_record(verdict, nodeid=f"{PROG} check {args.model}")
+        _write(str(args.json), json.dumps(record, indent=2) + "\n", what="verdict JSON")
     return EXIT_PASS if verdict.passed else EXIT_FAIL
-
-
-def verdict_text(verdict: GateVerdict) -> str:
-    """Plain-text verdict: header, metric table, offending layers and the verified fix."""
-    outcome = "passed" if verdict.passed else "FAILED"
-    lines = [
-        f"INT8 gate {outcome}: {verdict.name}  [{verdict.backend_text} | {verdict.calibrator} | "
-        f"{verdict.calibration_samples} calibration / {verdict.eval_samples} evaluation samples]",
-        f"  output {verdict.output_name!r}; {verdict.quantized_layers} of {verdict.total_layers} layers "
-        "quantized",
-    ]
-    lines.extend(_metric_table(verdict.results))
-    if isinstance(verdict.bisection, BisectionReport):
-        lines.extend(_bisection_lines(verdict.bisection))
-    lines.extend(f"note: {note}" for note in verdict.notes)
-    if verdict.cache_hits:
-        lines.append(f"cache: reused {', '.join(verdict.cache_hits)}")
-    lines.append(f"{verdict.evaluations} evaluation(s) in {verdict.duration_s:.2f} s")
-    return "\n".join(lines) + "\n"
-
-
-def _metric_table(results: Sequence[MetricResult]) -> list[str]:
-    rows = [("metric", "fp32", "int8", "delta", "limit", "result")]
-    for result in results:
-        rows.append(
-            (
-                result.name,
-                _number(result.fp32),
-                _number(result.int8),
-                _number(result.delta),
-                f"{'<=' if result.upper else '>='} {_number(result.limit)}",
-                "PASS" if result.passed else "FAIL",
-            )
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return [
-        "  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows
-    ]
-
-
-def _bisection_lines(report: BisectionReport) -> list[str]:
-    lines = [
-        f"Offending layers ({report.evaluations} evaluations over {report.total_layers} quantizable layers, "
-        f"search subset {report.subset_size} samples):"
-    ]
-    if not report.offenders:
-        lines.append("  none found")
-    else:
-        rows = [("idx", "layer", "op", "action", "calibrator")]
-        for offender in report.offenders:
-            action = "keep in float" if offender.action == "float" else "change calibrator"
-            rows.append(
-                (str(offender.index), offender.name, offender.op_type, action, offender.calibrator or "-")
-            )
-        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-        lines.extend(
-            "  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-            for row in rows
-        )
-    fix = report.fix
-    if fix is not None:
-        parts = [f"exclude [{', '.join(fix.exclude)}]"] if fix.exclude or not fix.overrides else []
-        if fix.overrides:
-            parts.append("calibrators " + ", ".join(f"{k}={v}" for k, v in fix.overrides.items()))
-        measured = ", ".join(f"{r.name} {_number(r.observed)}" for r in fix.results)
-        label = "Verified fix" if fix.passed else "Fix NOT verified (still fails on the full set)"
-        lines.append(f"{label}: {'; '.join(parts)} -> {measured}  {'PASS' if fix.passed else 'FAIL'}")
-    lines.extend(f"  {note}" for note in report.notes)
-    return lines
-
-
-def verdict_dict(verdict: GateVerdict) -> dict[str, object]:
-    """The verdict as JSON-ready data (non-finite numbers become null)."""
-    document: dict[str, object] = {
-        "name": verdict.name,
-        "model": verdict.model,
-        "passed": verdict.passed,
-        "backend": dict(verdict.backend),
-        "calibrator": verdict.calibrator,
-        "calibration_samples": verdict.calibration_samples,
-        "eval_samples": verdict.eval_samples,
-        "output": verdict.output_name,
-        "budget": dict(verdict.budget.limits),
-        "metrics": {r.name: r.as_dict() for r in verdict.results},
-        "fp32": dict(verdict.fp32),
-        "int8": dict(verdict.int8),
-        "plan": dict(verdict.plan),
-        "quantized_layers": verdict.quantized_layers,
-        "total_layers": verdict.total_layers,
-        "evaluations": verdict.evaluations,
-        "duration_s": round(verdict.duration_s, 3),
-        "notes": list(verdict.notes),
-        "cache_hits": list(verdict.cache_hits),
-        "bisection": verdict.bisection.as_dict() if isinstance(verdict.bisection, BisectionReport) else None,
-    }
-    return {key: _finite(value) for key, value in document.items()}
-
-
-def _finite(value: object) -> object:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
-def _number(value: float | None) -> str:
-    if value is None:
-        return "-"
-    if not math.isfinite(value):
-        return str(value)
-    return f"{value:.4f}" if abs(value) < 1000 else f"{value:.4g}"
 
 
 def _one_line(message: str) -> str:

@@ -300,6 +300,8 @@ def load_labels(path: str | os.PathLike[str], num_samples: int) -> np.ndarray:
     file = Path(path)
     if not file.is_file():
         raise DataError(f"{file}: labels file not found.")
+    if file.suffix not in (".npy", ".npz"):
+        raise DataError(f"{file}: labels must be a .npy (or a .npz holding one array).")
     arrays = read_numpy_file(file)
     if len(arrays) != 1:
         raise DataError(f"{file}: a labels .npz must hold exactly one array, not {sorted(arrays)}.")

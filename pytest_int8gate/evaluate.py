@@ -103,6 +103,11 @@ class MetricAccumulator:
             f1, i1 = fc.argmax(axis=1), ic.argmax(axis=1)
             self.agree += int(np.sum(f1 == i1))
             if labels is not None:
+                bad = labels[(labels < 0) | (labels >= fc.shape[1])]
+                if bad.size:
+                    raise DataError(
+                        f"labels hold class {int(bad[0])} but the output has classes 0..{fc.shape[1] - 1}."
+                    )
                 self.fp32_top1 += int(np.sum(f1 == labels))
                 self.int8_top1 += int(np.sum(i1 == labels))
                 self.fp32_top5 += _topk_hits(fc, labels, 5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -113,7 +114,7 @@ class Budget:
         """``["top1_drop=0.01", "cosine=0.98"]`` (also accepts comma-separated items)."""
         values: dict[str, object] = {}
         for item in items:
-            for part in item.replace(",", " ").split():
+            for part in re.sub(r"\s*=\s*", "=", item).replace(",", " ").split():
                 key, sep, value = part.partition("=")
                 if not sep or not key or not value:
                     raise BudgetError(f"{source}: {part!r} is not KEY=VALUE (e.g. cosine=0.98).")
@@ -170,7 +171,7 @@ def judge(budget: Budget, comparison: Comparison) -> tuple[MetricResult, ...]:
     for name, limit in budget.limits.items():
         spec = BUDGET_METRICS[name]
         if spec.measure not in comparison.int8:
-            raise BudgetError(_unmeasurable(spec, comparison.output_name))
+            raise BudgetError(_unmeasurable(spec, comparison))
         int8 = comparison.int8[spec.measure]
         fp32 = comparison.fp32.get(spec.measure)
         if spec.drop:
@@ -186,7 +187,10 @@ def judge(budget: Budget, comparison: Comparison) -> tuple[MetricResult, ...]:
     return tuple(results)
 
 
-def _unmeasurable(spec: MetricSpec, output: str) -> str:
+def _unmeasurable(spec: MetricSpec, comparison: Comparison) -> str:
+    output = comparison.output_name
+    if spec.requires in ("labels", "classes") and "top1_agreement" not in comparison.int8:
+        return f"budget {spec.name} needs a class-score output [N, classes]; output {output!r} is not one."
     if spec.requires == "labels":
         return f"budget {spec.name} needs labels (--int8-labels or `labels:` in the manifest)."
     if spec.requires == "classes":

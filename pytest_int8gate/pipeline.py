@@ -206,12 +206,11 @@ class GatePipeline:
         quantized = quantize_model(self.model, self.table, plan)
         if self.cache is not None:
             key = content_key({"table": self._table_key, "plan": plan.key(), "version": __version__})
-            path, hit = self.cache.get_or_build(
+            # quantizing is cheap and pure; the file is the artefact a user deploys or hands to trtexec
+            path, _ = self.cache.get_or_build(
                 "qdq", key, ".onnx", lambda: quantized.proto.SerializeToString(deterministic=True)
             )
             self.quantized_model_path = path
-            if hit:
-                self.cache_hits.append("Q/DQ model")
         return quantized
 
     @functools.cached_property
@@ -224,8 +223,9 @@ class GatePipeline:
 
     @functools.cached_property
     def default_int8_runner(self) -> Runner:
+        quantized = self.default_quantized
         self.progress("build", f"building the INT8 engine ({self.backend.name})")
-        return self.int8_runner()
+        return self.backend.int8_runner(quantized.proto)
 
     # ---- evaluation ---------------------------------------------------------------------------
     def evaluate(self, plan: QuantPlan | None = None) -> Comparison:

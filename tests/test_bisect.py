@@ -350,7 +350,7 @@ class CountingOracle:
         (16, [], 1),  # one probe of everything shows that nothing fails
         (16, [15], 5),  # no final probe: nothing is left after the last layer
         (16, [0, 1], 10),  # the issue's k*ceil(log2 N) + 2 allows only 10 here ...
-        (16, [0, 2], 11),  # ... and is exceeded here: see test_issue_bound_breaks_only_when_a_later_search_spans_over_half
+        (16, [0, 2], 11),  # ... and is exceeded here (see test_issue_bound_breaks_only_when_...)
         (1, [0], 1),
     ],
 )

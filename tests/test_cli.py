@@ -229,13 +229,14 @@ def test_check_passes_on_the_example_model(tmp_path: Path, capsys: pytest.Captur
     assert main([*argv, "--labels", str(LABELS), "--json", str(report)]) == 0
     out = capsys.readouterr().out
     assert out.startswith("INT8 gate passed: digits_cnn.onnx  [onnxruntime ")
-    assert "600 calibration / 500 evaluation samples" in out
-    assert "top1_drop" in out
-    assert "cosine" in out
-    assert "FAIL" not in out
+    assert "calibration 600, evaluation 500 samples" in out
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:] if line.strip()}
+    assert rows["top1_drop"][-1] == "PASS"
+    assert rows["cosine"][-1] == "PASS"
 
     verdict = json.loads(report.read_text())
-    assert verdict["passed"] is True
+    assert verdict["verdict"] == "pass"
+    assert verdict["layers"] == {"quantized": 5, "quantizable": 5}
     assert verdict["budget"] == {"top1_drop": 0.01, "cosine": 0.98}
     assert verdict["metrics"]["top1_drop"]["fp32"] == pytest.approx(0.974)
     assert verdict["metrics"]["cosine"]["int8"] >= 0.98
@@ -250,27 +251,33 @@ def test_check_fails_on_the_outlier_model_and_names_the_offender(
     argv += ["--labels", str(LABELS), "--calibrator", "max", "--budget", "top1_drop=0.01"]
     assert main([*argv, "--json", str(report)]) == 1
     out = capsys.readouterr().out
-    assert out.startswith("INT8 gate FAILED: digits_cnn_outlier.onnx")
+    assert out.startswith("INT8 gate failed: digits_cnn_outlier.onnx")
     table_row = next(line for line in out.splitlines() if line.strip().startswith("top1_drop"))
     assert table_row.split()[-1] == "FAIL"
     assert "Offending layers" in out
     assert "/conv2/Conv" in out
 
     verdict = json.loads(report.read_text())
-    assert verdict["passed"] is False
+    assert verdict["verdict"] == "fail"
     assert verdict["metrics"]["top1_drop"]["int8"] < 0.5  # max calibration ruins the outlier model
     offenders = verdict["bisection"]["offending_layers"]
     assert [o["name"] for o in offenders] == ["/conv2/Conv"]
 
 
-def test_check_without_bisection_and_with_exclusion(capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_without_bisection_and_with_exclusion(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    report = tmp_path / "verdict.json"
     argv = ["check", str(DIGITS_OUTLIER), "--calib-data", str(CALIB), "--eval-data", str(EVAL)]
     argv += ["--labels", str(LABELS), "--calibrator", "max", "--budget", "top1_drop=0.01"]
-    assert main([*argv, "--no-bisect"]) == 1
-    assert "Offending layers" not in capsys.readouterr().out
-    assert main([*argv, "--exclude", "/conv2/Conv"]) == 0
-    out = capsys.readouterr().out
-    assert "4 of 5 layers quantized" in out
+    assert main([*argv, "--no-bisect", "--json", str(report)]) == 1
+    assert "Offending layers (" not in capsys.readouterr().out
+    assert json.loads(report.read_text())["bisection"] is None
+    assert main([*argv, "--exclude", "/conv2/Conv", "--json", str(report)]) == 0
+    assert capsys.readouterr().out.startswith("INT8 gate passed: digits_cnn_outlier.onnx")
+    verdict = json.loads(report.read_text())
+    assert verdict["layers"] == {"quantized": 4, "quantizable": 5}
+    assert verdict["plan"]["exclude"] == ["/conv2/Conv"]
 
 
 def test_check_bad_budget_key_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
