@@ -12,9 +12,13 @@ that were already accepted, makes the budget fail on the search subset. The seed
 
 For k offenders among N layers this costs ``1 + sum(1 + ceil(log2 m_i))`` evaluations, with
 ``m_i <= N`` the number of layers still undecided when offender i is searched: about
-``k * ceil(log2 N)`` instead of N. Bisection assumes that adding layers to the quantized prefix
-never improves the result; the search records each probe's margin and, where a longer prefix scored
-clearly better than a shorter one, scans that interval linearly and says so.
+``k * ceil(log2 N)`` instead of N. The extra one per offender is the "does everything after it
+pass?" probe, so the worst case is ``k * ceil(log2 N) + k + 1`` (offenders early in the graph);
+for one offender that is ``ceil(log2 N) + 2``. Bisection assumes that adding layers to the
+quantized prefix never improves the result; the search records each probe's margin and, where a
+longer passing prefix scored clearly better than a shorter one, scans the interval linearly and
+says so. It can only see what its probes measure: an inversion that falls between two probes
+(a layer that fails alone, compensated by a later one before the next probe) goes unseen.
 
 Each offender is first *repaired* ("mixed quantization"): the other calibrators' amax for its
 activation inputs are tried in the same context; if one meets the budget the layer stays INT8 with
