@@ -108,133 +108,84 @@ class Int8State:
 STATE = pytest.StashKey[Int8State]()
 ITEM_RECORDS = pytest.StashKey[list[dict[str, Any]]]()
 
-_OPTIONS: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
-    # (flag, ini key, ini type, extra argparse kwargs + help)
-    (
-        "--int8-model",
-        "int8_models",
-        "linelist",
-        {
-            "action": "append",
-            "metavar": "PATH",
-            "help": "ONNX model to gate; each becomes one test item (repeatable)",
-        },
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """One command-line option and its ini twin."""
+
+    flag: str
+    ini: str
+    help: str
+    metavar: str | None = None
+    choices: tuple[str, ...] | None = None
+    repeatable: bool = False
+
+
+_OPTIONS = (
+    OptionSpec(
+        "--int8-model", "int8_models", "ONNX model to gate; one test item each", "PATH", repeatable=True
     ),
-    (
-        "--int8-calib-data",
-        "int8_calib_data",
-        "string",
-        {"metavar": "PATH", "help": "calibration data: .npz, .npy, a folder of them, or module:function"},
+    OptionSpec(
+        "--int8-calib-data", "int8_calib_data", "calibration data: .npz/.npy/folder/module:function", "PATH"
     ),
-    (
-        "--int8-eval-data",
-        "int8_eval_data",
-        "string",
-        {"metavar": "PATH", "help": "evaluation data (default: the calibration data, with a warning)"},
+    OptionSpec(
+        "--int8-eval-data", "int8_eval_data", "evaluation data (default: the calibration data)", "PATH"
     ),
-    (
-        "--int8-labels",
-        "int8_labels",
-        "string",
-        {"metavar": "PATH", "help": "labels .npy, one integer class per evaluation sample"},
+    OptionSpec(
+        "--int8-labels", "int8_labels", "labels .npy, one integer class per evaluation sample", "PATH"
     ),
-    (
-        "--int8-budget",
-        "int8_budget",
-        "linelist",
-        {
-            "action": "append",
-            "metavar": "KEY=VALUE",
-            "help": f"default budget, repeatable; keys: {valid_keys_text()}",
-        },
+    OptionSpec(
+        "--int8-budget", "int8_budget", f"budget; keys: {valid_keys_text()}", "KEY=VALUE", repeatable=True
     ),
-    (
-        "--int8-calibrator",
-        "int8_calibrator",
-        "string",
-        {"choices": CALIBRATORS, "help": "activation calibrator (default: entropy)"},
+    OptionSpec(
+        "--int8-calibrator", "int8_calibrator", "activation calibrator (default: entropy)", None, CALIBRATORS
     ),
-    (
-        "--int8-backend",
-        "int8_backend",
-        "string",
-        {"choices": BACKEND_NAMES, "help": "backend (default: onnxruntime; auto = TensorRT when usable)"},
+    OptionSpec("--int8-backend", "int8_backend", "backend (default: onnxruntime)", None, BACKEND_NAMES),
+    OptionSpec(
+        "--int8-ort-mode", "int8_ort_mode", "ONNX Runtime INT8: simulated (default) or fused", None, ORT_MODES
     ),
-    (
-        "--int8-ort-mode",
-        "int8_ort_mode",
-        "string",
-        {
-            "choices": ORT_MODES,
-            "help": "ONNX Runtime INT8: simulated Q/DQ in float (default, = TensorRT) or fused int8 kernels",
-        },
+    OptionSpec(
+        "--int8-bisect-strategy", "int8_bisect_strategy", "culprit search (default: binary)", None, STRATEGIES
     ),
-    (
-        "--int8-bisect-strategy",
-        "int8_bisect_strategy",
-        "string",
-        {"choices": STRATEGIES, "help": "culprit search: binary (default) or linear (the seed method)"},
+    OptionSpec(
+        "--int8-bisect-subset", "int8_bisect_subset", "samples the culprit search uses (default: 200)", "N"
     ),
-    (
-        "--int8-bisect-subset",
-        "int8_bisect_subset",
-        "string",
-        {"metavar": "N", "help": "evaluation samples used by the culprit search (default: 200)"},
+    OptionSpec(
+        "--int8-bisect-max-evals", "int8_bisect_max_evals", "cap on bisection evaluations (default: 200)", "N"
     ),
-    (
-        "--int8-bisect-max-evals",
-        "int8_bisect_max_evals",
-        "string",
-        {"metavar": "N", "help": "cap on INT8 evaluations during bisection (default: 200)"},
+    OptionSpec(
+        "--int8-cache-dir", "int8_cache_dir", "cache of calibration tables, Q/DQ models, engines", "PATH"
     ),
-    (
-        "--int8-cache-dir",
-        "int8_cache_dir",
-        "string",
-        {
-            "metavar": "PATH",
-            "help": "cache for calibration tables and Q/DQ models (default: under pytest's cache)",
-        },
+    OptionSpec(
+        "--int8-report-json", "int8_report_json", "write a JSON report of every gate in the run", "PATH"
     ),
-    (
-        "--int8-report-json",
-        "int8_report_json",
-        "string",
-        {"metavar": "PATH", "help": "write a JSON report of every gate in the run"},
+    OptionSpec(
+        "--int8-manifest", "int8_manifest", f"YAML manifest (default: {MANIFEST_NAME} in rootdir)", "PATH"
     ),
-    (
-        "--int8-manifest",
-        "int8_manifest",
-        "string",
-        {"metavar": "PATH", "help": f"YAML manifest of models to gate (default: {MANIFEST_NAME} in rootdir)"},
+    OptionSpec("--int8-output", "int8_output", "model output to compare (default: the first)", "NAME"),
+    OptionSpec(
+        "--int8-batch-size", "int8_batch_size", f"samples per run (default: {DEFAULT_BATCH_SIZE})", "N"
     ),
-    (
-        "--int8-output",
-        "int8_output",
-        "string",
-        {"metavar": "NAME", "help": "model output to compare (default: the first)"},
-    ),
-    (
-        "--int8-batch-size",
-        "int8_batch_size",
-        "string",
-        {"metavar": "N", "help": f"samples per run (default: {DEFAULT_BATCH_SIZE}; a fixed batch axis wins)"},
-    ),
-    (
-        "--int8-percentile",
-        "int8_percentile",
-        "string",
-        {"metavar": "P", "help": "percentile of the percentile calibrator (default: 99.99)"},
+    OptionSpec(
+        "--int8-percentile", "int8_percentile", "the percentile calibrator's percentile (default: 99.99)", "P"
     ),
 )
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("int8gate", "INT8 quantization gate (pytest-int8gate)")
-    for flag, ini, ini_type, kwargs in _OPTIONS:
-        kwargs = dict(kwargs)
-        group.addoption(flag, dest=ini, default=None, **kwargs)
-        parser.addini(ini, f"{kwargs['help']} (same as {flag})", type=ini_type)  # type: ignore[arg-type]
+    for option in _OPTIONS:
+        group.addoption(
+            option.flag,
+            dest=option.ini,
+            default=None,
+            action="append" if option.repeatable else "store",
+            metavar=option.metavar,
+            choices=option.choices,
+            help=option.help,
+        )
+        help_text = f"{option.help} (same as {option.flag})"
+        parser.addini(option.ini, help_text, type="linelist" if option.repeatable else "string")
     group.addoption(
         "--int8-bisect",
         dest="int8_bisect",
