@@ -129,6 +129,7 @@ class BisectionReport:
     search_evaluations: int
     repair_evaluations: int
     baseline_evaluations: int  # the whole plan on the search subset, when the search did not reuse it
+    verification_evaluations: int  # full-set evaluations of candidate fixes
     offenders: tuple[OffendingLayer, ...]
     sensitivity: tuple[LayerSensitivity, ...]
     fix: VerifiedFix | None
@@ -137,8 +138,12 @@ class BisectionReport:
 
     @property
     def evaluations(self) -> int:
-        verification = 1 if self.fix is not None else 0
-        return self.baseline_evaluations + self.search_evaluations + self.repair_evaluations + verification
+        return (
+            self.baseline_evaluations
+            + self.search_evaluations
+            + self.repair_evaluations
+            + self.verification_evaluations
+        )
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -146,6 +151,7 @@ class BisectionReport:
             "total_layers": self.total_layers,
             "subset_size": self.subset_size,
             "baseline_evaluations": self.baseline_evaluations,
+            "verification_evaluations": self.verification_evaluations,
             "search_evaluations": self.search_evaluations,
             "repair_evaluations": self.repair_evaluations,
             "evaluations": self.evaluations,
@@ -425,7 +431,7 @@ def bisect_failure(pipeline: GatePipeline, failing: Comparison) -> BisectionRepo
     if spec.bisect_strategy == "binary":
         baseline_evaluations -= 1  # the search counted the whole-plan probe as its first evaluation
     notes.extend(state.notes)
-    offenders = []
+    offenders: list[OffendingLayer] = []
     for index in sorted([*state.offenders, *state.repaired]):
         layer = candidates[index]
         calibrator = state.repaired.get(index)
@@ -440,17 +446,22 @@ def bisect_failure(pipeline: GatePipeline, failing: Comparison) -> BisectionRepo
             )
         )
     fix = None
+    verifications = 0
     if offenders and not state.capped:
-        exclude = tuple(o.name for o in offenders if o.action == "float")
-        overrides = {o.name: o.calibrator for o in offenders if o.calibrator}
-        plan = replace(
-            base,
-            exclude=base.exclude | frozenset(exclude),
-            overrides={**base.overrides, **overrides},
-        )
-        comparison = pipeline.evaluate(plan)
-        results = judge(pipeline.budget, comparison)
-        fix = VerifiedFix(exclude, overrides, results, all(r.passed for r in results))
+        fix = _verify(pipeline, offenders)
+        verifications += 1
+        repaired = [o.name for o in offenders if o.action == "calibrator"]
+        if not fix.passed and repaired:
+            in_float = [replace(o, action="float", calibrator=None) for o in offenders]
+            fallback = _verify(pipeline, in_float)
+            verifications += 1
+            if fallback.passed:
+                notes.append(
+                    f"the calibrator repair of {', '.join(repaired)} met the budget on "
+                    f"{oracle.subset_size} samples but not on all {pipeline.eval_data.num_samples}; "
+                    "kept in float instead"
+                )
+                offenders, fix = in_float, fallback
     elif not offenders and not state.capped:
         notes.append(
             "no single layer is to blame: every prefix passes on the search subset, yet the full plan fails"
@@ -463,12 +474,23 @@ def bisect_failure(pipeline: GatePipeline, failing: Comparison) -> BisectionRepo
         search_evaluations=state.search_evaluations,
         repair_evaluations=state.repair_evaluations,
         baseline_evaluations=baseline_evaluations,
+        verification_evaluations=verifications,
         offenders=tuple(offenders),
         sensitivity=sensitivity,
         fix=fix,
         notes=tuple(notes),
         duration_s=time.perf_counter() - started,
     )
+
+
+def _verify(pipeline: GatePipeline, offenders: Sequence[OffendingLayer]) -> VerifiedFix:
+    """Apply the offenders' actions to the spec's plan and judge it on the full evaluation set."""
+    base = pipeline.spec.plan
+    exclude = tuple(o.name for o in offenders if o.action == "float")
+    overrides = {o.name: o.calibrator for o in offenders if o.calibrator}
+    plan = replace(base, exclude=base.exclude | frozenset(exclude), overrides={**base.overrides, **overrides})
+    results = judge(pipeline.budget, pipeline.evaluate(plan))
+    return VerifiedFix(exclude, overrides, results, all(r.passed for r in results))
 
 
 def _candidate_layers(pipeline: GatePipeline) -> list[Layer]:

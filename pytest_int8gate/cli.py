@@ -209,7 +209,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
     settings = CalibratorSettings(percentile=args.percentile)
     trt_version_number(args.trt_version)  # a bad version fails before the FP32 pass, not after
     loaded = load_model(args.model)
-    dataset = load_dataset(args.data, loaded.info, role="calibration")
+    # A console script's sys.path does not hold the working directory; module:function data lives there.
+    dataset = load_dataset(args.data, loaded.info, role="calibration", search_path=Path.cwd())
     tensors = activation_tensors(loaded)
     batch_size = batch_size_for(loaded.info, args.batch_size)
 
@@ -326,6 +327,7 @@ def run_check(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         threads=args.threads,
         cache_dir=args.cache_dir,
+        data_search_path=Path.cwd(),
         bisect=not args.no_bisect,
     )
     CalibratorSettings(percentile=spec.percentile)  # reject a bad percentile before any work

@@ -60,7 +60,7 @@ def mlp(tmp_path: Path) -> tuple[Path, Path, np.ndarray]:
     return _mlp(tmp_path / "mlp.onnx", seed=1), data, x
 
 
-def _calibrate(model: Path, data: Path, table: Path, *extra: str) -> int:
+def _calibrate(model: Path, data: Path | str, table: Path, *extra: str) -> int:
     return main(["calibrate", str(model), "--data", str(data), "--out", str(table), *extra])
 
 
@@ -211,6 +211,29 @@ def test_stale_table_exits_2_unless_allowed(
     assert "int8gate: warning:" in captured.err
     assert "another model" in captured.err
     assert qdq.exists()
+
+
+def test_calibrate_reads_module_function_data_from_the_working_directory(
+    tmp_path: Path,
+    mlp: tuple[Path, Path, np.ndarray],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    model, _, _ = mlp
+    module = "cli_test_feeds"
+    (tmp_path / f"{module}.py").write_text(
+        "import numpy as np\n"
+        "def batches():\n"
+        "    for seed in range(3):\n"
+        "        yield {'x': np.random.default_rng(seed).normal(size=(7, 4)).astype(np.float32)}\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the loader adds the working directory
+    try:
+        assert _calibrate(model, f"{module}:batches", tmp_path / "t.json") == 0
+    finally:
+        sys.modules.pop(module, None)
+    assert "on 21 samples" in capsys.readouterr().out
 
 
 def test_missing_model_and_data_exit_2(
