@@ -379,10 +379,14 @@ class SubsetOracle:
     def __call__(self, accepted: Sequence[int], trial: Sequence[int], overrides: dict[int, str]) -> Probe:
         quantized = [*accepted, *trial]
         results = judge(self.budget, self.comparison(self.plan_for(quantized, overrides)))
-        last = self.layers[max(trial)].name if trial else "-"
         passed = all(r.passed for r in results)
+        last = f"up to {self.layers[max(trial)].name}" if trial else "the whole plan"
+        repairs = [f"{self.layers[i].name} with {overrides[i]}" for i in trial if i in overrides]
+        if repairs:
+            last += ", trying " + ", ".join(repairs)
+        outcome = "pass" if passed else "fail"
         self.pipeline.progress(
-            "bisect", f"{len(quantized)} layers quantized (up to {last}): {'pass' if passed else 'fail'}"
+            "bisect", f"{len(quantized)} of {len(self.layers)} layers quantized ({last}): {outcome}"
         )
         return probe_of(len(quantized), results)
 

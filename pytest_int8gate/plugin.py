@@ -5,6 +5,7 @@ Everything here wires pytest to the stages (``pipeline`` and below), which know 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
@@ -455,12 +456,21 @@ def run_gate(
 
 
 def _progress(config: pytest.Config) -> Callable[[str, str], None]:
+    """Live progress on the terminal: the bisection by default (it can take minutes), every stage with -v."""
     reporter = config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is None or config.get_verbosity() < 1 or hasattr(config, "workerinput"):
+    verbosity = config.get_verbosity()
+    if reporter is None or verbosity < 0 or hasattr(config, "workerinput"):
         return lambda stage, message: None
 
+    capture = config.pluginmanager.get_plugin("capturemanager")
+
     def show(stage: str, message: str) -> None:
-        reporter.write_line(f"int8gate {stage}: {message}")
+        if stage != "bisect" and verbosity < 1:
+            return
+        # the test's output is being captured; progress belongs on the terminal now
+        with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+            reporter.ensure_newline()
+            reporter.write_line(f"int8gate {stage}: {message}")
 
     return show
 
