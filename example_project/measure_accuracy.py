@@ -34,10 +34,9 @@ def main() -> None:
                 )
                 verdict = GatePipeline(spec).run()
                 fp32, int8 = verdict.fp32["top1"], verdict.int8["top1"]
-                print(
-                    f"| {model} | {calibrator} | {mode} | {fp32:.1%} | {int8:.1%} | {100 * (fp32 - int8):.1f} | "
-                    f"{verdict.int8['cosine']:.4f} |"
-                )
+                drop = 100 * (fp32 - int8)
+                cosine = verdict.int8["cosine"]
+                print(f"| {model} | {calibrator} | {mode} | {fp32:.1%} | {int8:.1%} | {drop:.1f} | {cosine:.4f} |")
     print(f"\nbackend: {verdict.backend_text}")
 
 

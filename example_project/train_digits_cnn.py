@@ -218,7 +218,7 @@ def make_outlier_model(
 
 def _conv2d_nchw(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
     """3x3 stride-1 pad-1 conv in numpy (only used to pick the outlier channel)."""
-    n, cin, h, wd = x.shape
+    n, _cin, h, wd = x.shape
     cout, _, kh, kw = w.shape
     xp = np.pad(x, ((0, 0), (0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2)))
     out = np.zeros((n, cout, h, wd), dtype=np.float64)

@@ -131,6 +131,8 @@ def load_manifest(path: str | os.PathLike[str]) -> tuple[ManifestEntry, ...]:
                     if not Path(merged[key]).is_absolute()
                     else merged[key]
                 )
+        if not Path(merged["model"]).is_file():
+            raise ManifestError(f"{file}: {label}: 'model' {merged['model']} not found.")
         name = str(item.get("name") or Path(str(merged["model"])).stem)
         name = _ID_SAFE.sub("_", name)
         if name in seen:

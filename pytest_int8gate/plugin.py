@@ -6,6 +6,7 @@ Everything here wires pytest to the stages (``pipeline`` and below), which know 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
@@ -226,7 +227,9 @@ def _resolve_options(config: pytest.Config) -> Int8Options:
             return None
         return str(value) if is_loader_spec(str(value)) else str((base / str(value)).resolve())
 
-    def number(name: str, flag: str, cast: Callable[[str], float], default: float, low: float) -> float:
+    def number(
+        name: str, flag: str, cast: Callable[[str], float], default: float, low: float, high: float = math.inf
+    ) -> float:
         value, _ = raw(name)
         if value is None:
             return default
@@ -234,8 +237,9 @@ def _resolve_options(config: pytest.Config) -> Int8Options:
             parsed = cast(str(value))
         except ValueError:
             raise pytest.UsageError(f"{flag}: {value!r} is not a number.") from None
-        if parsed < low:
-            raise pytest.UsageError(f"{flag}: {value!r} must be at least {low:g}.")
+        if not low <= parsed <= high:  # also rejects NaN
+            bound = f"at least {low:g}" if high == math.inf else f"in ({low:g}, {high:g}]"
+            raise pytest.UsageError(f"{flag}: {value!r} must be {bound}.")
         return parsed
 
     def choice(name: str, default: str, choices: Sequence[str], flag: str) -> str:
@@ -282,7 +286,7 @@ def _resolve_options(config: pytest.Config) -> Int8Options:
         manifest=manifest,
         output=raw("int8_output")[0],
         batch_size=int(number("int8_batch_size", "--int8-batch-size", int, DEFAULT_BATCH_SIZE, 1)),
-        percentile=number("int8_percentile", "--int8-percentile", float, 99.99, 1e-9),
+        percentile=number("int8_percentile", "--int8-percentile", float, 99.99, 1e-9, 100.0),
         rootdir=config.rootpath,
     )
 
@@ -311,10 +315,14 @@ def pytest_configure(config: pytest.Config) -> None:
         if not model.is_file():
             raise pytest.UsageError(f"--int8-model: {model} not found.")
         state.model_paths.add(model)
-    extra = [*options.models]
+    # What the command line names always joins the run; what comes from the ini file or the default
+    # manifest joins only when the command line selects nothing (``pytest tests/test_x.py`` runs test_x).
+    selected = config.args_source == pytest.Config.ArgsSource.ARGS
+    extra = [*options.models] if config.getoption("int8_models") or not selected else []
     if options.manifest is not None:
         state.manifest_path = options.manifest.resolve()
-        extra.append(state.manifest_path)
+        if config.getoption("int8_manifest") is not None or not selected:
+            extra.append(state.manifest_path)
     # Models and the manifest may lie outside the collected directories: make them collection arguments.
     # Duplicates of paths that the directory walk also reaches are dropped by pytest itself.
     known = {Path(config.invocation_params.dir, a).resolve() for a in config.args}
@@ -331,11 +339,29 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
     if state is None:
         return None
     resolved = file_path.resolve()
+    file_type: type[pytest.File]
     if resolved == state.manifest_path:
-        return Int8ManifestFile.from_parent(parent, path=file_path)
-    if resolved in state.model_paths:
-        return Int8ModelFile.from_parent(parent, path=file_path)
-    return None
+        file_type = Int8ManifestFile
+    elif resolved in state.model_paths:
+        file_type = Int8ModelFile
+    else:
+        return None
+    return file_type.from_parent(parent, path=file_path, nodeid=_nodeid_outside_rootdir(parent, file_path))
+
+
+def _nodeid_outside_rootdir(parent: pytest.Collector, path: Path) -> str | None:
+    """``../models/m.onnx`` for a file outside the rootdir (None: pytest's own id inside it).
+
+    pytest names a file outside the rootdir after the initial argument it was given as, which for a file
+    argument is the empty string: every such model would be ``::int8_gate``, one node id for all of them.
+    """
+    rootpath = parent.config.rootpath
+    if path.resolve().is_relative_to(rootpath.resolve()):
+        return None
+    try:
+        return Path(os.path.relpath(path.resolve(), rootpath.resolve())).as_posix()
+    except ValueError:  # another drive (Windows)
+        return path.resolve().as_posix()
 
 
 class Int8ModelFile(pytest.File):
@@ -444,6 +470,8 @@ def run_gate(
                 nodeid=item.nodeid,
                 message=str(exc),
                 duration_s=time.perf_counter() - started,
+                backend=spec.backend,
+                calibrator=spec.calibrator,
             )
         )
         raise
@@ -475,19 +503,36 @@ def _progress(config: pytest.Config) -> Callable[[str, str], None]:
     return show
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Validate every ``int8_budget`` marker before anything runs."""
-    for item in items:
-        for marker in item.iter_markers(MARKER):
-            if marker.args:
-                raise pytest.UsageError(
-                    f"{item.nodeid}: @{MARKER} takes keyword limits only (e.g. cosine=0.98), "
-                    f"got {marker.args!r}."
-                )
-            try:
-                Budget.from_mapping(marker.kwargs, source=f"{item.nodeid}: @{MARKER}")
-            except Int8GateError as exc:
-                raise pytest.UsageError(str(exc)) from None
+def _marker_problem(item: pytest.Item) -> str | None:
+    """Why the item's ``int8_budget`` markers are invalid, naming the test and the key; None when valid."""
+    for marker in item.iter_markers(MARKER):
+        if marker.args:
+            return (
+                f"{item.nodeid}: @{MARKER} takes keyword limits only (e.g. cosine=0.98), got {marker.args!r}."
+            )
+        try:
+            Budget.from_mapping(marker.kwargs, source=f"{item.nodeid}: @{MARKER}")
+        except Int8GateError as exc:
+            return str(exc)
+    return None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_pycollect_makeitem(
+    collector: pytest.Module | pytest.Class, name: str, obj: object
+) -> Generator[None, object, object]:
+    """Validate every ``int8_budget`` marker as its test is collected: a bad one is a collection error.
+
+    Not a UsageError from ``pytest_collection_modifyitems``: raised in an xdist worker, that one is an
+    INTERNALERROR that never shows the message.
+    """
+    result = yield
+    for item in result if isinstance(result, list) else [result]:
+        if isinstance(item, pytest.Item):
+            problem = _marker_problem(item)
+            if problem is not None:
+                raise collector.CollectError(problem)
+    return result
 
 
 @pytest.hookimpl(wrapper=True)

@@ -149,7 +149,20 @@ def verdict_record(verdict: GateVerdict, *, nodeid: str, duration_s: float | Non
     }
 
 
-def error_record(*, model: str, name: str, nodeid: str, message: str, duration_s: float) -> dict[str, Any]:
+def error_record(
+    *,
+    model: str,
+    name: str,
+    nodeid: str,
+    message: str,
+    duration_s: float,
+    backend: str = "",
+    calibrator: str = "",
+) -> dict[str, Any]:
+    """The JSON report entry of a gate that could not be judged; same keys as a verdict's, nothing measured.
+
+    ``backend`` is the requested backend's name (nothing may have been built).
+    """
     return {
         "model": model,
         "name": name,
@@ -157,8 +170,12 @@ def error_record(*, model: str, name: str, nodeid: str, message: str, duration_s
         "verdict": "error",
         "error": message,
         "metrics": {},
+        "backend": {"backend": backend} if backend else {},
+        "calibrator": calibrator,
+        "samples": {"calibration": None, "evaluation": None},
         "offending_layers": [],
         "evaluations": 0,
+        "cache_hits": [],
         "duration_s": round(duration_s, 3),
     }
 

@@ -428,18 +428,40 @@ def test_manifest_paths_are_relative_to_its_folder_and_the_option_to_the_invocat
     by_ini.stdout.fnmatch_lines(["gates/release.yaml::digits PASSED*"])
 
 
+def test_a_manifest_outside_the_rootdir_gets_sane_node_ids(
+    project: pytest.Pytester, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    elsewhere = tmp_path_factory.mktemp("release")  # a sibling of the rootdir, not below it
+    shutil.copy(DIGITS, elsewhere / "digits_cnn.onnx")
+    shutil.copy(CALIB, elsewhere / "calib.npz")
+    manifest = write(
+        elsewhere / "gates.yaml",
+        manifest_text({"name": "digits", "model": "digits_cnn.onnx", "calib_data": "calib.npz"}),
+    )
+
+    result = project.runpytest(
+        "--rootdir", str(project.path), "--int8-manifest", str(manifest), "--int8-report-json", "r.json"
+    )
+
+    result.assert_outcomes(passed=1)
+    nodeid = gates(project.path / "r.json")["digits"]["nodeid"]
+    assert nodeid.endswith("gates.yaml::digits"), nodeid
+
+
 def test_the_default_manifest_is_int8gate_yaml_in_the_rootdir(project: pytest.Pytester) -> None:
     write(
         project.path / "int8gate.yaml",
         "models:\n  - {name: digits, model: digits_cnn.onnx, calib_data: calib.npz}\n",
     )
     write(project.path / "elsewhere" / "int8gate.yaml", "models:\n  - {name: ignored, model: nothere.onnx}\n")
-    project.makepyfile(test_a="def test_a():\n    pass\n")
+    project.makepyfile(test_inner_a="def test_a():\n    pass\n")
 
     everything = project.runpytest("--co", "-q", "--ignore", "elsewhere")
-    one_file = project.runpytest("test_a.py", "-q")
+    one_file = project.runpytest("test_inner_a.py", "-q")
 
-    everything.stdout.fnmatch_lines(["int8gate.yaml::digits", "test_a.py::test_a", "2 tests collected*"])
+    everything.stdout.fnmatch_lines(
+        ["int8gate.yaml::digits", "test_inner_a.py::test_a", "2 tests collected*"]
+    )
     # an explicit selection runs what was selected, not every gate of the default manifest as well
     one_file.assert_outcomes(passed=1)
 

@@ -8,6 +8,7 @@ picked up; the example project's real model and data are copied into the inner p
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import textwrap
 import xml.etree.ElementTree as ET
@@ -19,6 +20,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from pytest_int8gate.backends.tensorrt import unavailable_reason as tensorrt_unavailable_reason
 from pytest_int8gate.gate import valid_keys_text
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "example_project"
@@ -118,6 +120,16 @@ def assert_usage_error(result: pytest.RunResult, *fragments: str) -> None:
     assert "Traceback" not in text
 
 
+def assert_rejected_before_running(result: pytest.RunResult, *fragments: str) -> None:
+    """A usage error or a collection error (either stops the run before any test) with ``fragments``."""
+    text = output_of(result)
+    assert result.ret in (pytest.ExitCode.USAGE_ERROR, pytest.ExitCode.INTERRUPTED), text
+    assert not re.search(r"\b\d+ passed\b", text), text
+    for fragment in fragments:
+        assert fragment in text, (fragment, text)
+    assert "Traceback" not in text and "INTERNALERROR" not in text and "plugin.py" not in text
+
+
 def save_model(path: Path, nodes: list[onnx.NodeProto], weight: np.ndarray) -> Path:
     """A [N, 4] -> [N, 3] model: ``h = x @ W`` (a quantizable layer) followed by ``nodes`` producing y."""
     graph = helper.make_graph(
@@ -148,7 +160,7 @@ def test_every_option_and_its_ini_key_are_in_the_help(project: pytest.Pytester) 
 
 
 def test_defaults_without_any_option(project: pytest.Pytester) -> None:
-    project.makepyfile(test_probe=PROBE)
+    project.makepyfile(test_inner_probe=PROBE)
 
     project.runpytest("-k", "probe").assert_outcomes(passed=1)
 
@@ -218,7 +230,7 @@ def configured(project: pytest.Pytester) -> pytest.Pytester:
     )
     sub = root / "sub"
     sub.mkdir()
-    (sub / "test_probe.py").write_text(PROBE)
+    (sub / "test_inner_probe.py").write_text(PROBE)
     shutil.copy(DIGITS, sub / "other.onnx")
     (sub / "alt.yaml").write_text("models:\n  - {name: cli_entry, model: other.onnx, calib_data: c.npz}\n")
     return project
@@ -315,7 +327,7 @@ def test_command_line_wins_over_ini_and_resolves_paths_against_the_invocation_di
 )
 def test_bisect_flags_override_the_ini(project: pytest.Pytester, ini: str, flag: str, expected: bool) -> None:
     write_ini(project, f"[pytest]\nint8_bisect = {ini}\n")
-    project.makepyfile(test_probe=PROBE)
+    project.makepyfile(test_inner_probe=PROBE)
 
     project.runpytest("-k", "probe", flag).assert_outcomes(passed=1)
 
@@ -334,7 +346,7 @@ def test_ini_paths_in_pyproject_toml_and_list_values(project: pytest.Pytester) -
         int8_batch_size = "16"
         """
     )
-    project.makepyfile(test_probe=PROBE)
+    project.makepyfile(test_inner_probe=PROBE)
 
     project.runpytest().assert_outcomes(passed=2)  # the probe and the ini model's gate
 
@@ -456,8 +468,15 @@ def test_header_warns_when_there_is_no_held_out_evaluation_set(project: pytest.P
     without = project.runpytest("--int8-model", "digits_cnn.onnx", "--int8-calib-data", "calib.npz", "--co")
     with_eval = project.runpytest("--int8-model", "digits_cnn.onnx", *DATA_ARGS, "--co")
 
-    without.stdout.fnmatch_lines(["int8gate: WARNING no --int8-eval-data*calibration data*"])
-    assert "WARNING" not in with_eval.stdout.str()
+    write_ini(project, "[pytest]\nint8_calib_data = calib.npz\n")
+    ini_without = project.runpytest("--co")
+    write_ini(project, "[pytest]\nint8_calib_data = calib.npz\nint8_eval_data = eval.npz\n")
+    ini_with_eval = project.runpytest("--co")
+
+    for result in (without, ini_without):
+        result.stdout.fnmatch_lines(["int8gate: WARNING no --int8-eval-data*calibration data*"])
+    for result in (with_eval, ini_with_eval):
+        assert "WARNING" not in result.stdout.str()
 
 
 def test_header_names_the_backend_actually_used_under_auto(project: pytest.Pytester) -> None:
@@ -471,6 +490,7 @@ def test_header_names_the_backend_actually_used_under_auto(project: pytest.Pytes
     )
 
 
+@pytest.mark.skipif(tensorrt_unavailable_reason() is None, reason="TensorRT and a GPU are present here")
 @pytest.mark.parametrize("where", ["cli", "ini"])
 def test_tensorrt_backend_without_tensorrt_is_an_error_never_a_pass_or_skip(
     project: pytest.Pytester, where: str
@@ -522,11 +542,11 @@ def test_marker_is_registered_for_strict_markers_users(project: pytest.Pytester)
         ("int8_budget(cosine='high')", ("must be a number",)),
     ],
 )
-def test_invalid_marker_is_a_usage_error_naming_the_test(
+def test_invalid_marker_stops_the_run_naming_the_test(
     project: pytest.Pytester, marker: str, fragments: tuple[str, ...]
 ) -> None:
     project.makepyfile(
-        test_budget=f"""
+        test_inner_budget=f"""
         import pytest
 
         def test_fine():
@@ -540,13 +560,12 @@ def test_invalid_marker_is_a_usage_error_naming_the_test(
 
     result = project.runpytest("--strict-markers")
 
-    assert_usage_error(result, "test_budget.py::test_bad", *fragments)
-    result.assert_outcomes()  # nothing ran
+    assert_rejected_before_running(result, "test_inner_budget.py::test_bad", *fragments)
 
 
 def test_class_level_marker_is_validated_too(project: pytest.Pytester) -> None:
     project.makepyfile(
-        test_budget="""
+        test_inner_budget="""
         import pytest
 
         @pytest.mark.int8_budget(cosinus=0.9)
@@ -556,7 +575,9 @@ def test_class_level_marker_is_validated_too(project: pytest.Pytester) -> None:
         """
     )
 
-    assert_usage_error(project.runpytest(), "test_budget.py::TestGroup::test_one", "'cosinus'")
+    assert_rejected_before_running(
+        project.runpytest(), "test_inner_budget.py::TestGroup::test_one", "'cosinus'"
+    )
 
 
 # ---- fixtures ------------------------------------------------------------------------------------------
@@ -589,7 +610,7 @@ def int8_eval_data():
 def test_overridden_fixtures_with_in_memory_data_and_the_marker_budget(project: pytest.Pytester) -> None:
     project.makeconftest(FIXTURE_CONFTEST)
     project.makepyfile(
-        test_gate="""
+        test_inner_gate="""
         from pathlib import Path
 
         import numpy as np
@@ -624,7 +645,9 @@ def test_overridden_fixtures_with_in_memory_data_and_the_marker_budget(project: 
     result = project.runpytest("--int8-budget", "cosine=0.9999999", "-rf")
 
     result.assert_outcomes(passed=2, failed=1)
-    result.stdout.fnmatch_lines(["FAILED test_gate.py::test_command_line_budget_applies_without_a_marker*"])
+    result.stdout.fnmatch_lines(
+        ["FAILED test_inner_gate.py::test_command_line_budget_applies_without_a_marker*"]
+    )
     section = failure_section(result)
     assert "INT8 gate failed: test_command_line_budget_applies_without_a_marker[digits_cnn.onnx]" in section
     assert any(line.startswith("  cosine") and line.endswith("FAIL") for line in section.splitlines())
@@ -633,7 +656,7 @@ def test_overridden_fixtures_with_in_memory_data_and_the_marker_budget(project: 
 
 def test_engines_are_session_scoped_and_run_a_batch(project: pytest.Pytester) -> None:
     project.makepyfile(
-        test_engines="""
+        test_inner_engines="""
         from pathlib import Path
 
         import numpy as np
@@ -665,13 +688,13 @@ def test_engines_are_session_scoped_and_run_a_batch(project: pytest.Pytester) ->
 
 def test_missing_calibration_data_names_the_option_and_the_fixture(project: pytest.Pytester) -> None:
     project.makepyfile(
-        test_gate="""
+        test_inner_gate="""
         def test_gate(int8_gate):
             int8_gate.check()
         """
     )
 
-    result = project.runpytest("-k", "test_gate", "--int8-model", "digits_cnn.onnx")
+    result = project.runpytest("-k", "test_inner_gate", "--int8-model", "digits_cnn.onnx")
 
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(
@@ -682,13 +705,13 @@ def test_missing_calibration_data_names_the_option_and_the_fixture(project: pyte
 
 def test_int8_model_fixture_needs_exactly_one_model(project: pytest.Pytester) -> None:
     project.makepyfile(
-        test_gate="""
+        test_inner_gate="""
         def test_gate(int8_model):
             pass
         """
     )
 
-    result = project.runpytest("test_gate.py", "--int8-calib-data", "calib.npz")
+    result = project.runpytest("test_inner_gate.py", "--int8-calib-data", "calib.npz")
 
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*--int8-model*'int8_model' fixture*"])
@@ -696,7 +719,7 @@ def test_int8_model_fixture_needs_exactly_one_model(project: pytest.Pytester) ->
 
 def test_kpi_callable_with_kpi_drop(project: pytest.Pytester) -> None:
     project.makepyfile(
-        test_kpi="""
+        test_inner_kpi="""
         from pathlib import Path
 
         import numpy as np
@@ -729,7 +752,7 @@ def test_kpi_callable_with_kpi_drop(project: pytest.Pytester) -> None:
     )
 
     result = project.runpytest(
-        "test_kpi.py", "--int8-model", "digits_cnn.onnx", *DATA_ARGS, "--int8-no-bisect"
+        "test_inner_kpi.py", "--int8-model", "digits_cnn.onnx", *DATA_ARGS, "--int8-no-bisect"
     )
 
     result.assert_outcomes(passed=2, failed=2)  # with the --int8-model gate
