@@ -36,7 +36,16 @@ def main() -> None:
                 fp32, int8 = verdict.fp32["top1"], verdict.int8["top1"]
                 drop = 100 * (fp32 - int8)
                 cosine = verdict.int8["cosine"]
-                print(f"| {model} | {calibrator} | {mode} | {fp32:.1%} | {int8:.1%} | {drop:.1f} | {cosine:.4f} |")
+                cells = [
+                    model,
+                    calibrator,
+                    mode,
+                    f"{fp32:.1%}",
+                    f"{int8:.1%}",
+                    f"{drop:.1f}",
+                    f"{cosine:.4f}",
+                ]
+                print("| " + " | ".join(cells) + " |")
     print(f"\nbackend: {verdict.backend_text}")
 
 

@@ -264,8 +264,13 @@ def main() -> None:
     out_acc = float((out_logits.argmax(1) == y_eval).mean())
     print(f"FP32 eval accuracy (onnxruntime) digits_cnn_outlier.onnx: {out_acc:.4f}")
 
-    for p in (MODEL_PATH, OUTLIER_MODEL_PATH, DATA_DIR / "calib.npz", DATA_DIR / "eval.npz",
-              DATA_DIR / "eval_labels.npy"):
+    for p in (
+        MODEL_PATH,
+        OUTLIER_MODEL_PATH,
+        DATA_DIR / "calib.npz",
+        DATA_DIR / "eval.npz",
+        DATA_DIR / "eval_labels.npy",
+    ):
         print(f"{os.path.relpath(p, HERE.parent)}: {p.stat().st_size} bytes")
 
 

@@ -49,8 +49,13 @@ def test_the_example_gate_passes_through_marker_tests_and_manifest(example: Path
 
 def test_the_outlier_model_fails_and_names_the_planted_layer(example: Path) -> None:
     result = run_pytest(
-        example, "--int8-model", "models/digits_cnn_outlier.onnx", "-k", "outlier and not fixed",
-        "--int8-report-json", "report.json",
+        example,
+        "--int8-model",
+        "models/digits_cnn_outlier.onnx",
+        "-k",
+        "outlier and not fixed",
+        "--int8-report-json",
+        "report.json",
     )
     assert result.returncode == 1, result.stdout + result.stderr
     out = result.stdout
