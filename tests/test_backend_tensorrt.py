@@ -363,3 +363,43 @@ def test_unparseable_model_names_the_node() -> None:
     )
     with pytest.raises(BackendError, match=r"TensorRT could not parse the fp32 model: .*mystery"):
         TensorRTBackend().fp32_runner(model)
+
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "example_project"
+
+
+def example_spec(tmp_path: Path, backend: str) -> Any:
+    from pytest_int8gate.gate import Budget
+    from pytest_int8gate.pipeline import GateSpec
+
+    return GateSpec(
+        model=EXAMPLE / "models" / "digits_cnn.onnx",
+        calib_data=str(EXAMPLE / "data" / "calib.npz"),
+        eval_data=str(EXAMPLE / "data" / "eval.npz"),
+        labels=str(EXAMPLE / "data" / "eval_labels.npy"),
+        budget=Budget({"top1_drop": 0.01, "cosine": 0.98}),
+        backend=backend,
+        cache_dir=tmp_path,
+        bisect=False,
+    )
+
+
+@requires_tensorrt
+def test_example_fp32_engine_matches_onnxruntime_fp32(tmp_path: Path) -> None:
+    from pytest_int8gate.pipeline import GatePipeline
+
+    trt_pipeline = GatePipeline(example_spec(tmp_path, "tensorrt"))
+    ort_pipeline = GatePipeline(example_spec(tmp_path, "onnxruntime"))
+    batch = next(trt_pipeline.eval_data.batches(32))
+    got = trt_pipeline.fp32_runner.run(batch)["logits"]
+    want = ort_pipeline.fp32_runner.run(batch)["logits"]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@requires_tensorrt
+def test_example_int8_engine_meets_the_example_budget(tmp_path: Path) -> None:
+    from pytest_int8gate.pipeline import GatePipeline
+
+    verdict = GatePipeline(example_spec(tmp_path, "tensorrt")).run()
+    assert verdict.backend["backend"] == "tensorrt"
+    assert verdict.passed, verdict.results
