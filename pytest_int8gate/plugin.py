@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
 import numpy as np
 import pytest
@@ -186,8 +186,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             choices=option.choices,
             help=option.help,
         )
-        help_text = f"{option.help} (same as {option.flag})"
-        parser.addini(option.ini, help_text, type="linelist" if option.repeatable else "string")
+        ini_type: Literal["linelist", "string"] = "linelist" if option.repeatable else "string"
+        parser.addini(option.ini, f"{option.help} (same as {option.flag})", type=ini_type)
     group.addoption(
         "--int8-bisect",
         dest="int8_bisect",
