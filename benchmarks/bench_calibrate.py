@@ -91,11 +91,11 @@ def _batches(arrays: dict[str, Any], batch_size: int) -> Iterator[dict[str, Any]
         yield {key: value[start : start + batch_size] for key, value in arrays.items()}
 
 
-def _rss_mb() -> float:
-    """Current resident set size (Linux /proc; 0 elsewhere)."""
+def _rss_mb(field: str = "VmRSS") -> float:
+    """Current resident set size, or with ``field="VmHWM"`` its peak (Linux /proc; 0 elsewhere)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
@@ -243,6 +243,9 @@ def worker(args: argparse.Namespace) -> None:
     result["cpu_s"] = time.process_time() - cpu_started
     result["samples"] = float(samples)
     result["rss_setup_mb"] = rss_setup_mb
+    # The process's own peak: ru_maxrss as the parent reads it also counts the parent's RSS at fork time
+    # (Linux folds the forking process's high-water mark in at exec), which matters when the parent is large.
+    result["peak_hwm_mb"] = _rss_mb("VmHWM")
     args.result.write_text(json.dumps(result))
 
 

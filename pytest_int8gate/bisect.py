@@ -20,12 +20,19 @@ longer passing prefix scored clearly better than a shorter one, scans the interv
 says so. It can only see what its probes measure: an inversion that falls between two probes
 (a layer that fails alone, compensated by a later one before the next probe) goes unseen.
 
-Each offender is first *repaired* ("mixed quantization"): the other calibrators' amax for its
-activation inputs are tried in the same context; if one meets the budget the layer stays INT8 with
-that calibrator. Otherwise it is kept in float ("mixed precision"). The resulting plan is then
-*verified* on the full evaluation set; a plan that does not meet the budget there is reported as
-such, never as a fix. Per-layer sensitivity (SQNR of each layer's own output when only its inputs
-and weights are quantized) comes from one extra pass over the subset.
+Each offender is first *repaired*, climbing a ladder of repairs that keep it in INT8, each tried in
+the same context (the accepted layers quantized) until one meets the budget on the subset:
+
+a. another calibrator ("mixed quantization"): the other calibrators' amax for its activation inputs;
+b. cross-layer equalization with the layer producing its input (equalize.py): the FP32 model is
+   rewritten (same function), recalibrated and quantized again;
+c. bias correction (bias_correction.py): its bias absorbs the mean output error INT8 adds;
+d. otherwise it is kept in float ("mixed precision").
+
+The spec's ``repairs`` chooses which of a-c are tried. The resulting plan is then *verified* on the
+full evaluation set; a plan that does not meet the budget there is reported as such, never as a fix.
+Per-layer sensitivity (SQNR of each layer's own output when only its inputs and weights are
+quantized) comes from one extra pass over the subset.
 """
 
 from __future__ import annotations
@@ -39,11 +46,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
+from .equalize import EqualizationPair, EqualizationRefusal, fp32_difference
 from .evaluate import Comparison, ReferenceOutputs
 from .gate import Budget, MetricResult, judge
 from .graph import Layer, add_graph_outputs
 from .quantize import CALIBRATORS as PLAN_CALIBRATORS
-from .quantize import QuantPlan, quantize_model
+from .quantize import QuantPlan
+from .repair import FP32_TOLERANCE, bias_problem, check_repairs, equalization_candidates
 
 if TYPE_CHECKING:
     from .pipeline import GatePipeline
@@ -72,8 +81,11 @@ class OffendingLayer:
     name: str
     op_type: str
     metrics: dict[str, float]  # the budget's metrics on the subset when this layer was added
-    action: str  # "calibrator" (stays INT8 with another calibrator) or "float"
+    #: The rung that fixed it: "calibrator", "equalize", "bias_correction" (all stay INT8) or "float".
+    action: str
     calibrator: str | None = None
+    producer: str | None = None  # the layer it was equalized with
+    attempts: tuple[str, ...] = ()  # the rungs tried before, and why a rung could not be tried
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -83,6 +95,8 @@ class OffendingLayer:
             "metrics": self.metrics,
             "action": self.action,
             "calibrator": self.calibrator,
+            "producer": self.producer,
+            "attempts": list(self.attempts),
         }
 
 
@@ -93,6 +107,7 @@ class LayerSensitivity:
     name: str
     op_type: str
     sqnr_db: float
+    index: int = -1  # the layer's position in the model's topological layer list (-1: unknown)
 
 
 @dataclass(frozen=True)
@@ -103,6 +118,12 @@ class VerifiedFix:
     overrides: dict[str, str]
     results: tuple[MetricResult, ...]
     passed: bool
+    equalize: tuple[str, ...] = ()  # every layer the fix's plan equalizes (the spec's and the repairs')
+    bias_correction: tuple[str, ...] = ()  # the same for bias correction
+    fp32_model: str | None = None  # the rewritten FP32 model to deploy (when equalize is used)
+    fp32_sha256: str | None = None
+    fp32_max_abs_difference: float | None = None  # rewritten vs original FP32, full evaluation set
+    fp32_reference_max_abs: float | None = None  # the largest |output| there, the difference's scale
 
     def manifest_snippet(self) -> str:
         lines = []
@@ -112,7 +133,26 @@ class VerifiedFix:
         if self.overrides:
             lines.append("calibrator_overrides:")
             lines.extend(f"  {_yaml_str(name)}: {calib}" for name, calib in self.overrides.items())
+        for key, names in (("equalize", self.equalize), ("bias_correction", self.bias_correction)):
+            if names:
+                lines.append(f"{key}:")
+                lines.extend(f"  - {_yaml_str(name)}" for name in names)
         return "\n".join(lines)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "exclude": list(self.exclude),
+            "calibrator_overrides": self.overrides,
+            "equalize": list(self.equalize),
+            "bias_correction": list(self.bias_correction),
+            "fp32_model": self.fp32_model,
+            "fp32_sha256": self.fp32_sha256,
+            "fp32_max_abs_difference": self.fp32_max_abs_difference,
+            "fp32_reference_max_abs": self.fp32_reference_max_abs,
+            "passed": self.passed,
+            "metrics": {r.name: r.as_dict() for r in self.results},
+            "manifest": self.manifest_snippet(),
+        }
 
 
 def _yaml_str(text: str) -> str:
@@ -157,18 +197,10 @@ class BisectionReport:
             "evaluations": self.evaluations,
             "offending_layers": [o.as_dict() for o in self.offenders],
             "sensitivity": [
-                {"name": s.name, "op": s.op_type, "sqnr_db": _finite_or_none(s.sqnr_db)}
+                {"index": s.index, "name": s.name, "op": s.op_type, "sqnr_db": _finite_or_none(s.sqnr_db)}
                 for s in self.sensitivity
             ],
-            "fix": None
-            if self.fix is None
-            else {
-                "exclude": list(self.fix.exclude),
-                "calibrator_overrides": self.fix.overrides,
-                "passed": self.fix.passed,
-                "metrics": {r.name: r.as_dict() for r in self.fix.results},
-                "manifest": self.fix.manifest_snippet(),
-            },
+            "fix": None if self.fix is None else self.fix.as_dict(),
             "notes": list(self.notes),
             "duration_s": round(self.duration_s, 3),
         }
@@ -361,17 +393,20 @@ class SubsetOracle:
             labels=labels,
         )
         self.subset_size = data.num_samples
-        self.base_plan = pipeline.spec.plan
+        self.base_plan = pipeline.plan
 
     def plan_for(self, quantized: Sequence[int], overrides: dict[int, str]) -> QuantPlan:
+        """The base plan restricted to ``quantized``, with each repair label applied to its layer.
+
+        A label is a calibrator name, ``"equalize"`` or ``"bias_correction"`` (see :func:`plan_with`).
+        """
         names = frozenset(self.layers[i].name for i in quantized)
-        merged = dict(self.base_plan.overrides)
-        merged.update({self.layers[i].name: calib for i, calib in overrides.items() if i in quantized})
-        return replace(self.base_plan, include=names, overrides=merged)
+        repairs = {self.layers[i].name: label for i, label in overrides.items() if i in quantized}
+        return plan_with(replace(self.base_plan, include=names), repairs)
 
     def comparison(self, plan: QuantPlan) -> Comparison:
         pipeline = self.pipeline
-        model = quantize_model(pipeline.model, pipeline.table, plan)
+        model = pipeline.quantized(plan)
         runner = pipeline.backend.int8_runner(model.proto)
         pipeline.evaluations += 1
         return self.reference.compare(runner, pipeline.kpi)
@@ -381,7 +416,7 @@ class SubsetOracle:
         results = judge(self.budget, self.comparison(self.plan_for(quantized, overrides)))
         passed = all(r.passed for r in results)
         last = f"up to {self.layers[max(trial)].name}" if trial else "the whole plan"
-        repairs = [f"{self.layers[i].name} with {overrides[i]}" for i in trial if i in overrides]
+        repairs = [f"{self.layers[i].name} with {_label_text(overrides[i])}" for i in trial if i in overrides]
         if repairs:
             last += ", trying " + ", ".join(repairs)
         outcome = "pass" if passed else "fail"
@@ -391,11 +426,38 @@ class SubsetOracle:
         return probe_of(len(quantized), results)
 
 
+def plan_with(plan: QuantPlan, repairs: dict[str, str]) -> QuantPlan:
+    """``plan`` with each layer's repair label applied: a calibrator name overrides the layer's calibrator,
+    ``"equalize"`` and ``"bias_correction"`` add the layer to those rewrites, ``"float"`` excludes it."""
+    overrides = dict(plan.overrides)
+    equalize, corrected, exclude = set(plan.equalize), set(plan.bias_correction), set(plan.exclude)
+    for name, label in repairs.items():
+        if label == "equalize":
+            equalize.add(name)
+        elif label == "bias_correction":
+            corrected.add(name)
+        elif label == "float":
+            exclude.add(name)
+        else:
+            overrides[name] = label
+    return replace(
+        plan,
+        overrides=overrides,
+        equalize=frozenset(equalize),
+        bias_correction=frozenset(corrected),
+        exclude=frozenset(exclude),
+    )
+
+
+def _label_text(label: str) -> str:
+    return {"equalize": "equalization", "bias_correction": "bias correction"}.get(label, label)
+
+
 def bisect_failure(pipeline: GatePipeline, failing: Comparison) -> BisectionReport:
     """Search, repair and verify for a gate whose full-set comparison ``failing`` missed the budget."""
     started = time.perf_counter()
     spec = pipeline.spec
-    base = spec.plan
+    base = pipeline.plan
     candidates = _candidate_layers(pipeline)
     notes: list[str] = []
     oracle = SubsetOracle(pipeline, candidates, spec.bisect_subset)
@@ -408,21 +470,16 @@ def bisect_failure(pipeline: GatePipeline, failing: Comparison) -> BisectionRepo
         )
         oracle = SubsetOracle(pipeline, candidates, pipeline.eval_data.num_samples)
         first = probe_of(len(candidates), judge(pipeline.budget, failing))
-    repair_calibrators = [c for c in REPAIR_ORDER if c in PLAN_CALIBRATORS]
+    ladder = RepairLadder(pipeline, base, spec.repairs)
 
     def repair(index: int, state: SearchState) -> str | None:
-        current = base.overrides.get(candidates[index].name, base.calibrator)
-        for calibrator in repair_calibrators:
-            if calibrator == current:
-                continue
+        def attempt(label: str) -> bool | None:
             if state.search_evaluations + state.repair_evaluations >= spec.bisect_max_evaluations:
                 return None
             state.repair_evaluations += 1
-            trial_overrides = {**state.overrides, index: calibrator}
-            probe = oracle(state.accepted, [index], trial_overrides)
-            if probe.passed:
-                return calibrator
-        return None
+            return oracle(state.accepted, [index], {**state.overrides, index: label}).passed
+
+        return ladder.climb(candidates[index].name, attempt)
 
     state = find_offenders(
         len(candidates),
@@ -438,34 +495,34 @@ def bisect_failure(pipeline: GatePipeline, failing: Comparison) -> BisectionRepo
     offenders: list[OffendingLayer] = []
     for index in sorted([*state.offenders, *state.repaired]):
         layer = candidates[index]
-        calibrator = state.repaired.get(index)
         offenders.append(
-            OffendingLayer(
-                index=layer.index,
-                name=layer.name,
-                op_type=layer.op_type,
-                metrics=dict(state.offender_probes[index].metrics),
-                action="calibrator" if calibrator else "float",
-                calibrator=calibrator,
-            )
+            ladder.offender(layer, dict(state.offender_probes[index].metrics), state.repaired.get(index))
         )
     fix = None
     verifications = 0
     if offenders and not state.capped:
         fix = _verify(pipeline, offenders)
         verifications += 1
-        repaired = [o.name for o in offenders if o.action == "calibrator"]
+        repaired = [o.name for o in offenders if o.action != "float"]
         if not fix.passed and repaired:
-            in_float = [replace(o, action="float", calibrator=None) for o in offenders]
+            in_float = [replace(o, action="float", calibrator=None, producer=None) for o in offenders]
             fallback = _verify(pipeline, in_float)
             verifications += 1
             if fallback.passed:
                 notes.append(
-                    f"the calibrator repair of {', '.join(repaired)} met the budget on "
+                    f"the repair of {', '.join(repaired)} met the budget on "
                     f"{oracle.subset_size} samples but not on all {pipeline.eval_data.num_samples}; "
                     "kept in float instead"
                 )
                 offenders, fix = in_float, fallback
+        if fix.fp32_max_abs_difference is not None and fix.fp32_reference_max_abs:
+            relative = fix.fp32_max_abs_difference / fix.fp32_reference_max_abs
+            if relative > FP32_TOLERANCE:
+                notes.append(
+                    "the equalized FP32 model differs from the original by "
+                    f"{fix.fp32_max_abs_difference:.3g} "
+                    f"({relative:.2g} of the largest output), more than float rounding explains"
+                )
     elif not offenders and not state.capped:
         notes.append(
             "no single layer is to blame: every prefix passes on the search subset, yet the full plan fails"
@@ -488,13 +545,123 @@ def bisect_failure(pipeline: GatePipeline, failing: Comparison) -> BisectionRepo
 
 
 def _verify(pipeline: GatePipeline, offenders: Sequence[OffendingLayer]) -> VerifiedFix:
-    """Apply the offenders' actions to the spec's plan and judge it on the full evaluation set."""
-    base = pipeline.spec.plan
+    """Apply the offenders' actions to the spec's plan and judge it on the full evaluation set.
+
+    When the plan equalizes, the rewritten FP32 model is also compared with the original on the
+    evaluation set: the fix reports the largest output difference, its path and its hash.
+    """
+    base = pipeline.plan
     exclude = tuple(o.name for o in offenders if o.action == "float")
     overrides = {o.name: o.calibrator for o in offenders if o.calibrator}
-    plan = replace(base, exclude=base.exclude | frozenset(exclude), overrides={**base.overrides, **overrides})
+    labels = {o.name: o.action for o in offenders if o.action in ("equalize", "bias_correction", "float")}
+    plan = plan_with(replace(base, overrides={**base.overrides, **overrides}), labels)
     results = judge(pipeline.budget, pipeline.evaluate(plan))
-    return VerifiedFix(exclude, overrides, results, all(r.passed for r in results))
+    fix = VerifiedFix(
+        exclude,
+        overrides,
+        results,
+        all(r.passed for r in results),
+        equalize=tuple(sorted(plan.equalize)),
+        bias_correction=tuple(sorted(plan.bias_correction)),
+    )
+    if not plan.equalize:
+        return fix
+    rewritten = pipeline.rewritten(plan.equalize)
+    difference = fp32_difference(
+        pipeline.model.proto,
+        rewritten.model.proto,
+        pipeline.eval_data.batches(pipeline.batch_size),
+        threads=pipeline.spec.threads,
+    )
+    return replace(
+        fix,
+        fp32_model=None if rewritten.path is None else str(rewritten.path),
+        fp32_sha256=rewritten.sha256,
+        fp32_max_abs_difference=difference.max_abs,
+        fp32_reference_max_abs=difference.reference_max_abs,
+    )
+
+
+class RepairLadder:
+    """The rungs tried on one offender, in order, and what each attempt found."""
+
+    def __init__(self, pipeline: GatePipeline, base: QuantPlan, rungs: Sequence[str]) -> None:
+        self.pipeline = pipeline
+        self.base = base
+        self.rungs = check_repairs(rungs, "repairs")
+        self.calibrators = [c for c in REPAIR_ORDER if c in PLAN_CALIBRATORS]
+        self.attempts: dict[str, list[str]] = {}
+        self._pairs = equalization_candidates(pipeline.model) if "equalize" in self.rungs else {}
+
+    def climb(self, name: str, attempt: Callable[[str], bool | None]) -> str | None:
+        """The label of the first rung that meets the budget for layer ``name``; None: keep it in float.
+
+        ``attempt(label)`` evaluates the layer with that repair: True passes, False fails, None means
+        the evaluation budget is spent (the climb stops).
+        """
+        tried = self.attempts.setdefault(name, [])
+        for label, why_not in self._labels(name):
+            if why_not:
+                tried.append(f"{_label_text(label)} not possible ({why_not})")
+                continue
+            passed = attempt(label)
+            if passed is None:
+                tried.append("stopped at the evaluation cap")
+                return None
+            if passed:
+                return label
+            tried.append(f"{self._describe(name, label)} failed")
+        return None
+
+    def _labels(self, name: str) -> list[tuple[str, str]]:
+        """(label, reason it cannot be tried or "") for each rung, in ladder order."""
+        labels: list[tuple[str, str]] = []
+        if "calibrator" in self.rungs:
+            current = self.base.calibrator_for(name)
+            labels.extend((c, "") for c in self.calibrators if c != current)
+        if "equalize" in self.rungs:
+            entry = self._pairs.get(name)
+            if name in self.base.equalize:
+                labels.append(("equalize", "already equalized by the plan"))
+            elif entry is None:
+                labels.append(("equalize", "not a Conv, ConvTranspose, Gemm or MatMul layer"))
+            else:
+                labels.append(("equalize", entry.reason if isinstance(entry, EqualizationRefusal) else ""))
+        if "bias_correction" in self.rungs:
+            if name in self.base.bias_correction:
+                labels.append(("bias_correction", "already corrected by the plan"))
+            else:
+                labels.append(("bias_correction", bias_problem(self.pipeline.model, name)))
+        return labels
+
+    def _describe(self, name: str, label: str) -> str:
+        if label == "equalize":
+            return f"equalization with {self.producer(name)}"
+        return _label_text(label)
+
+    def producer(self, name: str) -> str | None:
+        """The layer ``name`` would be equalized with (None when it cannot be)."""
+        entry = self._pairs.get(name)
+        return entry.producer if isinstance(entry, EqualizationPair) else None
+
+    def offender(self, layer: Layer, metrics: dict[str, float], label: str | None) -> OffendingLayer:
+        """The report row of an offender that ``label`` repaired (None: kept in float)."""
+        if label is None:
+            action, calibrator = "float", None
+        elif label in ("equalize", "bias_correction"):
+            action, calibrator = label, None
+        else:
+            action, calibrator = "calibrator", label
+        return OffendingLayer(
+            index=layer.index,
+            name=layer.name,
+            op_type=layer.op_type,
+            metrics=metrics,
+            action=action,
+            calibrator=calibrator,
+            producer=self.producer(layer.name) if action == "equalize" else None,
+            attempts=tuple(self.attempts.get(layer.name, ())),
+        )
 
 
 def _candidate_layers(pipeline: GatePipeline) -> list[Layer]:
@@ -511,9 +678,10 @@ def layer_sensitivity(
     The probe model is the FP32 graph plus, for every quantized layer, a copy of the layer that reads
     the Q/DQ'd version of the same FP32 inputs; both outputs are exposed and compared.
     """
-    plan = replace(pipeline.spec.plan, include=frozenset(layer.name for layer in layers))
-    quantized = quantize_model(pipeline.model, pipeline.table, plan).proto
-    probe, pairs = isolated_layer_model(pipeline.model.proto, quantized, [layer.name for layer in layers])
+    plan = replace(pipeline.plan, include=frozenset(layer.name for layer in layers))
+    quantized = pipeline.quantized(plan).proto
+    source = pipeline.fp32_model(plan.equalize).proto
+    probe, pairs = isolated_layer_model(source, quantized, [layer.name for layer in layers])
     if not pairs:
         return ()
     runner = pipeline.backend.fp32_runner(probe)
@@ -528,8 +696,11 @@ def layer_sensitivity(
             noise[name] += float(np.sum(diff * diff))
     from .evaluate import sqnr_db
 
-    ops = {layer.name: layer.op_type for layer in layers}
-    table = [LayerSensitivity(name, ops[name], sqnr_db(signal[name], noise[name])) for name in pairs]
+    by_name = {layer.name: layer for layer in layers}
+    table = [
+        LayerSensitivity(name, by_name[name].op_type, sqnr_db(signal[name], noise[name]), by_name[name].index)
+        for name in pairs
+    ]
     return tuple(sorted(table, key=lambda s: s.sqnr_db))
 
 

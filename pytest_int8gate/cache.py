@@ -1,15 +1,31 @@
-"""Content-addressed artefact cache: atomic writes, one builder per artefact across processes."""
+"""Content-addressed artefact cache: atomic writes, a checksum verified on every read, one builder per
+artefact across processes.
+
+An entry ``<kind>/<key><suffix>`` is valid only with its checksum file ``<key><suffix>.sha256`` (the
+``sha256sum`` format), written after the entry. A process killed at any point therefore leaves either no
+entry, a temporary file that is never read, or an entry without (or not matching) its checksum — which
+the next reader reports and rebuilds. Directories are created without the group/world write bits whatever
+the umask, so another user cannot plant an artefact.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from filelock import FileLock
+
+CHECKSUM_SUFFIX = ".sha256"
+#: Mode of the directories the cache creates (never group- or world-writable).
+DIRECTORY_MODE = 0o755
+LOCK_FILE_MODE = 0o644
+
+_LOG = logging.getLogger(__name__)
 
 
 def content_key(parts: Mapping[str, object]) -> str:
@@ -18,9 +34,32 @@ def content_key(parts: Mapping[str, object]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
+def make_directories(path: Path) -> None:
+    """Create ``path`` and its missing parents with :data:`DIRECTORY_MODE` (existing ones are left as is).
+
+    ``Path.mkdir(parents=True)`` creates parents with mode 0o777 minus the umask, which is world-writable
+    under ``umask 000``; here every directory created gets an explicit ``chmod``.
+    """
+    missing: list[Path] = []
+    current = path
+    while not current.is_dir():
+        missing.append(current)
+        if current.parent == current:
+            break
+        current = current.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir(mode=DIRECTORY_MODE)
+        except FileExistsError:
+            if not directory.is_dir():
+                raise
+            continue  # another process made it first: its mode is that process's business
+        os.chmod(directory, DIRECTORY_MODE)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary file beside ``path`` and rename it over: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_directories(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -31,23 +70,82 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def checksum_path(entry: Path) -> Path:
+    """The checksum file of a cache entry."""
+    return entry.with_name(entry.name + CHECKSUM_SUFFIX)
+
+
+def write_checksum(entry: Path, data: bytes | None = None) -> str:
+    """Write ``entry``'s checksum file (``sha256sum`` format) of ``data`` (default: the file's bytes);
+    return the hex digest."""
+    digest = hashlib.sha256(entry.read_bytes() if data is None else data).hexdigest()
+    atomic_write_bytes(checksum_path(entry), f"{digest}  {entry.name}\n".encode())
+    return digest
+
+
+def entry_problem(entry: Path) -> str | None:
+    """Why ``entry`` is not a valid cache entry ("" when it does not exist, None when it is valid)."""
+    if not entry.is_file():
+        return ""
+    sidecar = checksum_path(entry)
+    try:
+        recorded = sidecar.read_text(encoding="ascii").split()
+    except FileNotFoundError:
+        return "has no checksum file (its write was interrupted, or an older version wrote it)"
+    except (OSError, UnicodeDecodeError) as exc:
+        return f"has an unreadable checksum file ({exc})"
+    try:
+        actual = hashlib.sha256(entry.read_bytes()).hexdigest()
+    except OSError as exc:
+        return f"cannot be read ({exc})"
+    if not recorded or recorded[0] != actual:
+        expected = recorded[0][:12] if recorded else "nothing"
+        return f"does not match its checksum (sha256 {actual[:12]}..., recorded {expected}...)"
+    return None
+
+
 class ArtifactCache:
-    """Files under ``root`` named by content key; concurrent builders of one key build it once."""
+    """Files under ``root`` named by content key; concurrent builders of one key build it once.
+
+    ``notes`` collects one sentence per damaged entry that was found and rebuilt, for the verdict.
+    """
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
+        self.notes: list[str] = []
 
     def path(self, kind: str, key: str, suffix: str) -> Path:
         return self.root / kind / f"{key}{suffix}"
 
     def get_or_build(self, kind: str, key: str, suffix: str, build: Callable[[], bytes]) -> tuple[Path, bool]:
-        """The artefact's path and whether it was already cached (built now otherwise)."""
+        """The artefact's path and whether it was already cached (built now otherwise).
+
+        A cached entry is returned only after its checksum was verified; a damaged one is reported in
+        :attr:`notes` (and logged) and rebuilt.
+        """
         target = self.path(kind, key, suffix)
-        if target.is_file():
+        if entry_problem(target) is None:
             return target, True
-        target.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-        with FileLock(str(target) + ".lock"):
-            if target.is_file():  # another worker built it while this one waited
+        make_directories(target.parent)
+        with FileLock(str(target) + ".lock", mode=LOCK_FILE_MODE):
+            problem = entry_problem(target)
+            if problem is None:  # another worker built it while this one waited
                 return target, True
-            atomic_write_bytes(target, build())
+            if problem:
+                note = f"cache entry {target} {problem}; rebuilt it"
+                self.notes.append(note)
+                _LOG.warning("int8gate: %s", note)
+            self._remove_leftovers(target)
+            data = build()
+            atomic_write_bytes(target, data)
+            write_checksum(target, data)  # of what was built: a write that went wrong cannot vouch for itself
+            _LOG.info("int8gate: built cache entry %s", target)
         return target, False
+
+    @staticmethod
+    def _remove_leftovers(target: Path) -> None:
+        """Under the entry's lock: drop its checksum (readers must not pair it with the new entry) and the
+        temporary files of writers that were killed."""
+        checksum_path(target).unlink(missing_ok=True)
+        for stale in target.parent.glob(f".{target.name}.*.tmp"):  # the entry's and its checksum's
+            stale.unlink(missing_ok=True)

@@ -7,6 +7,7 @@ any :class:`Int8GateError` becomes one ``int8gate: error: ...`` line on stderr a
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -20,12 +21,15 @@ from .backends import BACKEND_NAMES, ORT_MODES
 from .calibrate import CALIBRATORS as TABLE_CALIBRATORS
 from .calibrate import CalibrationTable, CalibratorSettings, calibrate, trt_version_number
 from .data import DEFAULT_BATCH_SIZE, batch_size_for, load_dataset
+from .equalize import RULES as EQUALIZATION_RULES
+from .equalize import activation_channel_ranges, equalize, fp32_difference, select_pairs
 from .errors import Int8GateError
 from .gate import Budget
 from .graph import load_model
 from .pipeline import GatePipeline, GateSpec
 from .quantize import CALIBRATORS as PLAN_CALIBRATORS
 from .quantize import QuantPlan, activation_tensors, quantize_model
+from .repair import FP32_TOLERANCE, REPAIRS
 from .report import verdict_record, verdict_text
 
 PROG = "int8gate"
@@ -130,11 +134,49 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--output", metavar="NAME", help="model output to compare (default: the first)")
     check.add_argument("--no-bisect", action="store_true", help="do not search for offending layers")
+    check.add_argument(
+        "--equalize",
+        nargs="*",
+        metavar="NODE",
+        help="equalize these layers with their producers before calibration (no NODE: every pair)",
+    )
+    check.add_argument(
+        "--bias-correction", nargs="+", default=[], metavar="NODE", help="correct these layers' bias"
+    )
+    check.add_argument(
+        "--repair",
+        nargs="+",
+        choices=[*REPAIRS, "none"],
+        metavar="RUNG",
+        help=f"repairs tried on an offender before float (default: {' '.join(REPAIRS)}; none: float)",
+    )
     check.add_argument("--cache-dir", type=Path, metavar="DIR", help="reuse calibration tables and models")
     check.add_argument("--json", type=Path, metavar="OUT", help="also write the verdict as JSON")
     check.add_argument("-v", "--verbose", action="store_true", help="print progress on stderr")
     _add_run_options(check)
     check.set_defaults(run=run_check)
+
+    eq = commands.add_parser(
+        "equalize",
+        help="cross-layer equalization: a rewritten FP32 model with the same function, easier to quantize",
+        description="Rescale producer -> consumer layer pairs (Nagel et al. 2019) so that their channels "
+        "have balanced ranges; prints each pair and each refusal, and with --data the largest FP32 output "
+        "difference from the original.",
+    )
+    eq.add_argument("model", metavar="MODEL", help="the FP32 ONNX model")
+    eq.add_argument("--out", required=True, metavar="MODEL.eq.onnx", help="where to write the new model")
+    eq.add_argument(
+        "--layers", nargs="+", metavar="NODE", help="consumer layers to equalize (default: every pair)"
+    )
+    eq.add_argument(
+        "--rule",
+        default="weights",
+        choices=EQUALIZATION_RULES,
+        help="weights: the paper's data-free rule (default); activations: input ranges measured on --data",
+    )
+    eq.add_argument("--data", metavar="CALIB", help="data to check that the FP32 outputs are unchanged")
+    _add_run_options(eq)
+    eq.set_defaults(run=run_equalize)
     return parser
 
 
@@ -309,6 +351,56 @@ def _write(path: str, text: str, *, what: str) -> None:
         raise Int8GateError(f"{target}: cannot write the {what} ({exc}).") from exc
 
 
+# ---- equalize -------------------------------------------------------------------------------------
+def run_equalize(args: argparse.Namespace) -> int:
+    loaded = load_model(args.model)
+    if args.rule == "activations" and not args.data:
+        raise Int8GateError("--rule activations measures the activation ranges on --data; give it.")
+    dataset = None
+    if args.data:
+        dataset = load_dataset(args.data, loaded.info, role="calibration", search_path=Path.cwd())
+    batch_size = batch_size_for(loaded.info, args.batch_size)
+    pairs, refusals = select_pairs(loaded, args.layers)
+    ranges = None
+    if args.rule == "activations" and dataset is not None:
+        ranges = activation_channel_ranges(
+            loaded.proto, pairs, dataset.batches(batch_size), threads=args.threads
+        )
+    proto, report = equalize(loaded.proto, pairs, rule=args.rule, activation_ranges=ranges)
+    weighted = sum(1 for layer in loaded.info.layers if layer.op_type != "Add")
+    print(
+        f"equalized {len(report.pairs)} of {weighted} weighted layer(s) of {Path(args.model).name} with "
+        f"their producers ({args.rule} rule, {report.sweeps} sweep(s))"
+    )
+    for pair in report.pairs:
+        print(
+            f"  {pair.pair.describe()}: scales {min(pair.scales):.3g}..{max(pair.scales):.3g}; channel range "
+            f"spread producer {pair.producer_spread[0]:.3g} -> {pair.producer_spread[1]:.3g}, consumer "
+            f"{pair.consumer_spread[0]:.3g} -> {pair.consumer_spread[1]:.3g}"
+        )
+    for refusal in refusals:
+        print(f"  refused {refusal.consumer}: {refusal.reason}")
+    status = EXIT_PASS
+    if dataset is not None:
+        difference = fp32_difference(loaded.proto, proto, dataset.batches(batch_size), threads=args.threads)
+        print(
+            f"FP32 outputs on {difference.samples} samples of {args.data}: max abs difference "
+            f"{difference.max_abs:.3g} from the original (largest output {difference.reference_max_abs:.3g})"
+        )
+        if difference.relative > FP32_TOLERANCE:
+            print(f"{PROG}: the rewritten model is not function-preserving on this data", file=sys.stderr)
+            status = EXIT_FAIL
+    data = proto.SerializeToString(deterministic=True)
+    try:
+        target = Path(args.out)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    except OSError as exc:
+        raise Int8GateError(f"{args.out}: cannot write the equalized model ({exc}).") from exc
+    print(f"wrote {args.out} (sha256 {hashlib.sha256(data).hexdigest()})")
+    return status
+
+
 # ---- check ----------------------------------------------------------------------------------------
 def run_check(args: argparse.Namespace) -> int:
     spec = GateSpec(
@@ -329,6 +421,9 @@ def run_check(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         data_search_path=Path.cwd(),
         bisect=not args.no_bisect,
+        equalize=frozenset() if args.equalize is None else (frozenset(args.equalize) or True),
+        bias_correction=frozenset(args.bias_correction),
+        repairs=REPAIRS if args.repair is None else tuple(r for r in REPAIRS if r in args.repair),
     )
     CalibratorSettings(percentile=spec.percentile)  # reject a bad percentile before any work
 

@@ -44,7 +44,17 @@ class Dataset:
             raise DataError(f"{self.source}: batch size must be at least 1, not {batch_size}.")
         pending: list[Feeds] = []
         pending_count = 0
+        # The fingerprint names this content in cache keys and reports: a source that yields anything
+        # else on a later pass (a loader with random or one-shot data, a file rewritten mid-run) is an
+        # error, never a silent mismatch between what was calibrated, evaluated and cached.
+        digest = hashlib.sha256()
         for chunk in self.chunks():
+            if tuple(sorted(chunk)) != self.input_names or any(
+                tuple(chunk[k].shape[1:]) != self.sample_shapes[k] for k in self.input_names
+            ):
+                raise DataError(f"{self.source}: {_CHANGED_BETWEEN_PASSES}")
+            for key in self.input_names:
+                _fingerprint_update(digest, key, chunk[key])
             start = 0
             size = _chunk_len(chunk)
             while start < size:
@@ -57,6 +67,8 @@ class Dataset:
                     pending, pending_count = [], 0
         if pending:
             yield _concat(pending)
+        if digest.hexdigest() != self.fingerprint:
+            raise DataError(f"{self.source}: {_CHANGED_BETWEEN_PASSES}")
 
     def head(self, count: int) -> Dataset:
         """The first ``count`` samples, held in memory (a fixed subset for repeated evaluations)."""
@@ -69,6 +81,17 @@ class Dataset:
         """A dataset over in-memory arrays (axis 0 = samples), not yet checked against a model."""
         arrays = {k: np.asarray(v) for k, v in feeds.items()}
         return _scan(lambda: iter([arrays]), source)
+
+
+_CHANGED_BETWEEN_PASSES = (
+    "the data changed between two passes over it (a module:function loader must yield the same arrays "
+    "every time it is called; files must not change during the run)."
+)
+
+
+def _fingerprint_update(digest: hashlib._Hash, key: str, array: np.ndarray) -> None:
+    digest.update(f"{key}|{array.dtype.str}|{array.shape}".encode())
+    digest.update(np.ascontiguousarray(array).tobytes())
 
 
 def _chunk_len(chunk: Mapping[str, np.ndarray]) -> int:
@@ -172,15 +195,35 @@ def _loader_chunks(
         raise DataError(f"{spec}: module {module_name!r} has no callable {func_name!r}.")
 
     def chunks() -> Iterator[Feeds]:
-        produced = func()
+        try:
+            produced = func()
+        except Exception as exc:  # the user's code: its failure is a data error naming the loader
+            raise DataError(f"{spec}: the data loader raised {type(exc).__name__}: {exc}") from exc
         if isinstance(produced, Mapping):
             produced = [produced]
         if not isinstance(produced, Iterable):
             raise DataError(f"{spec}: must return or yield dicts of input name -> array.")
-        for index, feeds in enumerate(produced):
-            if not isinstance(feeds, Mapping):
-                raise DataError(f"{spec}: item {index} is a {type(feeds).__name__}, not a dict of arrays.")
-            yield {str(k): np.asarray(v) for k, v in feeds.items()}
+        items = iter(produced)
+        index = 0
+        while True:
+            try:  # only the loader's own code runs in here; the consumer's errors never pass through
+                feeds = next(items)
+                if not isinstance(feeds, Mapping):
+                    raise DataError(
+                        f"{spec}: item {index} is a {type(feeds).__name__}, not a dict of arrays."
+                    )
+                # copies: a loader may refill one buffer for every item, and a batch can span items
+                arrays = {str(k): np.array(v) for k, v in feeds.items()}
+            except StopIteration:
+                return
+            except DataError:
+                raise
+            except Exception as exc:
+                raise DataError(
+                    f"{spec}: the data loader raised {type(exc).__name__} at item {index}: {exc}"
+                ) from exc
+            yield arrays
+            index += 1
 
     return chunks
 
@@ -223,8 +266,7 @@ def _scan(
                 )
             if model is not None:
                 _check_values(source, total, model.input(key), array)
-            digest.update(f"{key}|{array.dtype.str}|{array.shape}".encode())
-            digest.update(np.ascontiguousarray(array).tobytes())
+            _fingerprint_update(digest, key, array)
         total += lengths[keys[0]]
     if names is None or total == 0:
         raise DataError(f"{source}: the data holds no samples.")
@@ -295,7 +337,7 @@ def batch_size_for(model: ModelInfo, requested: int = DEFAULT_BATCH_SIZE) -> int
     return int(fixed.pop()) if fixed else requested
 
 
-def load_labels(path: str | os.PathLike[str], num_samples: int) -> np.ndarray:
+def load_labels(path: str | os.PathLike[str], num_samples: int, *, classes: int | None = None) -> np.ndarray:
     """Integer class labels, one per evaluation sample (``.npy``, or a ``.npz`` with one array)."""
     file = Path(path)
     if not file.is_file():
@@ -306,11 +348,14 @@ def load_labels(path: str | os.PathLike[str], num_samples: int) -> np.ndarray:
     if len(arrays) != 1:
         raise DataError(f"{file}: a labels .npz must hold exactly one array, not {sorted(arrays)}.")
     labels = next(iter(arrays.values()))
-    return check_labels(labels, num_samples, source=str(file))
+    return check_labels(labels, num_samples, source=str(file), classes=classes)
 
 
-def check_labels(labels: np.ndarray, num_samples: int, *, source: str = "labels") -> np.ndarray:
-    """One integer class per evaluation sample, as int64."""
+def check_labels(
+    labels: np.ndarray, num_samples: int, *, source: str = "labels", classes: int | None = None
+) -> np.ndarray:
+    """One integer class per evaluation sample, as int64, each in ``0..classes-1`` when ``classes`` is
+    known (a label no output can match would make top-1 0 for FP32 and INT8 alike: a drop of 0)."""
     labels = np.asarray(labels)
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]
@@ -321,4 +366,13 @@ def check_labels(labels: np.ndarray, num_samples: int, *, source: str = "labels"
         )
     if labels.shape[0] != num_samples:
         raise DataError(f"{source}: {labels.shape[0]} labels for {num_samples} evaluation samples.")
+    outside = (labels < 0) if classes is None else (labels < 0) | (labels >= classes)
+    if outside.any():
+        sample = int(np.argmax(outside))
+        known = (
+            "a class index is never negative"
+            if classes is None
+            else f"the output has classes 0..{classes - 1}"
+        )
+        raise DataError(f"{source}: label {int(labels[sample])} of sample {sample} is not a class; {known}.")
     return labels.astype(np.int64)

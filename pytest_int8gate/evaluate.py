@@ -29,6 +29,9 @@ class Comparison:
     fp32: Mapping[str, float]
     int8: Mapping[str, float]
     per_sample_cosine: np.ndarray = field(repr=False, compare=False)
+    #: Per-sample booleans for confidence intervals: ``fp32_top1``/``int8_top1`` (and top5) say whether each
+    #: precision got the label right, ``top1_agreement`` whether both picked the same class.
+    hits: Mapping[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
     def metric(self, name: str) -> float:
         return self.int8[name]
@@ -77,6 +80,7 @@ class MetricAccumulator:
         self.int8_top5 = 0
         self.classes: int | None = None
         self.kept: tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]] = ([], [], [])
+        self.hits: dict[str, list[np.ndarray]] = {}
 
     def add(self, fp32: np.ndarray, int8: np.ndarray, labels: np.ndarray | None = None) -> None:
         if fp32.shape != int8.shape:
@@ -101,6 +105,7 @@ class MetricAccumulator:
             assert ic is not None
             self.classes = fc.shape[1]
             f1, i1 = fc.argmax(axis=1), ic.argmax(axis=1)
+            self._hits("top1_agreement", f1 == i1)
             self.agree += int(np.sum(f1 == i1))
             if labels is not None:
                 bad = labels[(labels < 0) | (labels >= fc.shape[1])]
@@ -108,16 +113,20 @@ class MetricAccumulator:
                     raise DataError(
                         f"labels hold class {int(bad[0])} but the output has classes 0..{fc.shape[1] - 1}."
                     )
-                self.fp32_top1 += int(np.sum(f1 == labels))
-                self.int8_top1 += int(np.sum(i1 == labels))
-                self.fp32_top5 += _topk_hits(fc, labels, 5)
-                self.int8_top5 += _topk_hits(ic, labels, 5)
+                self.fp32_top1 += self._hits("fp32_top1", f1 == labels)
+                self.int8_top1 += self._hits("int8_top1", i1 == labels)
+                self.fp32_top5 += self._hits("fp32_top5", _topk_hits(fc, labels, 5))
+                self.int8_top5 += self._hits("int8_top5", _topk_hits(ic, labels, 5))
         if self.keep_outputs:
             self.kept[0].append(fp32)
             self.kept[1].append(int8)
             if labels is not None:
                 self.kept[2].append(labels)
         self.count += n
+
+    def _hits(self, name: str, mask: np.ndarray) -> int:
+        self.hits.setdefault(name, []).append(mask)
+        return int(np.count_nonzero(mask))
 
     def result(self, output_name: str, kpi: KpiFunction | None = None) -> Comparison:
         cos = np.concatenate(self.cosines) if self.cosines else np.zeros(0)
@@ -142,7 +151,8 @@ class MetricAccumulator:
             labels = np.concatenate(self.kept[2]) if self.kept[2] else None
             fp32["kpi"] = float(kpi(outs_f, labels))
             int8["kpi"] = float(kpi(outs_i, labels))
-        return Comparison(output_name, self.count, fp32, int8, cos)
+        hits = {name: np.concatenate(masks) for name, masks in self.hits.items()}
+        return Comparison(output_name, self.count, fp32, int8, cos, hits)
 
 
 def classification_view(output: np.ndarray) -> np.ndarray | None:
@@ -155,10 +165,11 @@ def classification_view(output: np.ndarray) -> np.ndarray | None:
     return view
 
 
-def _topk_hits(logits: np.ndarray, labels: np.ndarray, k: int) -> int:
+def _topk_hits(logits: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     k = min(k, logits.shape[1])
     top = np.argpartition(-logits, k - 1, axis=1)[:, :k]
-    return int(np.sum(np.any(top == labels[:, None], axis=1)))
+    hits: np.ndarray = np.any(top == labels[:, None], axis=1)
+    return hits
 
 
 def sqnr_db(signal: float, noise: float) -> float:

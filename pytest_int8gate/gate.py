@@ -7,8 +7,10 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from .diagnostics import Finding
 from .errors import BudgetError
 from .evaluate import Comparison
+from .stats import Interval, paired_drop_interval, proportion_interval
 
 
 @dataclass(frozen=True)
@@ -148,6 +150,10 @@ class MetricResult:
     limit: float
     upper: bool
     passed: bool
+    #: 95 % confidence interval of the observed number (accuracy-type metrics only; see stats.py).
+    ci95: tuple[float, float] | None = None
+    #: True when the pass also required the interval's bound to be within the limit (--int8-strict-ci).
+    strict_ci: bool = False
 
     @property
     def observed(self) -> float:
@@ -165,8 +171,12 @@ class MetricResult:
         }
 
 
-def judge(budget: Budget, comparison: Comparison) -> tuple[MetricResult, ...]:
-    """Compare each limit with the measurement; a metric that cannot be measured is a BudgetError."""
+def judge(budget: Budget, comparison: Comparison, *, strict_ci: bool = False) -> tuple[MetricResult, ...]:
+    """Compare each limit with the measurement; a metric that cannot be measured is a BudgetError.
+
+    With ``strict_ci`` a metric that has a confidence interval passes only when the interval's far bound
+    (the upper bound of a drop, the lower bound of an agreement) is within the limit too.
+    """
     results = []
     for name, limit in budget.limits.items():
         spec = BUDGET_METRICS[name]
@@ -183,8 +193,36 @@ def judge(budget: Budget, comparison: Comparison) -> tuple[MetricResult, ...]:
             observed = int8
         # fractions such as 0.974 - 0.964 carry float noise: a drop of exactly the limit passes
         passed = observed <= limit + _FLOAT_SLACK if spec.upper else observed >= limit - _FLOAT_SLACK
-        results.append(MetricResult(name, fp32, int8, delta, limit, spec.upper, bool(passed)))
+        interval = metric_interval(spec, comparison)
+        if strict_ci and interval is not None:
+            bound = interval.high if spec.upper else interval.low
+            within = bound <= limit + _FLOAT_SLACK if spec.upper else bound >= limit - _FLOAT_SLACK
+            passed = passed and within
+        results.append(
+            MetricResult(
+                name,
+                fp32,
+                int8,
+                delta,
+                limit,
+                spec.upper,
+                bool(passed),
+                ci95=None if interval is None else interval.as_tuple(),
+                strict_ci=strict_ci and interval is not None,
+            )
+        )
     return tuple(results)
+
+
+def metric_interval(spec: MetricSpec, comparison: Comparison) -> Interval | None:
+    """The 95 % interval of an accuracy-type metric from the per-sample hits (None for other metrics)."""
+    hits = comparison.hits
+    if spec.drop and f"fp32_{spec.measure}" in hits and f"int8_{spec.measure}" in hits:
+        return paired_drop_interval(hits[f"fp32_{spec.measure}"], hits[f"int8_{spec.measure}"])
+    if spec.name == "top1_agreement" and "top1_agreement" in hits:
+        agree = hits["top1_agreement"]
+        return proportion_interval(int(agree.sum()), int(agree.shape[0]))
+    return None
 
 
 def _unmeasurable(spec: MetricSpec, comparison: Comparison) -> str:
@@ -224,10 +262,16 @@ class GateVerdict:
     notes: tuple[str, ...] = ()
     cache_hits: tuple[str, ...] = ()
     bisection: object | None = None
+    #: Findings of the INT8 debugging checks (diagnostics.py); one of severity "failure" fails the gate.
+    diagnostics: tuple[Finding, ...] = ()
 
     @property
     def passed(self) -> bool:
-        return all(r.passed for r in self.results)
+        return all(r.passed for r in self.results) and not self.failed_diagnostics
+
+    @property
+    def failed_diagnostics(self) -> tuple[Finding, ...]:
+        return tuple(f for f in self.diagnostics if f.severity == "failure")
 
     @property
     def failed_metrics(self) -> tuple[MetricResult, ...]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,19 +115,43 @@ def load_model(path: str | os.PathLike[str]) -> LoadedModel:
             raise ModelError(f"{model_path}: external data file {location!r} is missing.")
         digest.update(location.encode())
         digest.update(target.read_bytes())
-    if proto.graph.initializer and _external_locations(proto):
-        onnx.load_external_data_for_model(proto, str(base_dir))
+    if _external_locations(proto):
+        try:
+            onnx.load_external_data_for_model(proto, str(base_dir))
+        except Exception as exc:  # offsets/lengths past the file's end and the like
+            raise ModelError(f"{model_path}: cannot read its external data ({_first_line(exc)}).") from exc
     return prepare_model(proto, source=str(model_path), content_hash=digest.hexdigest())
 
 
 def _external_locations(proto: onnx.ModelProto) -> list[str]:
+    """Every external-data file the model names: initializers and tensor attributes (``Constant``), in
+    the main graph and in every subgraph; all of them are checked before anything is read."""
     locations = []
-    for init in proto.graph.initializer:
-        if init.data_location == onnx.TensorProto.EXTERNAL:
-            for entry in init.external_data:
+    for tensor in _all_tensors(proto.graph):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            for entry in tensor.external_data:
                 if entry.key == "location" and entry.value not in locations:
                     locations.append(entry.value)
     return locations
+
+
+def _all_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield from (sparse.values, sparse.indices)
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("sparse_tensor"):
+                yield from (attr.sparse_tensor.values, attr.sparse_tensor.indices)
+            for sparse in attr.sparse_tensors:
+                yield from (sparse.values, sparse.indices)
+            if attr.HasField("g"):
+                yield from _all_tensors(attr.g)
+            for subgraph in attr.graphs:
+                yield from _all_tensors(subgraph)
 
 
 def model_hash(proto: onnx.ModelProto) -> str:
@@ -149,6 +173,12 @@ def prepare_model(
         raise ModelError(f"{source}: invalid ONNX model: {_first_line(exc)}") from exc
 
     opset = _default_opset(model)
+    newest = onnx.defs.onnx_opset_version()
+    if opset > newest:
+        raise ModelError(
+            f"{source}: opset {opset} is newer than the newest this onnx {onnx.__version__} knows "
+            f"({newest}); re-export the model at a released opset."
+        )
     if opset < MIN_OPSET:
         try:
             model = onnx.version_converter.convert_version(model, MIN_OPSET)

@@ -12,6 +12,9 @@
         calibrator: entropy
         exclude: ["/conv2/Conv"]
         calibrator_overrides: {"/fc1/Gemm": percentile}
+        equalize: ["/conv2/Conv"]   # or true: cross-layer equalization before calibration
+        bias_correction: ["/fc2/Gemm"]
+        repairs: [calibrator, equalize, bias_correction]   # the bisection's ladder before float
 
 Relative paths are relative to the manifest's folder.
 """
@@ -33,6 +36,7 @@ from .data import is_loader_spec
 from .errors import Int8GateError
 from .gate import Budget
 from .quantize import CALIBRATORS
+from .repair import REPAIRS
 
 
 class ManifestError(Int8GateError):
@@ -59,6 +63,11 @@ ENTRY_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "bisect": ((bool,), "true or false"),
     "bisect_strategy": (_STR, f"one of {', '.join(STRATEGIES)}"),
     "bisect_subset": ((int,), "a positive integer"),
+    "equalize": ((bool, list), "true, false or a list of layer names"),
+    "bias_correction": ((list,), "a list of layer names"),
+    "repairs": ((list,), f"a list of repairs from {', '.join(REPAIRS)}"),
+    "strict_ci": ((bool,), "true or false"),
+    "fp32_reference": (_STR, "a path to a .npz of FP32 reference outputs"),
 }
 _CHOICES = {
     "calibrator": CALIBRATORS,
@@ -124,7 +133,7 @@ def load_manifest(path: str | os.PathLike[str]) -> tuple[ManifestEntry, ...]:
         for key in ("model", "calib_data"):
             if key not in merged:
                 raise ManifestError(f"{file}: {label} has no {key!r}.")
-        for key in ("model", "calib_data", "eval_data", "labels"):
+        for key in ("model", "calib_data", "eval_data", "labels", "fp32_reference"):
             if key in merged and not (key.endswith("data") and is_loader_spec(merged[key])):
                 merged[key] = (
                     str((file.parent / merged[key]).resolve())
@@ -166,6 +175,11 @@ def _check_keys(file: Path, label: str, item: Mapping[str, Any], *, allow_model:
             raise ManifestError(f"{file}: {label}: {key!r} must be {meaning}, not {value!r}.")
         if key == "exclude" and not all(isinstance(v, str) for v in value):
             raise ManifestError(f"{file}: {label}: 'exclude' must be a list of layer names (strings).")
+        names = value if key in ("equalize", "bias_correction") and isinstance(value, list) else []
+        if not all(isinstance(v, str) for v in names):
+            raise ManifestError(f"{file}: {label}: {key!r} must be a list of layer names (strings).")
+        if key == "repairs" and not all(isinstance(v, str) and v in REPAIRS for v in value):
+            raise ManifestError(f"{file}: {label}: 'repairs' must be {meaning}, not {value!r}.")
         if key == "calibrator_overrides":
             for layer, calib in value.items():
                 if not isinstance(layer, str) or calib not in CALIBRATORS:

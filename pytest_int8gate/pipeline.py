@@ -29,10 +29,20 @@ from .data import (
     load_dataset,
     load_labels,
 )
+from .diagnostics import (
+    DEFAULT_MIN_CALIB_SAMPLES,
+    Finding,
+    check_calibration_table,
+    diagnose_nonfinite,
+    run_diagnostics,
+)
+from .errors import NonFiniteOutputError
 from .evaluate import Comparison, KpiFunction, compare
 from .gate import Budget, GateVerdict, MetricResult, judge
 from .graph import LoadedModel, load_model
+from .progress import counted_batches
 from .quantize import QuantizedModel, QuantPlan, activation_tensors, quantize_model
+from .repair import REPAIRS, RewrittenModel, bias_corrected, equalized_variant
 
 #: Data: a path or ``module:function`` spec, in-memory arrays (axis 0 = samples), or a Dataset.
 DataSource = str | os.PathLike[str] | Mapping[str, np.ndarray] | Dataset
@@ -69,6 +79,20 @@ class GateSpec:
     bisect_strategy: str = "binary"
     bisect_subset: int = 200
     bisect_max_evaluations: int = 200
+    #: Layers equalized with their producer before calibration; True: every pair that can be.
+    equalize: bool | frozenset[str] = frozenset()
+    #: Quantized layers whose bias is corrected after quantization.
+    bias_correction: frozenset[str] = frozenset()
+    #: The bisection's repair ladder rungs tried on an offender before keeping it in float.
+    repairs: tuple[str, ...] = REPAIRS
+    #: User FP32 reference outputs (.npz of output name -> [samples, ...]) the FP32 engine must match.
+    fp32_reference: str | os.PathLike[str] | None = None
+    #: Fewer calibration samples than this is a warning (0: no check).
+    min_calib_samples: int = DEFAULT_MIN_CALIB_SAMPLES
+    #: A metric with a confidence interval passes only when the whole 95 % interval is within the limit.
+    strict_ci: bool = False
+    #: Run the INT8 engine twice on a subset and report whether it is bit-exact.
+    check_determinism: bool = False
 
     @property
     def display_name(self) -> str:
@@ -76,7 +100,14 @@ class GateSpec:
 
     @property
     def plan(self) -> QuantPlan:
-        return QuantPlan(calibrator=self.calibrator, exclude=self.exclude, overrides=dict(self.overrides))
+        """The spec's plan; ``equalize=True`` needs the model and is resolved by :attr:`GatePipeline.plan`."""
+        return QuantPlan(
+            calibrator=self.calibrator,
+            exclude=self.exclude,
+            overrides=dict(self.overrides),
+            equalize=frozenset() if isinstance(self.equalize, bool) else self.equalize,
+            bias_correction=self.bias_correction,
+        )
 
 
 class GatePipeline:
@@ -93,6 +124,8 @@ class GatePipeline:
         self.evaluations = 0
         self.timings: dict[str, float] = {}
         self.quantized_model_path: Path | None = None
+        #: Findings made while preparing artefacts (a stale cached table); run() adds the diagnostics'.
+        self.findings: list[Finding] = []
 
     # ---- inputs -------------------------------------------------------------------------------
     @functools.cached_property
@@ -122,9 +155,21 @@ class GatePipeline:
     def labels(self) -> np.ndarray | None:
         if self.spec.labels is None:
             return None
+        classes = self._output_classes()
         if isinstance(self.spec.labels, np.ndarray):
-            return check_labels(self.spec.labels, self.eval_data.num_samples, source="<labels array>")
-        return load_labels(self.spec.labels, self.eval_data.num_samples)
+            return check_labels(
+                self.spec.labels, self.eval_data.num_samples, source="<labels array>", classes=classes
+            )
+        return load_labels(self.spec.labels, self.eval_data.num_samples, classes=classes)
+
+    def _output_classes(self) -> int | None:
+        """The class count of a compared output declared ``[N, C]`` (labels are checked against it)."""
+        outputs = self.model.info.outputs
+        chosen = [t for t in outputs if t.name == self.spec.output] if self.spec.output else outputs[:1]
+        shape = chosen[0].shape if chosen else None
+        if shape is not None and len(shape) == 2 and isinstance(shape[1], int) and shape[1] >= 2:
+            return shape[1]
+        return None
 
     @functools.cached_property
     def batch_size(self) -> int:
@@ -151,11 +196,14 @@ class GatePipeline:
 
     @functools.cached_property
     def _table_key(self) -> str:
+        return self._table_key_for(self.model)
+
+    def _table_key_for(self, model: LoadedModel) -> str:
         return content_key(
             {
-                "model": self.model.info.model_hash,
+                "model": model.info.model_hash,
                 "data": self.calibration_data.fingerprint,
-                "tensors": list(activation_tensors(self.model)),
+                "tensors": list(activation_tensors(model)),
                 "settings": self._settings.as_dict(),
                 "version": __version__,
             }
@@ -163,18 +211,36 @@ class GatePipeline:
 
     @functools.cached_property
     def table(self) -> CalibrationTable:
+        return self.table_for(self.model)
+
+    @functools.cached_property
+    def _tables(self) -> dict[str, CalibrationTable]:
+        return {}
+
+    def table_for(self, model: LoadedModel) -> CalibrationTable:
+        """The calibration table of ``model`` (the spec's model or a rewritten one), made once."""
+        if model.info.model_hash not in self._tables:
+            self._tables[model.info.model_hash] = self._calibrated(model)
+        return self._tables[model.info.model_hash]
+
+    def _calibrated(self, model: LoadedModel) -> CalibrationTable:
         settings = self._settings
-        tensors = activation_tensors(self.model)
+        tensors = activation_tensors(model)
         data = self.calibration_data
-        key = self._table_key
+        key = self._table_key_for(model)
+        rewritten = model is not self.model
 
         def build() -> bytes:
             self.progress("calibrate", f"calibrating {len(tensors)} tensors on {data.num_samples} samples")
             table, stats = calibrate(
-                self.model.proto,
+                model.proto,
                 tensors,
-                data.batches(self.batch_size),
-                model_hash=self.model.info.model_hash,
+                counted_batches(
+                    data.batches(self.batch_size),
+                    data.num_samples,
+                    lambda done, total: self.progress("calibrate", f"{done}/{total} samples"),
+                ),
+                model_hash=model.info.model_hash,
                 data_fingerprint=data.fingerprint,
                 settings=settings,
                 threads=self.spec.threads,
@@ -187,25 +253,74 @@ class GatePipeline:
             return CalibrationTable.from_json(build().decode(), source="calibration")
         path, hit = self.cache.get_or_build("calibration", key, ".json", build)
         if hit:
-            self.cache_hits.append("calibration table")
-        return CalibrationTable.load(
-            path, model_hash=self.model.info.model_hash, data_fingerprint=data.fingerprint
+            self.cache_hits.append("calibration table" + (" (equalized model)" if rewritten else ""))
+        table = CalibrationTable.load(path, allow_stale=True)
+        stale = check_calibration_table(
+            table, model_hash=model.info.model_hash, data_fingerprint=data.fingerprint, source=str(path)
         )
+        if stale is None:
+            return table
+        # never reuse a stale table: the finding fails the gate, which is judged with a table made now
+        self.findings.append(stale)
+        if hit:
+            self.cache_hits.pop()
+        return CalibrationTable.from_json(build().decode(), source="calibration")
+
+    @functools.cached_property
+    def plan(self) -> QuantPlan:
+        """The spec's plan, with ``equalize: true`` resolved to every layer that can be equalized."""
+        plan = self.spec.plan
+        if self.spec.equalize is True:
+            from .equalize import select_pairs
+
+            pairs, _ = select_pairs(self.model)
+            plan = replace(plan, equalize=frozenset(pair.consumer for pair in pairs))
+        return plan
+
+    @functools.cached_property
+    def _rewritten(self) -> dict[frozenset[str], RewrittenModel]:
+        return {}
+
+    def rewritten(self, equalize: frozenset[str]) -> RewrittenModel:
+        """The spec's model with the pairs of the layers ``equalize`` equalized (written to the cache)."""
+        if equalize not in self._rewritten:
+            whose = "its producer" if len(equalize) == 1 else "their producers"
+            self.progress("equalize", f"equalizing {', '.join(sorted(equalize))} with {whose}")
+            self._rewritten[equalize] = equalized_variant(self.model, equalize, self.cache)
+        return self._rewritten[equalize]
+
+    def fp32_model(self, equalize: frozenset[str] = frozenset()) -> LoadedModel:
+        """The FP32 model INT8 is made from: the spec's, or with ``equalize``'s pairs equalized."""
+        return self.rewritten(equalize).model if equalize else self.model
+
+    def _quantize(self, plan: QuantPlan) -> QuantizedModel:
+        plan.validate(self.model.info)
+        source = self.fp32_model(plan.equalize)
+        quantized = quantize_model(source, self.table_for(source), plan)
+        if plan.bias_correction:
+            self.progress("bias", f"correcting the bias of {', '.join(sorted(plan.bias_correction))}")
+            quantized = bias_corrected(
+                source,
+                quantized,
+                plan.bias_correction,
+                lambda: self.calibration_data.batches(self.batch_size),
+                threads=self.spec.threads,
+            )
+        return quantized
 
     def quantized(self, plan: QuantPlan | None = None) -> QuantizedModel:
         """The Q/DQ model for ``plan`` (default: the spec's plan); the spec's plan is made once."""
-        if plan is None or plan == self.spec.plan:
+        if plan is None or plan == self.plan:
             return self.default_quantized
-        plan.validate(self.model.info)
-        return quantize_model(self.model, self.table, plan)
+        return self._quantize(plan)
 
     @functools.cached_property
     def default_quantized(self) -> QuantizedModel:
-        plan = self.spec.plan
-        plan.validate(self.model.info)
-        quantized = quantize_model(self.model, self.table, plan)
+        plan = self.plan
+        quantized = self._quantize(plan)
         if self.cache is not None:
-            key = content_key({"table": self._table_key, "plan": plan.key(), "version": __version__})
+            table_key = self._table_key_for(self.fp32_model(plan.equalize))
+            key = content_key({"table": table_key, "plan": plan.key(), "version": __version__})
             # quantizing is cheap and pure; the file is the artefact a user deploys or hands to trtexec
             path, _ = self.cache.get_or_build(
                 "qdq", key, ".onnx", lambda: quantized.proto.SerializeToString(deterministic=True)
@@ -244,12 +359,19 @@ class GatePipeline:
         )
 
     def run(self) -> GateVerdict:
-        """Evaluate the spec's plan against its budget; on failure, bisect when enabled."""
+        """Evaluate the spec's plan against its budget, run the diagnostics (a failure among them fails the
+        gate), and bisect when a budget metric failed and bisection is enabled."""
         started = time.perf_counter()
-        comparison = self.evaluate()
-        results = judge(self.budget, comparison)
-        verdict = self._verdict(comparison, results, started)
-        if not verdict.passed and self.spec.bisect:
+        try:
+            comparison = self.evaluate()
+        except NonFiniteOutputError as exc:
+            raise diagnose_nonfinite(self, exc) from exc
+        results = judge(self.budget, comparison, strict_ci=self.spec.strict_ci)
+        diagnosed = time.perf_counter()
+        findings = run_diagnostics(self, comparison, results)
+        self.timings["diagnostics_s"] = time.perf_counter() - diagnosed
+        verdict = replace(self._verdict(comparison, results, started), diagnostics=findings)
+        if verdict.failed_metrics and self.spec.bisect:
             from .bisect import bisect_failure
 
             report = bisect_failure(self, comparison)
@@ -271,6 +393,10 @@ class GatePipeline:
         for layer, reason in quantized.skipped.items():
             if layer not in self.spec.exclude:
                 notes.append(f"{layer} not quantized: {reason}")
+        if self.plan.equalize:
+            notes.append(self.rewritten(self.plan.equalize).deploy_note())
+        if self.cache is not None:
+            notes.extend(self.cache.notes)  # damaged cache entries that were found and rebuilt
         info = self.default_int8_runner.describe()
         return GateVerdict(
             name=self.spec.display_name,
@@ -285,7 +411,7 @@ class GatePipeline:
             results=results,
             fp32=dict(comparison.fp32),
             int8=dict(comparison.int8),
-            plan=self.spec.plan.to_dict(),
+            plan=self.plan.to_dict(),
             quantized_layers=len(quantized.quantized_layers),
             total_layers=len(self.model.info.layers),
             evaluations=self.evaluations,

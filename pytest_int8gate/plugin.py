@@ -5,7 +5,6 @@ Everything here wires pytest to the stages (``pipeline`` and below), which know 
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import time
@@ -18,14 +17,18 @@ import numpy as np
 import pytest
 
 from .backends import BACKEND_NAMES, ORT_MODES, get_backend
+from .baseline import parse_tolerances
 from .bisect import STRATEGIES
 from .data import DEFAULT_BATCH_SIZE
+from .diagnostics import DEFAULT_MIN_CALIB_SAMPLES, NonFiniteTensorError
 from .errors import Int8GateError
 from .evaluate import KpiFunction
 from .gate import Budget, GateVerdict, valid_keys_text
 from .manifest import ManifestEntry, load_manifest
 from .pipeline import DataSource, GatePipeline, GateSpec
+from .plugin_reports import register_report_plugins, terminal_progress
 from .quantize import CALIBRATORS
+from .repair import REPAIRS, check_repairs
 from .report import (
     error_record,
     failure_text,
@@ -60,11 +63,20 @@ class Int8Options:
     bisect_max_evaluations: int = 200
     cache_dir: Path | None = None
     report_json: Path | None = None
+    report_md: Path | None = None
+    report_html: Path | None = None
+    baseline: Path | None = None
+    baseline_tolerance: Mapping[str, float] = field(default_factory=dict)
     manifest: Path | None = None
     output: str | None = None
     batch_size: int = DEFAULT_BATCH_SIZE
     percentile: float = 99.99
     rootdir: Path = Path(".")
+    fp32_reference: str | None = None
+    min_calib_samples: int = DEFAULT_MIN_CALIB_SAMPLES
+    strict_ci: bool = False
+    check_determinism: bool = False
+    repairs: tuple[str, ...] = REPAIRS
 
     def spec(self, model: Path, **overrides: Any) -> GateSpec:
         """A gate spec for ``model`` from these options; ``overrides`` replace fields."""
@@ -91,6 +103,11 @@ class Int8Options:
             bisect_strategy=self.bisect_strategy,
             bisect_subset=self.bisect_subset,
             bisect_max_evaluations=self.bisect_max_evaluations,
+            fp32_reference=self.fp32_reference,
+            min_calib_samples=self.min_calib_samples,
+            strict_ci=self.strict_ci,
+            check_determinism=self.check_determinism,
+            repairs=self.repairs,
         )
         return replace(spec, **overrides)
 
@@ -105,6 +122,7 @@ class Int8State:
     model_paths: set[Path] = field(default_factory=set)
     manifest_path: Path | None = None
     option_error: str | None = None
+    report_meta: dict[str, Any] = field(default_factory=dict)  # the reports' top-level fields
 
 
 STATE = pytest.StashKey[Int8State]()
@@ -162,6 +180,20 @@ _OPTIONS = (
         "--int8-report-json", "int8_report_json", "write a JSON report of every gate in the run", "PATH"
     ),
     OptionSpec(
+        "--int8-report-md", "int8_report_md", "write a Markdown report (also to $GITHUB_STEP_SUMMARY)", "PATH"
+    ),
+    OptionSpec("--int8-report-html", "int8_report_html", "write a self-contained HTML report", "PATH"),
+    OptionSpec(
+        "--int8-baseline", "int8_baseline", "compare each gate's metrics with this stored JSON report", "PATH"
+    ),
+    OptionSpec(
+        "--int8-baseline-tolerance",
+        "int8_baseline_tolerance",
+        "fail the run when a metric gets worse than the baseline by more, e.g. top1_drop=0.005",
+        "KEY=VALUE",
+        repeatable=True,
+    ),
+    OptionSpec(
         "--int8-manifest", "int8_manifest", f"YAML manifest (default: {MANIFEST_NAME} in rootdir)", "PATH"
     ),
     OptionSpec("--int8-output", "int8_output", "model output to compare (default: the first)", "NAME"),
@@ -170,6 +202,27 @@ _OPTIONS = (
     ),
     OptionSpec(
         "--int8-percentile", "int8_percentile", "the percentile calibrator's percentile (default: 99.99)", "P"
+    ),
+    OptionSpec(
+        "--int8-repair",
+        "int8_repair",
+        "a repair the bisection tries on an offender before keeping it in float (repeatable; default: "
+        f"{', '.join(REPAIRS)}; none: straight to float)",
+        "RUNG",
+        (*REPAIRS, "none"),
+        repeatable=True,
+    ),
+    OptionSpec(
+        "--int8-fp32-reference",
+        "int8_fp32_reference",
+        "FP32 reference outputs the FP32 engine must match (.npz: output name -> [samples, ...])",
+        "PATH",
+    ),
+    OptionSpec(
+        "--int8-min-calib-samples",
+        "int8_min_calib_samples",
+        f"warn below this many calibration samples (default: {DEFAULT_MIN_CALIB_SAMPLES}; 0: no check)",
+        "N",
     ),
 )
 
@@ -202,6 +255,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="do not search for offending layers on failure",
     )
     parser.addini("int8_bisect", "bisection on failure (default: true)", type="bool", default=True)
+    group.addoption(
+        "--int8-strict-ci",
+        dest="int8_strict_ci",
+        action="store_true",
+        default=None,
+        help="pass an accuracy budget only when its whole 95%% confidence interval is within the limit",
+    )
+    parser.addini("int8_strict_ci", "strict confidence-interval budgets (default: false)", type="bool")
+    group.addoption(
+        "--int8-check-determinism",
+        dest="int8_check_determinism",
+        action="store_true",
+        default=None,
+        help="run the INT8 engine twice on a subset and report whether it is bit-exact",
+    )
+    parser.addini("int8_check_determinism", "INT8 determinism check (default: false)", type="bool")
 
 
 def _resolve_options(config: pytest.Config) -> Int8Options:
@@ -259,6 +328,11 @@ def _resolve_options(config: pytest.Config) -> Int8Options:
         budget = Budget.parse(budget_value or [], source="--int8-budget")
     except Int8GateError as exc:
         raise pytest.UsageError(str(exc)) from None
+    tolerance_value, _ = raw("int8_baseline_tolerance")
+    try:
+        tolerance = parse_tolerances(tolerance_value or [])
+    except Int8GateError as exc:
+        raise pytest.UsageError(str(exc)) from None
     bisect_flag = config.getoption("int8_bisect")
     manifest = path("int8_manifest")
     if manifest is None and (config.rootpath / MANIFEST_NAME).is_file():
@@ -283,12 +357,42 @@ def _resolve_options(config: pytest.Config) -> Int8Options:
         bisect_max_evaluations=int(number("int8_bisect_max_evals", "--int8-bisect-max-evals", int, 200, 1)),
         cache_dir=cache_dir,
         report_json=path("int8_report_json"),
+        report_md=path("int8_report_md"),
+        report_html=path("int8_report_html"),
+        baseline=path("int8_baseline"),
+        baseline_tolerance=tolerance,
         manifest=manifest,
         output=raw("int8_output")[0],
         batch_size=int(number("int8_batch_size", "--int8-batch-size", int, DEFAULT_BATCH_SIZE, 1)),
         percentile=number("int8_percentile", "--int8-percentile", float, 99.99, 1e-9, 100.0),
         rootdir=config.rootpath,
+        fp32_reference=None if path("int8_fp32_reference") is None else str(path("int8_fp32_reference")),
+        min_calib_samples=int(
+            number("int8_min_calib_samples", "--int8-min-calib-samples", int, DEFAULT_MIN_CALIB_SAMPLES, 0)
+        ),
+        strict_ci=_flag(config, "int8_strict_ci"),
+        check_determinism=_flag(config, "int8_check_determinism"),
+        repairs=_repairs(raw("int8_repair")[0]),
     )
+
+
+def _repairs(value: Sequence[str] | None) -> tuple[str, ...]:
+    """The ladder's rungs from ``--int8-repair`` / ``int8_repair`` ("none": no rung, straight to float)."""
+    if not value:
+        return REPAIRS
+    unknown = [v for v in value if v not in (*REPAIRS, "none")]
+    if unknown:
+        raise pytest.UsageError(
+            f"int8_repair = {unknown[0]!r} in the ini file is not one of {', '.join(REPAIRS)}, none "
+            "(--int8-repair)."
+        )
+    return check_repairs([v for v in value if v != "none"], "--int8-repair")
+
+
+def _flag(config: pytest.Config, name: str) -> bool:
+    """A store_true option, else its ini twin (type bool, default false)."""
+    value = config.getoption(name)
+    return bool(config.getini(name)) if value is None else bool(value)
 
 
 def _default_cache_dir(config: pytest.Config) -> Path:
@@ -311,6 +415,7 @@ def pytest_configure(config: pytest.Config) -> None:
     state = Int8State(options=options)
     config.stash[STATE] = state
     config.pluginmanager.register(Int8SessionReport(config, state), "int8gate-session-report")
+    register_report_plugins(config, state)
     for model in options.models:
         if not model.is_file():
             raise pytest.UsageError(f"--int8-model: {model} not found.")
@@ -421,6 +526,8 @@ class Int8GateItem(pytest.Item):
             "bisect": "bisect",
             "bisect_strategy": "bisect_strategy",
             "bisect_subset": "bisect_subset",
+            "strict_ci": "strict_ci",
+            "fp32_reference": "fp32_reference",
         }
         for key, attr in simple.items():
             if key in values:
@@ -431,6 +538,12 @@ class Int8GateItem(pytest.Item):
             overrides["labels"] = None
         overrides["exclude"] = frozenset(values.get("exclude", ()))
         overrides["overrides"] = dict(values.get("calibrator_overrides", {}))
+        if "equalize" in values:
+            equalize = values["equalize"]
+            overrides["equalize"] = equalize if isinstance(equalize, bool) else frozenset(equalize)
+        overrides["bias_correction"] = frozenset(values.get("bias_correction", ()))
+        if "repairs" in values:
+            overrides["repairs"] = check_repairs(values["repairs"], f"{self.path}: {self.entry.name}")
         overrides["data_search_path"] = self.path.parent
         return options.spec(Path(values["model"]), **overrides)
 
@@ -458,7 +571,8 @@ def run_gate(
     """Run one gate for ``item``, record it for the reports, and raise on failure or error."""
     config = item.config
     started = time.perf_counter()
-    pipeline = GatePipeline(spec, progress=_progress(config), kpi=kpi)
+    progress = terminal_progress(config)
+    pipeline = GatePipeline(spec, progress=progress, kpi=kpi)
     records = item.stash.setdefault(ITEM_RECORDS, [])
     try:
         verdict = pipeline.run()
@@ -472,35 +586,18 @@ def run_gate(
                 duration_s=time.perf_counter() - started,
                 backend=spec.backend,
                 calibrator=spec.calibrator,
+                diagnostics=exc.findings if isinstance(exc, NonFiniteTensorError) else (),
             )
         )
         raise
+    finally:
+        progress.close()
     verdict = replace(verdict, evaluations=pipeline.evaluations)
     records.append(verdict_record(verdict, nodeid=item.nodeid, duration_s=time.perf_counter() - started))
     item.user_properties.extend(junit_properties(verdict))
     if not verdict.passed and raise_failure:
         raise GateFailed(verdict)
     return verdict
-
-
-def _progress(config: pytest.Config) -> Callable[[str, str], None]:
-    """Live progress on the terminal: the bisection by default (it can take minutes), every stage with -v."""
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
-    verbosity = config.get_verbosity()
-    if reporter is None or verbosity < 0 or hasattr(config, "workerinput"):
-        return lambda stage, message: None
-
-    capture = config.pluginmanager.get_plugin("capturemanager")
-
-    def show(stage: str, message: str) -> None:
-        if stage != "bisect" and verbosity < 1:
-            return
-        # the test's output is being captured; progress belongs on the terminal now
-        with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
-            reporter.ensure_newline()
-            reporter.write_line(f"int8gate {stage}: {message}")
-
-    return show
 
 
 def _marker_problem(item: pytest.Item) -> str | None:
@@ -544,6 +641,14 @@ def pytest_runtest_makereport(
     if call.when == "call" and records:
         # plain JSON data on the report travels from xdist workers to the controller
         report.int8gate_records = list(records)  # type: ignore[attr-defined]
+    requested_gate = "int8_gate" in getattr(item, "fixturenames", ())
+    if call.when == "call" and report.passed and not records and requested_gate:
+        # a test that asked for a gate and never ran one would otherwise pass without gating anything
+        report.outcome = "failed"
+        report.longrepr = (
+            f"INT8 gate error: {item.nodeid} requests the int8_gate fixture but ran no gate; call "
+            "int8_gate.check(...) or int8_gate.evaluate(...)."
+        )
     return report
 
 
@@ -592,7 +697,9 @@ class Int8SessionReport:
         if self.is_worker or path is None:
             return
         records = sorted(self.state.records, key=lambda r: str(r["nodeid"]))
-        write_json_report(path, records, {"tool": "pytest-int8gate", "version": _version()})
+        write_json_report(
+            path, records, {"tool": "pytest-int8gate", "tool_version": _version(), **self.state.report_meta}
+        )
 
 
 def _version() -> str:
@@ -651,7 +758,7 @@ def _session_pipeline(
     key = (str(model), _data_key(calib), _data_key(eval_data), str(labels))
     if key not in state.pipelines:
         spec = state.options.spec(Path(model), calib_data=calib, eval_data=eval_data, labels=labels)
-        state.pipelines[key] = GatePipeline(spec, progress=_progress(config))
+        state.pipelines[key] = GatePipeline(spec, progress=terminal_progress(config))
     return state.pipelines[key]
 
 
@@ -726,6 +833,8 @@ class Int8Gate:
         calibrator: str | None = None,
         exclude: Sequence[str] = (),
         overrides: Mapping[str, str] | None = None,
+        equalize: bool | Sequence[str] = (),
+        bias_correction: Sequence[str] = (),
         kpi: KpiFunction | None = None,
         name: str | None = None,
         raise_on_failure: bool = True,
@@ -755,6 +864,8 @@ class Int8Gate:
             "budget": gate_budget,
             "exclude": frozenset(exclude),
             "overrides": dict(overrides or {}),
+            "equalize": equalize if isinstance(equalize, bool) else frozenset(equalize),
+            "bias_correction": frozenset(bias_correction),
             "name": name or f"{self.item.name}[{path.name}]",
         }
         if output is not None:

@@ -66,22 +66,32 @@ class AmaxSource(Protocol):
 
 @dataclass(frozen=True)
 class QuantPlan:
-    """Which layers get Q/DQ, and which calibrator's amax each layer's activations use."""
+    """Which layers get Q/DQ, and which calibrator's amax each layer's activations use.
+
+    ``equalize`` and ``bias_correction`` name the layers whose FP32 model is rewritten before calibration
+    (cross-layer equalization with their producer, equalize.py) and whose bias is corrected after
+    quantization (bias_correction.py). They are part of the plan because they decide the deployed
+    artefact, but :func:`quantize_model` only places Q/DQ: the pipeline applies the two rewrites.
+    """
 
     calibrator: str = "entropy"
     exclude: frozenset[str] = frozenset()
     overrides: Mapping[str, str] = field(default_factory=dict)
     include: frozenset[str] | None = None
+    equalize: frozenset[str] = frozenset()
+    bias_correction: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         # Normalise so that equal content gives equal plans whatever container the caller passed.
-        for name in ("exclude", "include"):
+        for name in ("exclude", "include", "equalize", "bias_correction"):
             value = getattr(self, name)
             if isinstance(value, str):
                 raise TypeError(
                     f"QuantPlan.{name} must be a collection of layer names, not the string {value!r}."
                 )
         object.__setattr__(self, "exclude", frozenset(self.exclude))
+        object.__setattr__(self, "equalize", frozenset(self.equalize))
+        object.__setattr__(self, "bias_correction", frozenset(self.bias_correction))
         if self.include is not None:
             object.__setattr__(self, "include", frozenset(self.include))
         object.__setattr__(self, "overrides", dict(sorted(self.overrides.items())))
@@ -90,12 +100,18 @@ class QuantPlan:
         return hash(self.key())
 
     def to_dict(self) -> dict[str, object]:
-        return {
+        document: dict[str, object] = {
             "calibrator": self.calibrator,
             "exclude": sorted(self.exclude),
             "overrides": dict(sorted(self.overrides.items())),
             "include": None if self.include is None else sorted(self.include),
         }
+        # Only when used: a plan without rewrites keeps its key, and so its cached artefacts.
+        if self.equalize:
+            document["equalize"] = sorted(self.equalize)
+        if self.bias_correction:
+            document["bias_correction"] = sorted(self.bias_correction)
+        return document
 
     def key(self) -> str:
         """Stable short hash of the plan's content, independent of set and dict ordering."""
@@ -121,6 +137,8 @@ class QuantPlan:
             ("exclude", sorted(self.exclude)),
             ("overrides", list(self.overrides)),
             ("include", sorted(self.include or ())),
+            ("equalize", sorted(self.equalize)),
+            ("bias_correction", sorted(self.bias_correction)),
         ):
             for name in names:
                 if name not in known_set:

@@ -102,6 +102,20 @@ def route_spike(
     return routed
 
 
+def rounded_away(rows: int = 16, columns: int = 64, *, seed: int = 0) -> Dense:
+    """A layer whose INT8 error is a mean shift, the case bias correction is for.
+
+    Each row holds one weight of magnitude 1 and ``columns - 1`` small positive weights below half a
+    quantization step (0.1-0.45 of 1/127): per-channel int8 rounds them all to 0, so with inputs of
+    positive mean every output loses ``sum(small weights) * E[x]``, the same on every sample.
+    """
+    rng = np.random.default_rng(seed)
+    weight = rng.uniform(0.1, 0.45, (rows, columns)) / 127
+    weight[np.arange(rows), rng.integers(0, columns, rows)] = rng.choice([-1.0, 1.0], rows)
+    bias = 0.1 * rng.standard_normal(rows)
+    return Dense(weight.astype(np.float32), bias.astype(np.float32))
+
+
 def chain_model(weights: Sequence[Dense]) -> onnx.ModelProto:
     """The ONNX model of the chain, input ``x`` [batch, C], output ``y`` [batch, C]."""
     channels = weights[0].weight.shape[1]
@@ -152,6 +166,12 @@ def inputs(n_samples: int, channels: int = 16, *, seed: int = 1) -> dict[str, np
     """Standard-normal feeds for the chain's input."""
     rng = np.random.default_rng(seed)
     return {INPUT: rng.standard_normal((n_samples, channels)).astype(np.float32)}
+
+
+def positive_inputs(n_samples: int, channels: int = 64, *, seed: int = 1) -> dict[str, np.ndarray]:
+    """Feeds uniform in [0, 1): inputs with a positive mean, as after a ReLU (see :func:`rounded_away`)."""
+    rng = np.random.default_rng(seed)
+    return {INPUT: rng.uniform(0.0, 1.0, (n_samples, channels)).astype(np.float32)}
 
 
 def spiky_inputs(

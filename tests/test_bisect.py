@@ -7,6 +7,7 @@ through the real GatePipeline and ONNX Runtime; the search itself is also tested
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ from pytest_int8gate.gate import Budget, GateVerdict
 from pytest_int8gate.graph import load_model
 from pytest_int8gate.pipeline import GatePipeline, GateSpec
 from pytest_int8gate.quantize import QuantPlan, quantize_model
+from pytest_int8gate.repair import REPAIRS
 
 #: Measured on these chains: every clean layer quantized gives output cosine 0.998-0.999 (N = 16 and 48,
 #: all four calibrators); one planted layer drops it to 0.1-0.2. 0.99 separates the two by far.
@@ -138,7 +140,7 @@ class PlantedRuns:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self._runs: dict[tuple[str, str], tuple[GatePipeline, GateVerdict]] = {}
+        self._runs: dict[tuple[str, str, tuple[str, ...]], tuple[GatePipeline, GateVerdict]] = {}
         calib = inputs(EVAL_SAMPLES, seed=1)
         self.calib_path = root / "calib.npz"
         np.savez(self.calib_path, x=calib[INPUT])
@@ -158,14 +160,17 @@ class PlantedRuns:
             "budget": BUDGET,
             "bisect_subset": SEARCH_SUBSET,
             "threads": 1,
+            "cache_dir": self.root / "cache",  # where the equalized FP32 model of a fix is written
         }
         fields.update(changes)
         return GateSpec(**fields)  # type: ignore[arg-type]
 
-    def run(self, case: PlantedCase, strategy: str) -> tuple[GatePipeline, GateVerdict]:
-        key = (str(case), strategy)
+    def run(
+        self, case: PlantedCase, strategy: str, repairs: tuple[str, ...] = REPAIRS
+    ) -> tuple[GatePipeline, GateVerdict]:
+        key = (str(case), strategy, repairs)
         if key not in self._runs:
-            pipeline = GatePipeline(self.spec(case, bisect_strategy=strategy))
+            pipeline = GatePipeline(self.spec(case, bisect_strategy=strategy, repairs=repairs))
             self._runs[key] = (pipeline, pipeline.run())
         return self._runs[key]
 
@@ -187,7 +192,11 @@ def test_binary_search_finds_exactly_the_planted_layers(planted_runs: PlantedRun
     report = bisection(verdict)
     assert verdict.int8["cosine"] < 0.5  # the planted layers really break the gate
     assert [o.name for o in report.offenders] == case.names
-    assert all(o.action == "float" and o.calibrator is None for o in report.offenders)
+    # the repair ladder keeps each planted layer INT8 by equalizing it with the layer before it
+    assert [(o.action, o.producer, o.calibrator) for o in report.offenders] == [
+        ("equalize", layer_name(p - 1), None) for p in case.positions
+    ]
+    assert all(o.attempts == ("percentile failed", "mse failed", "max failed") for o in report.offenders)
     assert all(o.metrics["cosine"] < BUDGET.limits["cosine"] for o in report.offenders)
     assert report.total_layers == case.n_layers
     assert report.subset_size == SEARCH_SUBSET
@@ -195,8 +204,8 @@ def test_binary_search_finds_exactly_the_planted_layers(planted_runs: PlantedRun
     assert report.search_evaluations == case.binary_evaluations
     assert report.search_evaluations <= documented_cost(case.n_layers, case.positions)
     assert report.search_evaluations <= issue_bound(case.n_layers, k)
-    # every other calibrator was tried on every offender (entropy is the spec's own)
-    assert report.repair_evaluations == 3 * k
+    # every other calibrator was tried on every offender (entropy is the spec's own), then equalization
+    assert report.repair_evaluations == 4 * k
     assert report.notes == ()
 
 
@@ -221,14 +230,42 @@ def test_verified_fix_passes_on_the_full_set_and_as_a_new_gate(
     fix = bisection(verdict).fix
     assert fix is not None
     assert fix.passed
-    assert list(fix.exclude) == case.names
-    assert fix.overrides == {}
+    assert fix.exclude == () and fix.overrides == {} and fix.bias_correction == ()
+    assert list(fix.equalize) == sorted(case.names)
     (cosine,) = fix.results
     assert cosine.name == "cosine" and cosine.int8 > 0.995
+    assert fix.manifest_snippet().splitlines() == ["equalize:", *(f'  - "{n}"' for n in sorted(case.names))]
+    # the rewritten FP32 model: written to disk, hashed, and the same function as the original
+    assert fix.fp32_model is not None and fix.fp32_sha256 is not None
+    assert hashlib.sha256(Path(fix.fp32_model).read_bytes()).hexdigest() == fix.fp32_sha256
+    assert fix.fp32_max_abs_difference is not None and fix.fp32_reference_max_abs is not None
+    assert fix.fp32_max_abs_difference <= 1e-5 * fix.fp32_reference_max_abs
+    rerun = GatePipeline(planted_runs.spec(case, equalize=frozenset(fix.equalize), bisect=False)).run()
+    assert rerun.passed
+    assert rerun.quantized_layers == case.n_layers  # every layer INT8
+    assert rerun.eval_samples == EVAL_SAMPLES  # verified on the full set, not the search subset
+    assert rerun.int8["cosine"] == pytest.approx(cosine.int8, abs=1e-12)
+
+
+@pytest.mark.parametrize("case", CASES[:2], ids=str)
+def test_without_rewrites_the_planted_layers_are_kept_in_float(
+    planted_runs: PlantedRuns, case: PlantedCase
+) -> None:
+    _, verdict = planted_runs.run(case, "binary", repairs=("calibrator",))
+    report = bisection(verdict)
+    assert [o.name for o in report.offenders] == case.names
+    assert all(o.action == "float" and o.calibrator is None and o.producer is None for o in report.offenders)
+    assert report.repair_evaluations == 3 * len(case.positions)  # the three other calibrators only
+    fix = report.fix
+    assert fix is not None and fix.passed
+    assert list(fix.exclude) == case.names
+    assert fix.overrides == {} and fix.equalize == () and fix.fp32_model is None
+    (cosine,) = fix.results
+    assert cosine.int8 > 0.995
     assert fix.manifest_snippet().splitlines() == ["exclude:", *(f'  - "{n}"' for n in case.names)]
     rerun = GatePipeline(planted_runs.spec(case, exclude=frozenset(fix.exclude), bisect=False)).run()
     assert rerun.passed
-    assert rerun.eval_samples == EVAL_SAMPLES  # verified on the full set, not the search subset
+    assert rerun.quantized_layers == case.n_layers - len(case.positions)
     assert rerun.int8["cosine"] == pytest.approx(cosine.int8, abs=1e-12)
 
 
@@ -316,6 +353,45 @@ def test_offender_repaired_by_another_calibrator_stays_int8(spiky_model: Path) -
     rerun = GatePipeline(spiky_spec(spiky_model, "max", overrides=report.fix.overrides, bisect=False)).run()
     assert rerun.passed
     assert rerun.quantized_layers == SPIKE_LAYERS  # nothing left in float
+
+
+# ---- the ladder's last rung: float, when nothing keeps the layer INT8 ----------------------------
+
+
+def test_a_wide_input_feature_climbs_the_whole_ladder_then_stays_in_float(tmp_path: Path) -> None:
+    # Input feature 0 arrives 10^4 times wider and fc0 reads it 10^4 times smaller: the same function,
+    # but fc0's input scale serves one feature. No layer produces that input, so there is nothing to
+    # equalize with; no calibrator serves both; the error is not a mean shift.
+    weights = chain_weights(6)
+    weights[0].weight[:, 0] /= np.float32(FACTOR)
+
+    def wide(samples: int, seed: int) -> dict[str, np.ndarray]:
+        feeds = inputs(samples, seed=seed)
+        feeds[INPUT][:, 0] *= FACTOR
+        return feeds
+
+    spec = GateSpec(
+        model=save_chain(weights, tmp_path / "wide_input.onnx"),
+        calib_data=wide(EVAL_SAMPLES, 1),
+        eval_data=wide(EVAL_SAMPLES, 2),
+        budget=BUDGET,
+        bisect_subset=SEARCH_SUBSET,
+        threads=1,
+    )
+    report = bisection(GatePipeline(spec).run())
+    (offender,) = report.offenders
+    assert (offender.name, offender.action, offender.producer) == ("fc0", "float", None)
+    no_producer = "its input 'x' is a graph input: there is no producer layer to balance with"
+    assert offender.attempts == (
+        "percentile failed",
+        "mse failed",
+        "max failed",
+        f"equalization not possible ({no_producer})",
+        "bias correction failed",
+    )
+    assert report.repair_evaluations == 4
+    assert report.fix is not None and report.fix.passed and report.fix.exclude == ("fc0",)
+    assert report.fix.equalize == () and report.fix.bias_correction == ()
 
 
 # ---- the search on synthetic oracles -----------------------------------------------------------

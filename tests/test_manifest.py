@@ -78,6 +78,9 @@ def test_entries_with_defaults_resolved_paths_and_names(models_dir: Path) -> Non
             calibrator: entropy
             exclude: ["/conv2/Conv"]
             calibrator_overrides: {{"/fc1/Gemm": percentile}}
+            equalize: ["/conv2/Conv"]
+            bias_correction: ["/fc2/Gemm"]
+            repairs: [calibrator]
             percentile: 99.9
             batch_size: 16
             bisect: false
@@ -109,6 +112,9 @@ def test_entries_with_defaults_resolved_paths_and_names(models_dir: Path) -> Non
     assert renamed.values["exclude"] == ["/conv2/Conv"]
     assert renamed.values["calibrator_overrides"] == {"/fc1/Gemm": "percentile"}
     assert renamed.values["bisect"] is False
+    assert renamed.values["equalize"] == ["/conv2/Conv"]
+    assert renamed.values["bias_correction"] == ["/fc2/Gemm"]
+    assert renamed.values["repairs"] == ["calibrator"]
 
     assert by_stem.name == "digits_cnn"  # the model's file stem
     assert by_stem.values["model"] == str(root / "sub" / "digits_cnn.onnx")
@@ -137,6 +143,19 @@ BAD_MANIFESTS = {
     "zero_batch": (f"models:\n{ENTRY}    batch_size: 0\n", ["entry 1 (a)", "'batch_size'", "positive"]),
     "exclude_string": (f"models:\n{ENTRY}    exclude: /conv2/Conv\n", ["entry 1 (a)", "'exclude'", "list"]),
     "exclude_numbers": (f"models:\n{ENTRY}    exclude: [1, 2]\n", ["entry 1 (a)", "'exclude'", "strings"]),
+    "equalize_string": (
+        f"models:\n{ENTRY}    equalize: /conv2/Conv\n",
+        ["entry 1 (a)", "'equalize'", "true, false or a list of layer names"],
+    ),
+    "equalize_numbers": (f"models:\n{ENTRY}    equalize: [2]\n", ["entry 1 (a)", "'equalize'", "strings"]),
+    "bias_correction_bool": (
+        f"models:\n{ENTRY}    bias_correction: true\n",
+        ["entry 1 (a)", "'bias_correction'", "a list of layer names"],
+    ),
+    "unknown_repair": (
+        f"models:\n{ENTRY}    repairs: [calibrator, magic]\n",
+        ["entry 1 (a)", "'repairs'", "calibrator, equalize, bias_correction", "'magic'"],
+    ),
     "bad_calibrator": (
         f"models:\n{ENTRY}    calibrator: minmax\n",
         ["entry 1 (a)", "'calibrator'", ", ".join(CALIBRATORS), "'minmax'"],
@@ -361,6 +380,30 @@ def test_exclude_and_calibrator_overrides_are_applied(project: pytest.Pytester) 
     )
 
 
+def test_equalize_and_bias_correction_keys_reach_the_gate(project: pytest.Pytester) -> None:
+    outlier = {"model": "digits_cnn_outlier.onnx", **DATA, "calibrator": "max"}
+    write(
+        project.path / "int8gate.yaml",
+        manifest_text(
+            {"name": "every_pair", **outlier, "equalize": True},
+            {"name": "conv2", **outlier, "equalize": ["/conv2/Conv"], "bias_correction": ["/fc1/Gemm"]},
+            {"name": "off", **outlier, "equalize": False, "bisect": False},
+        ),
+    )
+
+    result = project.runpytest("--int8-report-json", "report.json")
+
+    result.assert_outcomes(passed=2, failed=1)
+    records = gates(project.path / "report.json")
+    every_pair, conv2, off = records["every_pair"], records["conv2"], records["off"]
+    assert every_pair["plan"]["equalize"] == ["/conv2/Conv", "/conv3/Conv", "/fc1/Gemm", "/fc2/Gemm"]
+    assert (conv2["plan"]["equalize"], conv2["plan"]["bias_correction"]) == (["/conv2/Conv"], ["/fc1/Gemm"])
+    for passing in (every_pair, conv2):
+        assert passing["verdict"] == "pass"
+        assert passing["layers"] == {"quantized": 5, "quantizable": 5}
+    assert off["verdict"] == "fail" and "equalize" not in off["plan"]
+
+
 def test_excluding_an_unknown_layer_fails_naming_it(project: pytest.Pytester) -> None:
     write(
         project.path / "int8gate.yaml",
@@ -376,9 +419,19 @@ def test_excluding_an_unknown_layer_fails_naming_it(project: pytest.Pytester) ->
     result.stdout.fnmatch_lines(["INT8 gate error: */conv9/Conv*"])
 
 
-def test_the_printed_manifest_snippet_applied_makes_the_gate_pass(project: pytest.Pytester) -> None:
+@pytest.mark.parametrize(
+    ("repair_args", "expected_snippet", "quantized"),
+    [
+        ((), ["equalize:", '  - "/conv2/Conv"'], 5),  # the ladder keeps /conv2/Conv INT8
+        (("--int8-repair", "calibrator"), ["exclude:", '  - "/conv2/Conv"'], 4),  # no rewrites: float
+    ],
+    ids=["equalize", "float"],
+)
+def test_the_printed_manifest_snippet_applied_makes_the_gate_pass(
+    project: pytest.Pytester, repair_args: tuple[str, ...], expected_snippet: list[str], quantized: int
+) -> None:
     failing = project.runpytest(
-        "--int8-model", "digits_cnn_outlier.onnx", *DATA_ARGS, "--int8-calibrator", "max"
+        "--int8-model", "digits_cnn_outlier.onnx", *DATA_ARGS, "--int8-calibrator", "max", *repair_args
     )
     failing.assert_outcomes(failed=1)
     lines = failing.stdout.lines
@@ -388,17 +441,19 @@ def test_the_printed_manifest_snippet_applied_makes_the_gate_pass(project: pytes
         if not line.startswith("  "):
             break
         snippet.append(line[2:])
-    assert snippet == ["exclude:", '  - "/conv2/Conv"']
+    assert snippet == expected_snippet
 
     entry = ["  - name: outlier", "    model: digits_cnn_outlier.onnx", "    calibrator: max"]
     entry += ["    calib_data: calib.npz", "    eval_data: eval.npz", "    labels: eval_labels.npy"]
     (project.path / "int8gate.yaml").write_text(
         "\n".join(["models:", *entry, *("    " + line for line in snippet)]) + "\n"
     )
-    fixed = project.runpytest("int8gate.yaml", "-v")
+    fixed = project.runpytest("int8gate.yaml", "-v", "--int8-report-json", "fixed.json")
 
     fixed.assert_outcomes(passed=1)
     fixed.stdout.fnmatch_lines(["int8gate.yaml::outlier PASSED*"])
+    layers = gates(project.path / "fixed.json")["outlier"]["layers"]
+    assert layers == {"quantized": quantized, "quantizable": 5}
 
 
 def test_manifest_paths_are_relative_to_its_folder_and_the_option_to_the_invocation_dir(

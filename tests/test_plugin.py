@@ -7,6 +7,7 @@ picked up; the example project's real model and data are copied into the inner p
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -181,11 +182,20 @@ def test_defaults_without_any_option(project: pytest.Pytester) -> None:
         "bisect_max_evaluations": 200,
         "cache_dir": str(root / ".pytest_cache" / "d" / "int8gate"),
         "report_json": None,
+        "report_md": None,
+        "report_html": None,
+        "baseline": None,
+        "baseline_tolerance": {},
+        "fp32_reference": None,
+        "min_calib_samples": 500,
+        "strict_ci": False,
+        "check_determinism": False,
         "manifest": None,
         "output": None,
         "batch_size": 32,
         "percentile": 99.99,
         "rootdir": str(root),
+        "repairs": ["calibrator", "equalize", "bias_correction"],
     }
 
 
@@ -226,6 +236,9 @@ def configured(project: pytest.Pytester) -> pytest.Pytester:
         int8_output = logits
         int8_batch_size = 16
         int8_percentile = 99.9
+        int8_repair =
+            calibrator
+            bias_correction
         """,
     )
     sub = root / "sub"
@@ -260,11 +273,20 @@ def test_ini_keys_resolve_paths_against_the_ini_files_folder(
         "bisect_max_evaluations": 9,
         "cache_dir": str(root / "build" / "cache"),
         "report_json": str(root / "build" / "report.json"),
+        "report_md": None,
+        "report_html": None,
+        "baseline": None,
+        "baseline_tolerance": {},
+        "fp32_reference": None,
+        "min_calib_samples": 500,
+        "strict_ci": False,
+        "check_determinism": False,
         "manifest": str(root / "gates" / "models.yaml"),
         "output": "logits",
         "batch_size": 16,
         "percentile": 99.9,
         "rootdir": str(root),
+        "repairs": ["calibrator", "bias_correction"],
     }
 
 
@@ -296,6 +318,7 @@ def test_command_line_wins_over_ini_and_resolves_paths_against_the_invocation_di
         "--int8-output", "out",
         "--int8-batch-size", "8",
         "--int8-percentile", "99.5",
+        "--int8-repair", "none",
     ).assert_outcomes(passed=1)  # fmt: skip
 
     options = json.loads((sub / "probe.json").read_text())
@@ -314,11 +337,20 @@ def test_command_line_wins_over_ini_and_resolves_paths_against_the_invocation_di
         "bisect_max_evaluations": 5,
         "cache_dir": str(sub / "c"),
         "report_json": str(sub / "r.json"),
+        "report_md": None,
+        "report_html": None,
+        "baseline": None,
+        "baseline_tolerance": {},
+        "fp32_reference": None,
+        "min_calib_samples": 500,
+        "strict_ci": False,
+        "check_determinism": False,
         "manifest": str(sub / "alt.yaml"),
         "output": "out",
         "batch_size": 8,
         "percentile": 99.5,
         "rootdir": str(root),
+        "repairs": [],
     }
 
 
@@ -763,6 +795,39 @@ def test_kpi_callable_with_kpi_drop(project: pytest.Pytester) -> None:
     assert "plugin.py" not in section
 
 
+def test_int8_gate_check_applies_equalization_and_bias_correction(project: pytest.Pytester) -> None:
+    project.makepyfile(
+        test_inner_repairs="""
+        from pathlib import Path
+
+        import pytest
+
+        HERE = Path(__file__).parent
+
+        @pytest.mark.int8_budget(top1_drop=0.01, cosine=0.98)
+        def test_outlier_equalized(int8_gate):
+            verdict = int8_gate.check(
+                model=HERE / "digits_cnn_outlier.onnx", calibrator="max", equalize=["/conv2/Conv"],
+                bias_correction=["/fc2/Gemm"],
+            )
+            assert verdict.quantized_layers == 5
+            assert verdict.plan["equalize"] == ["/conv2/Conv"]
+            assert verdict.plan["bias_correction"] == ["/fc2/Gemm"]
+
+        @pytest.mark.int8_budget(top1_drop=0.01, cosine=0.98)
+        def test_outlier_every_pair(int8_gate):
+            verdict = int8_gate.check(model=HERE / "digits_cnn_outlier.onnx", calibrator="max", equalize=True)
+            assert verdict.plan["equalize"] == ["/conv2/Conv", "/conv3/Conv", "/fc1/Gemm", "/fc2/Gemm"]
+        """
+    )
+
+    result = project.runpytest(
+        "test_inner_repairs.py", "--int8-model", "digits_cnn.onnx", *DATA_ARGS, "--int8-no-bisect"
+    )
+
+    result.assert_outcomes(passed=3)  # with the --int8-model gate
+
+
 # ---- the failure text, summary and reports ------------------------------------------------------------
 
 
@@ -780,10 +845,13 @@ def test_failing_gate_shows_table_offending_layer_verified_fix_and_snippet(proje
             "  top1_drop * 0.9740 * <= 0.01 * FAIL",
             "  cosine * >= 0.98 * FAIL",
             "Offending layers (binary search: * evaluations over 5 quantized layers on 200 samples*",
-            "* /conv2/Conv * Conv * keep in float",
-            "Verified fix on all 500 evaluation samples: exclude [[]/conv2/Conv[]] -> top1_drop 0.0*PASS",
+            "* /conv2/Conv * Conv * stays INT8 via equalization with /conv1/Conv",
+            "* tried: percentile failed; mse failed; entropy failed",
+            "Verified fix on all 500 evaluation samples: equalize [[]/conv2/Conv[]] -> top1_drop 0.0*PASS",
+            "Equalized FP32 model (deploy this one): */equalized/*.onnx  sha256 *",
+            "  its FP32 outputs differ from the original's by at most * (largest output 44.8, 500 samples)",
             "Apply it in int8gate.yaml (under the model's entry):",
-            "  exclude:",
+            "  equalize:",
             '    - "/conv2/Conv"',
         ]
     )
@@ -791,6 +859,26 @@ def test_failing_gate_shows_table_offending_layer_verified_fix_and_snippet(proje
     assert "plugin.py" not in text
     assert "Traceback" not in text
     assert "pytest_int8gate" not in failure_section(result)
+
+
+def test_without_rewrites_the_failing_gate_keeps_the_offender_in_float(project: pytest.Pytester) -> None:
+    result = project.runpytest(
+        "--int8-model", "digits_cnn_outlier.onnx", *DATA_ARGS, "--int8-calibrator", "max",
+        "--int8-repair", "calibrator",
+    )  # fmt: skip
+
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "* /conv2/Conv * Conv * keep in float",
+            "* tried: percentile failed; mse failed; entropy failed",
+            "Verified fix on all 500 evaluation samples: exclude [[]/conv2/Conv[]] -> top1_drop 0.0*PASS",
+            "Apply it in int8gate.yaml (under the model's entry):",
+            "  exclude:",
+            '    - "/conv2/Conv"',
+        ]
+    )
+    assert "Equalized FP32 model" not in output_of(result)
 
 
 def test_summary_has_one_row_per_gated_model(project: pytest.Pytester) -> None:
@@ -864,9 +952,15 @@ def test_json_report_has_every_gate_with_its_numbers(project: pytest.Pytester) -
     assert bad["verdict"] == "fail"
     assert bad["metrics"]["top1_drop"]["passed"] is False and bad["metrics"]["top1_drop"]["int8"] < 0.5
     assert [layer["name"] for layer in bad["offending_layers"]] == ["/conv2/Conv"]
-    assert bad["offending_layers"][0]["action"] == "float"
+    offender = bad["offending_layers"][0]
+    assert (offender["action"], offender["producer"]) == ("equalize", "/conv1/Conv")
+    assert offender["attempts"] == ["percentile failed", "mse failed", "entropy failed"]
     assert bad["evaluations"] > 1  # the gate's evaluation plus the bisection's
-    assert bad["bisection"]["fix"]["passed"] is True
+    fix = bad["bisection"]["fix"]
+    assert fix["passed"] is True
+    assert (fix["exclude"], fix["equalize"], fix["bias_correction"]) == ([], ["/conv2/Conv"], [])
+    assert hashlib.sha256(Path(fix["fp32_model"]).read_bytes()).hexdigest() == fix["fp32_sha256"]
+    assert 0 < fix["fp32_max_abs_difference"] < 1e-5 * fix["fp32_reference_max_abs"]
 
     assert corrupt["verdict"] == "error"
     assert "corrupt.onnx" in corrupt["error"]

@@ -1,0 +1,52 @@
+"""``python benchmarks/run_all.py --smoke``: the one command that runs every benchmark works, end to end, on a
+tiny case, and writes a results file with every section, the machine, the command and a verdict per target."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_run_all_smoke_writes_every_section(tmp_path: Path) -> None:
+    out = tmp_path / "RESULTS.md"
+
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--smoke", "--out", str(out)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = out.read_text()
+    assert text.startswith("# Benchmark results\n")
+    for field in (
+        "- machine: ",
+        "- software: Python ",
+        "onnxruntime ",
+        "- command: `python benchmarks/run_all.py --smoke",
+    ):
+        assert field in text, field
+    summary = text.split("## Summary", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in summary.splitlines() if re.match(r"\| \d ", line)]
+    assert {row.split("|")[1].strip()[0] for row in rows} == {"1", "2", "3", "4", "5"}
+    for row in rows:
+        cells = [cell.strip() for cell in row.split("|")[1:-1]]
+        assert float(cells[2]) > 0 and cells[5] in ("met", "**not met**"), row
+    for section in (
+        "## 1. Calibration",
+        "## 2. Memory",
+        "## 3. Bisection",
+        "## 4. Warm re-run",
+        "## 5. Gate overhead",
+    ):
+        assert section in text, section
+    assert "| bare FP32 pass (ONNX Runtime session + run) |" in text
+    assert "| 8 | fc4, fc6 |" in text  # the bisection table of bench_bisect, N = 8
+    if "**not met**" in summary:
+        assert "## Where a target is missed: why, and what would meet it" in text
