@@ -2,7 +2,8 @@
 
 This is the library entry point that the pytest plugin and the command line share; it knows nothing of
 pytest. Artefacts are cached by content: a second run of the same gate reuses the calibration table
-and the Q/DQ model and says so.
+and says so; the Q/DQ model (and an equalized FP32 model) are written to the cache as the files a
+user deploys.
 """
 
 from __future__ import annotations
@@ -126,6 +127,8 @@ class GatePipeline:
         self.quantized_model_path: Path | None = None
         #: Findings made while preparing artefacts (a stale cached table); run() adds the diagnostics'.
         self.findings: list[Finding] = []
+        self._tables: dict[str, CalibrationTable] = {}  # by model hash: the spec's and rewritten models
+        self._rewritten: dict[frozenset[str], RewrittenModel] = {}
 
     # ---- inputs -------------------------------------------------------------------------------
     @functools.cached_property
@@ -213,10 +216,6 @@ class GatePipeline:
     def table(self) -> CalibrationTable:
         return self.table_for(self.model)
 
-    @functools.cached_property
-    def _tables(self) -> dict[str, CalibrationTable]:
-        return {}
-
     def table_for(self, model: LoadedModel) -> CalibrationTable:
         """The calibration table of ``model`` (the spec's model or a rewritten one), made once."""
         if model.info.model_hash not in self._tables:
@@ -276,10 +275,6 @@ class GatePipeline:
             pairs, _ = select_pairs(self.model)
             plan = replace(plan, equalize=frozenset(pair.consumer for pair in pairs))
         return plan
-
-    @functools.cached_property
-    def _rewritten(self) -> dict[frozenset[str], RewrittenModel]:
-        return {}
 
     def rewritten(self, equalize: frozenset[str]) -> RewrittenModel:
         """The spec's model with the pairs of the layers ``equalize`` equalized (written to the cache)."""

@@ -16,7 +16,7 @@ from typing import Any, Literal, NoReturn
 import numpy as np
 import pytest
 
-from .backends import BACKEND_NAMES, ORT_MODES, get_backend
+from .backends import BACKEND_NAMES, ORT_MODES, Runner, get_backend
 from .baseline import parse_tolerances
 from .bisect import STRATEGIES
 from .data import DEFAULT_BATCH_SIZE
@@ -768,6 +768,21 @@ def _data_key(data: DataSource) -> str:
     return f"<in-memory {id(data)}>"
 
 
+def _session_runner(
+    config: pytest.Config,
+    model: Path,
+    calib: DataSource,
+    eval_data: DataSource,
+    labels: str | None,
+    build: Callable[[GatePipeline], Runner],
+) -> Runner:
+    pipeline = _session_pipeline(config, model, calib, eval_data, labels)
+    try:
+        return build(pipeline)
+    except Int8GateError as exc:
+        pytest.fail(f"INT8 gate error: {exc}", pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def fp32_engine(
     pytestconfig: pytest.Config,
@@ -775,13 +790,10 @@ def fp32_engine(
     int8_calibration_data: DataSource,
     int8_eval_data: DataSource,
     int8_labels: str | None,
-) -> Any:
+) -> Runner:
     """The FP32 runner of the configured model on the configured backend, built once per session."""
-    pipeline = _session_pipeline(pytestconfig, int8_model, int8_calibration_data, int8_eval_data, int8_labels)
-    try:
-        return pipeline.fp32_runner
-    except Int8GateError as exc:
-        pytest.fail(f"INT8 gate error: {exc}", pytrace=False)
+    inputs = (int8_model, int8_calibration_data, int8_eval_data, int8_labels)
+    return _session_runner(pytestconfig, *inputs, lambda p: p.fp32_runner)
 
 
 @pytest.fixture(scope="session")
@@ -791,13 +803,16 @@ def int8_engine(
     int8_calibration_data: DataSource,
     int8_eval_data: DataSource,
     int8_labels: str | None,
-) -> Any:
+) -> Runner:
     """The INT8 runner (the project's Q/DQ model, default plan), built once per session."""
-    pipeline = _session_pipeline(pytestconfig, int8_model, int8_calibration_data, int8_eval_data, int8_labels)
-    try:
-        return pipeline.default_int8_runner
-    except Int8GateError as exc:
-        pytest.fail(f"INT8 gate error: {exc}", pytrace=False)
+    return _session_runner(
+        pytestconfig,
+        int8_model,
+        int8_calibration_data,
+        int8_eval_data,
+        int8_labels,
+        lambda p: p.default_int8_runner,
+    )
 
 
 class Int8Gate:
