@@ -9,10 +9,7 @@ and ONNX Runtime, both strategies in the same process, on the same data.
 from __future__ import annotations
 
 import argparse
-import datetime
 import math
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -20,13 +17,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from _common import ROOT, environment_lines
+
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-import onnxruntime as ort  # noqa: E402
 from planted import chain_weights, inputs, layer_name, plant, save_chain  # noqa: E402
 
-from pytest_int8gate.backends.onnxruntime import device_text  # noqa: E402
 from pytest_int8gate.bisect import BisectionReport, SubsetOracle, find_offenders  # noqa: E402
 from pytest_int8gate.data import Feeds  # noqa: E402
 from pytest_int8gate.gate import Budget  # noqa: E402
@@ -149,16 +145,6 @@ def table(results: dict[int, dict[str, Run]]) -> str:
     return "\n".join(lines)
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per strategy (median reported)")
@@ -171,10 +157,7 @@ def main() -> None:
         [
             "# Bisection benchmark: binary vs linear",
             "",
-            f"- date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
-            f"- machine: {cpu_model()}, nproc {os.cpu_count()}, {platform.system()} {platform.machine()}",
-            f"- software: Python {platform.python_version()}, onnxruntime {ort.__version__}",
-            f"- device: {device_text()}",
+            *environment_lines(),
             "",
             f"Chains of N Gemm+ReLU layers (16 channels, tests/planted.py), k = 2 planted offenders at N/2 "
             f"and 3N/4, budget cosine >= 0.99, calibrator entropy, search subset {SUBSET} of "

@@ -24,12 +24,9 @@ Timed region of each variant (imports, data loading and repetition are outside i
 from __future__ import annotations
 
 import argparse
-import datetime
-import importlib.metadata
 import json
 import math
 import os
-import platform
 import shlex
 import statistics
 import subprocess
@@ -40,7 +37,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from _common import ROOT, environment_lines, load_average
+
+sys.path.insert(0, str(ROOT))  # this checkout's pytest_int8gate (the workers get it through PYTHONPATH)
+
 DEFAULT_MODEL = ROOT / "example_project" / "models" / "digits_cnn.onnx"
 DEFAULT_DATA = ROOT / "example_project" / "data" / "calib.npz"
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "calibrate.md"
@@ -317,23 +317,6 @@ def _median(trials: list[dict[str, float]], key: str) -> float | None:
     return statistics.median(values) if values else None
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _version(package: str) -> str:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
 def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
@@ -352,15 +335,10 @@ def render(
     int8gate_run = results.get("int8gate", results.get("int8gate+qdq", [{}]))[0]
     layers = int(int8gate_run["layers"]) if "layers" in int8gate_run else None
     tensors = int(int8gate_run["tensors"]) if "tensors" in int8gate_run else None
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     lines = [
         "# Calibration benchmark",
         "",
-        f"- date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
-        f"- machine: {_cpu_model()}, nproc {affinity}, {platform.system()} {platform.machine()}",
-        f"- software: Python {platform.python_version()}, numpy {_version('numpy')}, "
-        f"onnx {_version('onnx')}, onnxruntime {_version('onnxruntime')}, "
-        f"pytest-int8gate {_version('pytest-int8gate')}",
+        *environment_lines(),
         f"- command: `{command}`",
         f"- load average (1 min) at start / end: {load}",
         f"- model: `{_display(args.model)}`"
@@ -409,10 +387,6 @@ def render(
     return "\n".join(lines)
 
 
-def _load_average() -> str:
-    return f"{os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else "unknown"
-
-
 def _seconds_or_mb(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
 
@@ -454,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"{path}: not found")
     variants = list(dict.fromkeys(["fp32", *args.variants]))
     results: dict[str, list[dict[str, float]]] = {variant: [] for variant in variants}
-    load_start = _load_average()
+    load_start = load_average()
     with tempfile.TemporaryDirectory(prefix="bench_calibrate_") as tmp:
         for trial in range(args.trials):
             for variant in variants:
@@ -462,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
                 results[variant].append(run_variant(args, variant, Path(tmp) / f"{variant}.{trial}.json"))
         range_notes = compare_ranges(Path(tmp), variants)
     command = shlex.join(["python", _display(Path(__file__)), *(sys.argv[1:] if argv is None else argv)])
-    report = render(args, results, command, f"{load_start} / {_load_average()}", range_notes)
+    report = render(args, results, command, f"{load_start} / {load_average()}", range_notes)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(report)
     print(report)

@@ -18,9 +18,6 @@ ladder (calibrators, cross-layer equalization, bias correction, then float). Cas
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -28,11 +25,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from _common import ROOT, environment_lines
+
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import numpy as np  # noqa: E402
-import onnxruntime as ort  # noqa: E402
 from planted import (  # noqa: E402
     INPUT,
     chain_weights,
@@ -43,7 +40,6 @@ from planted import (  # noqa: E402
     save_chain,
 )
 
-from pytest_int8gate.backends.onnxruntime import device_text  # noqa: E402
 from pytest_int8gate.bisect import BisectionReport  # noqa: E402
 from pytest_int8gate.gate import Budget, GateVerdict  # noqa: E402
 from pytest_int8gate.pipeline import GatePipeline, GateSpec  # noqa: E402
@@ -197,16 +193,6 @@ def measure(cases: list[Case]) -> list[str]:
     return rows
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "repair.md")
@@ -228,10 +214,7 @@ def main() -> None:
     header = [
         "# Repair ladder benchmark: layers kept in float, before and after",
         "",
-        f"- date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
-        f"- machine: {cpu_model()}, nproc {os.cpu_count()}, {platform.system()} {platform.machine()}",
-        f"- software: Python {platform.python_version()}, onnxruntime {ort.__version__}",
-        f"- device: {device_text()}",
+        *environment_lines(),
         "",
         "Before = bisection with calibrator repairs only, then float (`repairs: [calibrator]`); after = the "
         "whole ladder (calibrators, cross-layer equalization, bias correction, float). Chains: budget "

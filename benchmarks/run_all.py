@@ -18,10 +18,7 @@ measured in the same run, with the issue's target and whether it is met.
 from __future__ import annotations
 
 import argparse
-import datetime
 import math
-import os
-import platform
 import shlex
 import shutil
 import sys
@@ -33,8 +30,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks"), str(ROOT / "tests")]
+from _common import ROOT, environment_lines, load_average
+
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import bench_bisect  # noqa: E402
 import bench_calibrate  # noqa: E402
@@ -42,7 +40,6 @@ import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from pytest_int8gate.backends.onnxruntime import device_text  # noqa: E402
 from pytest_int8gate.evaluate import compare  # noqa: E402
 from pytest_int8gate.gate import Budget  # noqa: E402
 from pytest_int8gate.pipeline import GatePipeline, GateSpec  # noqa: E402
@@ -692,17 +689,10 @@ def summary(figures: Sequence[Figure]) -> list[str]:
 
 
 def header(command: str, load: str, plan: Plan, started: float) -> list[str]:
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    version = bench_calibrate._version
     return [
         "# Benchmark results",
         "",
-        f"- date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
-        f"- machine: {bench_calibrate._cpu_model()}, nproc {affinity}, {platform.system()} "
-        f"{platform.machine()}, "
-        f"{device_text()}",
-        f"- software: Python {platform.python_version()}, numpy {version('numpy')}, onnx {version('onnx')}, "
-        f"onnxruntime {version('onnxruntime')}, pytest-int8gate {version('pytest-int8gate')}",
+        *environment_lines(),
         f"- command: `{command}` ({time.perf_counter() - started:.0f} s)",
         f"- load average (1 min) at start / end: {load}",
         f"- plan: {'smoke (tiny sizes, one trial: the numbers mean little)' if plan is SMOKE else 'full'}",
@@ -723,11 +713,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     plan = SMOKE if args.smoke else FULL
     started = time.perf_counter()
-    load_start = bench_calibrate._load_average()
+    load_start = load_average()
     with tempfile.TemporaryDirectory(prefix="int8gate_bench_") as tmp:
         sections, figures = run(plan, Path(tmp))
     command = shlex.join(["python", "benchmarks/run_all.py", *(sys.argv[1:] if argv is None else argv)])
-    lines = header(command, f"{load_start} / {bench_calibrate._load_average()}", plan, started)
+    lines = header(command, f"{load_start} / {load_average()}", plan, started)
     lines += ["## Summary", "", *summary(figures)]
     if NOTES:
         lines += ["## Where a target is missed: why, and what would meet it", ""]

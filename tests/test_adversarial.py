@@ -209,7 +209,6 @@ def build_project(root: Path) -> None:
     np.save(root / "labels7.npy", np.arange(64) % 2 * 7)  # classes 0 and 7 of a 3-class output
     np.save(root / "labels_negative.npy", np.r_[-1, np.zeros(63, np.int64)])
     (root / "loaders.py").write_text(LOADERS)
-    (root / "pytest.ini").write_text("[pytest]\n")
     (root / "conftest.py").write_text(
         textwrap.dedent(
             """
@@ -232,10 +231,9 @@ def build_project(root: Path) -> None:
 
 
 @pytest.fixture
-def project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
-    monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:hypothesispytest -p no:benchmark")  # see test_plugin.py
-    build_project(pytester.path)
-    return pytester
+def project(empty_project: pytest.Pytester) -> pytest.Pytester:
+    build_project(empty_project.path)
+    return empty_project
 
 
 def calib_argument(case: Case) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -183,18 +184,24 @@ def test_layers_that_cannot_be_corrected_are_skipped_with_the_reason() -> None:
     assert nothing.layers == () and untouched == plain
 
 
-def test_the_pipeline_applies_bias_correction_from_the_plan(tmp_path: Path) -> None:
+def single_gemm_gate(tmp_path: Path, **spec: Any) -> GateSpec:
+    """The single Gemm saved under ``tmp_path``, gated at cosine >= 0.999 with the ``max`` calibrator: its
+    small weights round to zero in int8, a shift of the output mean (bias correction's case)."""
     path = tmp_path / "gemm.onnx"
     onnx.save_model(single_gemm().proto, str(path))
-    spec = GateSpec(
+    return GateSpec(
         model=path,
         calib_data=uniform_feeds(512, seed=1),
         eval_data=uniform_feeds(512, seed=2),
         budget=Budget({"cosine": 0.999}),
         calibrator="max",
-        bisect=False,
         threads=1,
+        **spec,
     )
+
+
+def test_the_pipeline_applies_bias_correction_from_the_plan(tmp_path: Path) -> None:
+    spec = single_gemm_gate(tmp_path, bisect=False)
     plain = GatePipeline(spec).run()
     pipeline = GatePipeline(GateSpec(**{**spec.__dict__, "bias_correction": frozenset({"fc"})}))
     corrected = pipeline.run()
@@ -214,17 +221,7 @@ def test_the_pipeline_applies_bias_correction_from_the_plan(tmp_path: Path) -> N
 
 
 def test_the_repair_ladder_keeps_the_layer_int8_via_bias_correction(tmp_path: Path) -> None:
-    path = tmp_path / "gemm.onnx"
-    onnx.save_model(single_gemm().proto, str(path))
-    spec = GateSpec(
-        model=path,
-        calib_data=uniform_feeds(512, seed=1),
-        eval_data=uniform_feeds(512, seed=2),
-        budget=Budget({"cosine": 0.999}),
-        calibrator="max",
-        bisect_subset=128,
-        threads=1,
-    )
+    spec = single_gemm_gate(tmp_path, bisect_subset=128)
     verdict = GatePipeline(spec).run()
     report = verdict.bisection
     assert isinstance(report, BisectionReport)

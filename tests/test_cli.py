@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from example_files import CALIB, DIGITS, EVAL, LABELS, OUTLIER
 from onnx import TensorProto, helper, numpy_helper
 
 from pytest_int8gate import __version__
@@ -21,12 +22,11 @@ from pytest_int8gate.errors import Int8GateError
 from pytest_int8gate.graph import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
-EXAMPLE = ROOT / "example_project"
-DIGITS = EXAMPLE / "models" / "digits_cnn.onnx"
-DIGITS_OUTLIER = EXAMPLE / "models" / "digits_cnn_outlier.onnx"
-CALIB = EXAMPLE / "data" / "calib.npz"
-EVAL = EXAMPLE / "data" / "eval.npz"
-LABELS = EXAMPLE / "data" / "eval_labels.npy"
+# The outlier model gated with the calibrator that ruins it (top-1 10 %) on a one-point top-1 budget.
+CHECK_OUTLIER_WITH_MAX = [
+    "check", str(OUTLIER), "--calib-data", str(CALIB), "--eval-data", str(EVAL), "--labels", str(LABELS),
+    "--calibrator", "max", "--budget", "top1_drop=0.01",
+]  # fmt: skip
 
 
 def _mlp(path: Path, seed: int) -> Path:
@@ -62,6 +62,18 @@ def mlp(tmp_path: Path) -> tuple[Path, Path, np.ndarray]:
 
 def _calibrate(model: Path, data: Path | str, table: Path, *extra: str) -> int:
     return main(["calibrate", str(model), "--data", str(data), "--out", str(table), *extra])
+
+
+@pytest.fixture
+def calibrated_mlp(
+    tmp_path: Path, mlp: tuple[Path, Path, np.ndarray], capsys: pytest.CaptureFixture[str]
+) -> tuple[Path, Path]:
+    """The tiny model and the calibration table ``int8gate calibrate`` wrote for it (its output dropped)."""
+    model, data, _ = mlp
+    table = tmp_path / "t.json"
+    assert _calibrate(model, data, table) == 0
+    capsys.readouterr()
+    return model, table
 
 
 def _error_line(stderr: str) -> str:
@@ -141,12 +153,10 @@ def test_calibrate_and_quantize_the_example_model(tmp_path: Path, capsys: pytest
 
 
 def test_quantize_exclude_and_override(
-    tmp_path: Path, mlp: tuple[Path, Path, np.ndarray], capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, calibrated_mlp: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    model, data, _ = mlp
-    table, qdq = tmp_path / "t.json", tmp_path / "q.onnx"
-    assert _calibrate(model, data, table) == 0
-    capsys.readouterr()
+    model, table = calibrated_mlp
+    qdq = tmp_path / "q.onnx"
     argv = ["quantize", str(model), "--table", str(table), "--exclude", "mm2"]
     assert main([*argv, "--override", "mm1=max", "--out", str(qdq)]) == 0
     out = capsys.readouterr().out
@@ -164,12 +174,10 @@ def test_quantize_exclude_and_override(
 
 
 def test_quantize_misspelt_exclude_exits_2_naming_the_node(
-    tmp_path: Path, mlp: tuple[Path, Path, np.ndarray], capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, calibrated_mlp: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    model, data, _ = mlp
-    table, qdq = tmp_path / "t.json", tmp_path / "q.onnx"
-    assert _calibrate(model, data, table) == 0
-    capsys.readouterr()
+    model, table = calibrated_mlp
+    qdq = tmp_path / "q.onnx"
     assert main(["quantize", str(model), "--table", str(table), "--exclude", "mm_2", "--out", str(qdq)]) == 2
     line = _error_line(capsys.readouterr().err)
     assert "'mm_2'" in line
@@ -178,12 +186,9 @@ def test_quantize_misspelt_exclude_exits_2_naming_the_node(
 
 
 def test_quantize_bad_override_exits_2(
-    tmp_path: Path, mlp: tuple[Path, Path, np.ndarray], capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, calibrated_mlp: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    model, data, _ = mlp
-    table = tmp_path / "t.json"
-    assert _calibrate(model, data, table) == 0
-    capsys.readouterr()
+    model, table = calibrated_mlp
     base = ["quantize", str(model), "--table", str(table), "--out", str(tmp_path / "q.onnx")]
     assert main([*base, "--override", "mm1=kl"]) == 2
     assert "'kl'" in _error_line(capsys.readouterr().err)
@@ -192,13 +197,11 @@ def test_quantize_bad_override_exits_2(
 
 
 def test_stale_table_exits_2_unless_allowed(
-    tmp_path: Path, mlp: tuple[Path, Path, np.ndarray], capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, calibrated_mlp: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    model, data, _ = mlp
+    _, table = calibrated_mlp
     other = _mlp(tmp_path / "other.onnx", seed=2)  # same graph, other weights
-    table, qdq = tmp_path / "t.json", tmp_path / "q.onnx"
-    assert _calibrate(model, data, table) == 0
-    capsys.readouterr()
+    qdq = tmp_path / "q.onnx"
     argv = ["quantize", str(other), "--table", str(table), "--out", str(qdq)]
     assert main(argv) == 2
     line = _error_line(capsys.readouterr().err)
@@ -270,9 +273,7 @@ def test_check_fails_on_the_outlier_model_and_names_the_offender(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     report = tmp_path / "verdict.json"
-    argv = ["check", str(DIGITS_OUTLIER), "--calib-data", str(CALIB), "--eval-data", str(EVAL)]
-    argv += ["--labels", str(LABELS), "--calibrator", "max", "--budget", "top1_drop=0.01"]
-    assert main([*argv, "--json", str(report)]) == 1
+    assert main([*CHECK_OUTLIER_WITH_MAX, "--json", str(report)]) == 1
     out = capsys.readouterr().out
     assert out.startswith("INT8 gate failed: digits_cnn_outlier.onnx")
     table_row = next(line for line in out.splitlines() if line.strip().startswith("top1_drop"))
@@ -291,12 +292,10 @@ def test_check_without_bisection_and_with_exclusion(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     report = tmp_path / "verdict.json"
-    argv = ["check", str(DIGITS_OUTLIER), "--calib-data", str(CALIB), "--eval-data", str(EVAL)]
-    argv += ["--labels", str(LABELS), "--calibrator", "max", "--budget", "top1_drop=0.01"]
-    assert main([*argv, "--no-bisect", "--json", str(report)]) == 1
+    assert main([*CHECK_OUTLIER_WITH_MAX, "--no-bisect", "--json", str(report)]) == 1
     assert "Offending layers (" not in capsys.readouterr().out
     assert json.loads(report.read_text())["bisection"] is None
-    assert main([*argv, "--exclude", "/conv2/Conv", "--json", str(report)]) == 0
+    assert main([*CHECK_OUTLIER_WITH_MAX, "--exclude", "/conv2/Conv", "--json", str(report)]) == 0
     assert capsys.readouterr().out.startswith("INT8 gate passed: digits_cnn_outlier.onnx")
     verdict = json.loads(report.read_text())
     assert verdict["layers"] == {"quantized": 4, "quantizable": 5}

@@ -41,12 +41,10 @@ def calib():
 
 
 @pytest.fixture
-def project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
-    monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:hypothesispytest -p no:benchmark")  # see test_plugin.py
-    (pytester.path / "pytest.ini").write_text("[pytest]\n")
-    planted.save_chain(planted.chain_weights(8), pytester.path / "chain.onnx")
-    (pytester.path / "slowdata.py").write_text(SLOW_DATA)
-    return pytester
+def project(empty_project: pytest.Pytester) -> pytest.Pytester:
+    planted.save_chain(planted.chain_weights(8), empty_project.path / "chain.onnx")
+    (empty_project.path / "slowdata.py").write_text(SLOW_DATA)
+    return empty_project
 
 
 def write_manifest(root: Path, gates: int) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from example_files import CALIB, DIGITS, EVAL, LABELS
 from onnx import TensorProto, helper, numpy_helper
 
 from pytest_int8gate.backends.onnxruntime import OrtRunner, has_vnni
@@ -30,16 +31,10 @@ from pytest_int8gate.errors import DataError
 from pytest_int8gate.gate import Budget, GateVerdict
 from pytest_int8gate.pipeline import GatePipeline, GateSpec
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "example_project"
-MODEL = EXAMPLE / "models" / "digits_cnn.onnx"
-CALIB = EXAMPLE / "data" / "calib.npz"
-EVAL = EXAMPLE / "data" / "eval.npz"
-LABELS = EXAMPLE / "data" / "eval_labels.npy"
-
 
 def example_spec(**changes: object) -> GateSpec:
     base = GateSpec(
-        model=MODEL,
+        model=DIGITS,
         calib_data=str(CALIB),
         eval_data=str(EVAL),
         labels=str(LABELS),
@@ -101,7 +96,7 @@ def test_the_clean_example_raises_no_warning_and_no_failure() -> None:
 
 
 def test_fp32_parity_fails_the_gate_against_a_reference_that_does_not_match(tmp_path: Path) -> None:
-    fp32 = OrtRunner(onnx.load(str(MODEL)), precision="fp32", optimize=True)
+    fp32 = OrtRunner(onnx.load(str(DIGITS)), precision="fp32", optimize=True)
     logits = fp32.run({"input": images(EVAL)[:100]})["logits"]
     np.savez(tmp_path / "good.npz", logits=logits)
     np.savez(tmp_path / "bad.npz", logits=logits * 1.05)  # e.g. made from another model version
@@ -268,6 +263,15 @@ def test_a_stale_cached_table_fails_the_gate_and_says_what_changed(tmp_path: Pat
 # ---- 7. NaN / Inf ---------------------------------------------------------------------------------
 
 
+def non_finite_error(model: Path, calibration: np.ndarray, evaluation: np.ndarray) -> NonFiniteTensorError:
+    """The error that gating ``model`` (input ``x``) on this data must raise."""
+    with pytest.raises(NonFiniteTensorError) as caught:
+        GatePipeline(
+            GateSpec(model=model, calib_data={"x": calibration}, eval_data={"x": evaluation}, bisect=False)
+        ).run()
+    return caught.value
+
+
 def test_nan_in_fp32_names_the_first_tensor_where_it_appears(tmp_path: Path) -> None:
     nodes = [
         helper.make_node("Conv", ["x", "w1"], ["h1"], name="conv1"),
@@ -282,18 +286,11 @@ def test_nan_in_fp32_names_the_first_tensor_where_it_appears(tmp_path: Path) -> 
     rng = np.random.default_rng(0)
     evaluation = rng.uniform(0.1, 1.0, size=(64, 1, 4, 4)).astype(np.float32)
     evaluation[37, 0, 2, 1] = -0.5  # sqrt of a negative number
+    calibration = rng.uniform(0.1, 1.0, size=(64, 1, 4, 4)).astype(np.float32)
 
-    with pytest.raises(NonFiniteTensorError) as caught:
-        GatePipeline(
-            GateSpec(
-                model=path,
-                calib_data={"x": rng.uniform(0.1, 1.0, size=(64, 1, 4, 4)).astype(np.float32)},
-                eval_data={"x": evaluation},
-                bisect=False,
-            )
-        ).run()
+    error = non_finite_error(path, calibration, evaluation)
 
-    (finding,) = caught.value.findings
+    (finding,) = error.findings
     assert finding.severity == "failure" and finding.code == "non-finite"
     assert finding.details == {
         "precision": "FP32",
@@ -303,8 +300,8 @@ def test_nan_in_fp32_names_the_first_tensor_where_it_appears(tmp_path: Path) -> 
         "kind": "NaN",
         "sample": 37,
     }
-    assert "the FP32 model's output 'y' is NaN at sample 37" in str(caught.value)
-    assert "first in tensor 'h2' (output of node 'sqrt', Sqrt)" in str(caught.value)
+    assert "the FP32 model's output 'y' is NaN at sample 37" in str(error)
+    assert "first in tensor 'h2' (output of node 'sqrt', Sqrt)" in str(error)
 
 
 def test_inf_in_int8_only_names_the_tensor_quantization_broke(tmp_path: Path) -> None:
@@ -320,18 +317,11 @@ def test_inf_in_int8_only_names_the_tensor_quantization_broke(tmp_path: Path) ->
     rng = np.random.default_rng(0)
     evaluation = rng.uniform(0.5, 1.0, size=(64, 1, 4, 4)).astype(np.float32)
     evaluation[3] = 1e-4  # finite in FP32 (1/1e-4), rounds to int8 zero: 1/0 in INT8
+    calibration = rng.uniform(0.5, 1.0, size=(64, 1, 4, 4)).astype(np.float32)
 
-    with pytest.raises(NonFiniteTensorError) as caught:
-        GatePipeline(
-            GateSpec(
-                model=path,
-                calib_data={"x": rng.uniform(0.5, 1.0, size=(64, 1, 4, 4)).astype(np.float32)},
-                eval_data={"x": evaluation},
-                bisect=False,
-            )
-        ).run()
+    error = non_finite_error(path, calibration, evaluation)
 
-    (finding,) = caught.value.findings
+    (finding,) = error.findings
     assert (finding.details["precision"], finding.details["tensor"], finding.details["node"]) == (
         "INT8",
         "r",

@@ -14,6 +14,7 @@ from pytest_int8gate.backends.onnxruntime import OrtRunner
 from pytest_int8gate.data import Dataset
 from pytest_int8gate.errors import DataError, NonFiniteOutputError
 from pytest_int8gate.evaluate import (
+    Comparison,
     MetricAccumulator,
     ReferenceOutputs,
     check_finite,
@@ -149,6 +150,13 @@ def test_shape_mismatch_is_a_data_error() -> None:
         MetricAccumulator(labels=False).add(FP32, INT8[:, :5])
 
 
+def assert_same_metrics(got: Comparison, expected: Comparison, rel: float) -> None:
+    """The same FP32 metrics, and every INT8 metric of ``expected`` equal in ``got`` to ``rel``."""
+    assert got.fp32 == expected.fp32
+    for key, value in expected.int8.items():
+        assert got.int8[key] == pytest.approx(value, rel=rel), key
+
+
 @pytest.mark.parametrize("sizes", [(1, 1, 1, 1), (3, 1), (2, 2), (4,)])
 def test_accumulator_is_independent_of_chunking(sizes: tuple[int, ...]) -> None:
     whole = MetricAccumulator(labels=True)
@@ -159,10 +167,8 @@ def test_accumulator_is_independent_of_chunking(sizes: tuple[int, ...]) -> None:
         chunked.add(FP32[start : start + size], INT8[start : start + size], LABELS[start : start + size])
         start += size
     a, b = whole.result("y"), chunked.result("y")
-    assert a.fp32 == b.fp32
     assert a.int8.keys() == b.int8.keys()
-    for key, value in a.int8.items():
-        assert b.int8[key] == pytest.approx(value, rel=1e-12), key
+    assert_same_metrics(b, a, rel=1e-12)
 
 
 # ---- compare with real runners ---------------------------------------------------------------------------
@@ -181,9 +187,7 @@ def test_compare_is_independent_of_batch_size(
     assert 0.0 < reference.int8["top1_agreement"] <= 1.0
     for result in results.values():
         assert result.num_samples == 100
-        assert result.fp32 == reference.fp32
-        for key, value in reference.int8.items():
-            assert result.int8[key] == pytest.approx(value, rel=1e-9), key
+        assert_same_metrics(result, reference, rel=1e-9)
 
     # the numbers agree with a direct numpy evaluation of the whole set
     x = next(dataset.batches(100))["x"]
@@ -203,10 +207,7 @@ def test_reference_outputs_give_the_same_comparison(
     direct = compare(fp32, int8, dataset, batch_size=16, labels=labels)
     reference = ReferenceOutputs.compute(fp32, dataset, batch_size=16, labels=labels)
     assert len(reference.batches) == 7
-    again = reference.compare(int8)
-    assert again.fp32 == direct.fp32
-    for key, value in direct.int8.items():
-        assert again.int8[key] == pytest.approx(value, rel=1e-12), key
+    assert_same_metrics(reference.compare(int8), direct, rel=1e-12)
 
 
 def test_output_selection_by_name(

@@ -12,25 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from example_files import CALIB, DATA_ARGS, DIGITS, EXAMPLE_FILES
+from inner_runs import gates
 
 from pytest_int8gate.gate import valid_keys_text
 from pytest_int8gate.manifest import ENTRY_KEYS, ManifestError, load_manifest
 from pytest_int8gate.quantize import CALIBRATORS
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "example_project"
-DIGITS = EXAMPLE / "models" / "digits_cnn.onnx"
-OUTLIER = EXAMPLE / "models" / "digits_cnn_outlier.onnx"
-CALIB = EXAMPLE / "data" / "calib.npz"
-EVAL = EXAMPLE / "data" / "eval.npz"
-LABELS = EXAMPLE / "data" / "eval_labels.npy"
-DATA_ARGS = (
-    "--int8-calib-data",
-    "calib.npz",
-    "--int8-eval-data",
-    "eval.npz",
-    "--int8-labels",
-    "eval_labels.npy",
-)
 DATA = {"calib_data": "calib.npz", "eval_data": "eval.npz", "labels": "eval_labels.npy"}
 
 
@@ -49,7 +37,7 @@ def write(path: Path, text: str) -> Path:
 @pytest.fixture
 def models_dir(tmp_path: Path) -> Path:
     """A folder with the two example models and the data files, for ``load_manifest`` unit tests."""
-    for source in (DIGITS, OUTLIER, CALIB, EVAL, LABELS):
+    for source in EXAMPLE_FILES:
         shutil.copy(source, tmp_path / source.name)
     return tmp_path
 
@@ -240,19 +228,7 @@ def test_a_model_file_that_does_not_exist_is_a_manifest_error(models_dir: Path) 
 
 # ---- through pytest ------------------------------------------------------------------------------------
 
-
-@pytest.fixture
-def project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
-    """An inner project with its own ini, the example models and data, and no tests."""
-    monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:hypothesispytest -p no:benchmark")  # see test_plugin.py
-    (pytester.path / "pytest.ini").write_text("[pytest]\n")
-    for source in (DIGITS, OUTLIER, CALIB, EVAL, LABELS):
-        shutil.copy(source, pytester.path / source.name)
-    return pytester
-
-
-def gates(report: Path) -> dict[str, dict[str, Any]]:
-    return {gate["name"]: gate for gate in json.loads(report.read_text())["gates"]}
+# ``project`` (conftest.py): an inner project with its own ini, the example models and data, no tests.
 
 
 def test_entries_become_items_named_after_the_manifest(project: pytest.Pytester) -> None:

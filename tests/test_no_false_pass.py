@@ -51,10 +51,8 @@ def nan_model() -> onnx.ModelProto:
 
 
 @pytest.fixture
-def project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
-    monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:hypothesispytest -p no:benchmark")  # see test_plugin.py
-    root = pytester.path
-    (root / "pytest.ini").write_text("[pytest]\n")
+def project(empty_project: pytest.Pytester) -> pytest.Pytester:
+    root = empty_project.path
     weights = planted.chain_weights(LAYERS)
     planted.save_chain(weights, root / "good.onnx")
     planted.save_chain(planted.plant(weights, PLANTED_AT), root / "planted.onnx")
@@ -76,7 +74,7 @@ def project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytes
             """
         )
     )
-    return pytester
+    return empty_project
 
 
 def marker_tests(*models: str) -> str:

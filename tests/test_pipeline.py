@@ -8,24 +8,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from example_files import CALIB, DIGITS, EVAL, LABELS, OUTLIER
 
 from pytest_int8gate.cache import write_checksum
 from pytest_int8gate.errors import CalibrationError, DataError
 from pytest_int8gate.gate import Budget, GateVerdict
 from pytest_int8gate.pipeline import GatePipeline, GateSpec
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "example_project"
-MODEL = EXAMPLE / "models" / "digits_cnn.onnx"
-OUTLIER_MODEL = EXAMPLE / "models" / "digits_cnn_outlier.onnx"
-CALIB = EXAMPLE / "data" / "calib.npz"
-EVAL = EXAMPLE / "data" / "eval.npz"
-LABELS = EXAMPLE / "data" / "eval_labels.npy"
 TOP1_BUDGET = Budget.from_mapping({"top1_drop": 0.01})
 
 
 def spec(cache_dir: Path | None, **changes: object) -> GateSpec:
     base = GateSpec(
-        model=MODEL,
+        model=DIGITS,
         calib_data=CALIB,
         eval_data=EVAL,
         labels=str(LABELS),
@@ -66,7 +61,7 @@ def test_entropy_calibration_passes_a_one_point_top1_budget(tmp_path: Path) -> N
 
 
 def test_planted_outlier_fails_with_max_calibration(tmp_path: Path) -> None:
-    verdict = GatePipeline(spec(tmp_path / "cache", model=OUTLIER_MODEL, calibrator="max")).run()
+    verdict = GatePipeline(spec(tmp_path / "cache", model=OUTLIER, calibrator="max")).run()
 
     print(f"outlier max: FP32 top-1 {verdict.fp32['top1']:.3f}, INT8 top-1 {verdict.int8['top1']:.3f}")
     assert not verdict.passed
@@ -120,7 +115,7 @@ def test_a_changed_data_file_invalidates_the_cache(tmp_path: Path) -> None:
 def test_a_changed_model_invalidates_the_cache(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     GatePipeline(spec(cache)).run()
-    outlier = GatePipeline(spec(cache, model=OUTLIER_MODEL)).run()
+    outlier = GatePipeline(spec(cache, model=OUTLIER)).run()
     assert outlier.cache_hits == ()
 
 

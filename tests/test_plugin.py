@@ -2,7 +2,8 @@
 the failure text, the terminal summary, the JSON report, JUnit properties, the cache and failing closed.
 
 Every inner run gets its own ``pytest.ini`` in ``pytester.path`` so the project's configuration is not
-picked up; the example project's real model and data are copied into the inner project.
+picked up; the example project's real model and data are copied into the inner project (``project`` in
+``conftest.py``).
 """
 
 from __future__ import annotations
@@ -19,25 +20,12 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
+from example_files import CALIB, DATA_ARGS, DIGITS
+from inner_runs import failure_section, output_of
 from onnx import TensorProto, helper, numpy_helper
 
 from pytest_int8gate.backends.tensorrt import unavailable_reason as tensorrt_unavailable_reason
 from pytest_int8gate.gate import valid_keys_text
-
-EXAMPLE = Path(__file__).resolve().parent.parent / "example_project"
-DIGITS = EXAMPLE / "models" / "digits_cnn.onnx"
-OUTLIER = EXAMPLE / "models" / "digits_cnn_outlier.onnx"
-CALIB = EXAMPLE / "data" / "calib.npz"
-EVAL = EXAMPLE / "data" / "eval.npz"
-LABELS = EXAMPLE / "data" / "eval_labels.npy"
-DATA_ARGS = (
-    "--int8-calib-data",
-    "calib.npz",
-    "--int8-eval-data",
-    "eval.npz",
-    "--int8-labels",
-    "eval_labels.npy",
-)
 
 # Every option with its ini twin (``--int8-bisect`` / ``--int8-no-bisect`` share ``int8_bisect``).
 OPTION_INI = {
@@ -84,33 +72,11 @@ def write_ini(pytester: pytest.Pytester, text: str) -> None:
     (pytester.path / "pytest.ini").write_text(textwrap.dedent(text).lstrip())
 
 
-@pytest.fixture
-def project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
-    """An inner project with no tests and no conftest: its own ini, the example models and data."""
-    # Plugins that play no part here: hypothesis's would be re-imported (and assertion-rewritten) by every
-    # in-process run, which costs most of a second each.
-    monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:hypothesispytest -p no:benchmark")
-    write_ini(pytester, "[pytest]\n")
-    for source in (DIGITS, OUTLIER, CALIB, EVAL, LABELS):
-        shutil.copy(source, pytester.path / source.name)
-    return pytester
-
-
-def output_of(result: pytest.RunResult) -> str:
-    return result.stdout.str() + "\n" + result.stderr.str()
-
-
 def gates(report: Path) -> dict[str, dict[str, Any]]:
-    """The JSON report's gate records by name."""
+    """The JSON report's gate records by name, as ``inner_runs.gates``, after checking the report's tool."""
     payload = json.loads(report.read_text())
     assert payload["tool"] == "pytest-int8gate"
     return {gate["name"]: gate for gate in payload["gates"]}
-
-
-def failure_section(result: pytest.RunResult) -> str:
-    text = result.stdout.str()
-    assert "= FAILURES =" in text, text
-    return text.split("= FAILURES =", 1)[1].split("= int8gate =", 1)[0]
 
 
 def assert_usage_error(result: pytest.RunResult, *fragments: str) -> None:

@@ -4,60 +4,30 @@ options, ini keys and manifest keys reach the gate."""
 
 from __future__ import annotations
 
-import json
-import shutil
 import textwrap
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
 import pytest
+from example_files import DATA_ARGS, DIGITS, EVAL, LABELS
+from inner_runs import failure_section, gates
 from onnx import TensorProto, helper, numpy_helper
 
 from pytest_int8gate.backends.onnxruntime import OrtRunner
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "example_project"
-DIGITS = EXAMPLE / "models" / "digits_cnn.onnx"
-OUTLIER = EXAMPLE / "models" / "digits_cnn_outlier.onnx"
-CALIB = EXAMPLE / "data" / "calib.npz"
-EVAL = EXAMPLE / "data" / "eval.npz"
-LABELS = EXAMPLE / "data" / "eval_labels.npy"
-DATA_ARGS = (
-    "--int8-calib-data",
-    "calib.npz",
-    "--int8-eval-data",
-    "eval.npz",
-    "--int8-labels",
-    "eval_labels.npy",
-)
-
 
 @pytest.fixture
-def project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
-    """An inner project with its own ini, the example models and data, and FP32 reference files."""
-    monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:hypothesispytest -p no:benchmark")
-    (pytester.path / "pytest.ini").write_text("[pytest]\n")
-    for source in (DIGITS, OUTLIER, CALIB, EVAL, LABELS):
-        shutil.copy(source, pytester.path / source.name)
+def project(project: pytest.Pytester) -> pytest.Pytester:
+    """The inner project of conftest.py (its own ini, the example models and data) with FP32 reference
+    files."""
     with np.load(EVAL) as archive:
         images = archive["input"][:64]
     logits = OrtRunner(onnx.load(str(DIGITS)), precision="fp32", optimize=True).run({"input": images})[
         "logits"
     ]
-    np.savez(pytester.path / "reference.npz", logits=logits)
-    np.savez(pytester.path / "wrong_reference.npz", logits=logits[::-1].copy())  # samples in the wrong order
-    return pytester
-
-
-def gates(report: Path) -> dict[str, dict[str, Any]]:
-    return {gate["name"]: gate for gate in json.loads(report.read_text())["gates"]}
-
-
-def failure_section(result: pytest.RunResult) -> str:
-    text = result.stdout.str()
-    assert "= FAILURES =" in text, text
-    return text.split("= FAILURES =", 1)[1].split("= int8gate =", 1)[0]
+    np.savez(project.path / "reference.npz", logits=logits)
+    np.savez(project.path / "wrong_reference.npz", logits=logits[::-1].copy())  # samples in the wrong order
+    return project
 
 
 def summary_section(result: pytest.RunResult) -> str:

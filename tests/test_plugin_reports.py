@@ -6,39 +6,21 @@ from __future__ import annotations
 import itertools
 import json
 import re
-import shutil
 from pathlib import Path
 
 import pytest
+from example_files import DATA_ARGS
+from inner_runs import output_of
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "example_project"
-DIGITS = EXAMPLE / "models" / "digits_cnn.onnx"
-OUTLIER = EXAMPLE / "models" / "digits_cnn_outlier.onnx"
-DATA = [EXAMPLE / "data" / name for name in ("calib.npz", "eval.npz", "eval_labels.npy")]
-DATA_ARGS = (
-    "--int8-calib-data",
-    "calib.npz",
-    "--int8-eval-data",
-    "eval.npz",
-    "--int8-labels",
-    "eval_labels.npy",
-)
 TWO_GATES = ("--int8-model", "digits_cnn.onnx", "--int8-model", "digits_cnn_outlier.onnx", *DATA_ARGS)
 
 
 @pytest.fixture
-def project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
-    monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:hypothesispytest -p no:benchmark")
+def project(project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    """The inner project of conftest.py (its own ini, the example models and data), run as outside CI."""
     monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
     monkeypatch.delenv("CI", raising=False)
-    (pytester.path / "pytest.ini").write_text("[pytest]\n")
-    for source in (DIGITS, OUTLIER, *DATA):
-        shutil.copy(source, pytester.path / source.name)
-    return pytester
-
-
-def output_of(result: pytest.RunResult) -> str:
-    return result.stdout.str() + "\n" + result.stderr.str()
+    return project
 
 
 def test_markdown_html_and_step_summary_are_written_and_announced(

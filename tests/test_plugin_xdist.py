@@ -5,45 +5,25 @@ pytest-xdist, where ``-n 2`` must give the same verdicts and numbers as ``-n 0``
 from __future__ import annotations
 
 import importlib.util
-import json
 import re
 import shutil
 import xml.etree.ElementTree as ET
-from pathlib import Path
-from typing import Any
 
 import pytest
+from example_files import DATA_ARGS, DIGITS
+from inner_runs import gates
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "example_project"
-DIGITS = EXAMPLE / "models" / "digits_cnn.onnx"
-OUTLIER = EXAMPLE / "models" / "digits_cnn_outlier.onnx"
-DATA_FILES = [EXAMPLE / "data" / name for name in ("calib.npz", "eval.npz", "eval_labels.npy")]
-DATA_ARGS = (
-    "--int8-calib-data",
-    "calib.npz",
-    "--int8-eval-data",
-    "eval.npz",
-    "--int8-labels",
-    "eval_labels.npy",
-)
 SUBPROCESS_TIMEOUT = 240
 HAS_XDIST = importlib.util.find_spec("xdist") is not None
 needs_xdist = pytest.mark.skipif(not HAS_XDIST, reason="pytest-xdist is not installed")
 
 
 @pytest.fixture
-def project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
-    """Three models (the two example models and a renamed copy) and the data, no tests, its own ini."""
-    monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:hypothesispytest -p no:benchmark")
-    (pytester.path / "pytest.ini").write_text("[pytest]\n")
-    for source in (DIGITS, OUTLIER, *DATA_FILES):
-        shutil.copy(source, pytester.path / source.name)
-    shutil.copy(DIGITS, pytester.path / "digits_copy.onnx")
-    return pytester
-
-
-def gates(report: Path) -> dict[str, dict[str, Any]]:
-    return {gate["nodeid"]: gate for gate in json.loads(report.read_text())["gates"]}
+def project(project: pytest.Pytester) -> pytest.Pytester:
+    """The inner project of conftest.py with a third model, a renamed copy of the example model: three
+    models and the data, no tests, its own ini."""
+    shutil.copy(DIGITS, project.path / "digits_copy.onnx")
+    return project
 
 
 def summary_rows(result: pytest.RunResult) -> list[str]:
@@ -97,7 +77,10 @@ def test_two_workers_give_the_same_verdicts_and_numbers_as_one_process(project: 
     for result in (serial, parallel):
         result.assert_outcomes(passed=2, failed=1)
     parallel.stdout.fnmatch_lines(["created: 2/2 workers*"])
-    one, two = gates(project.path / "serial.json"), gates(project.path / "parallel.json")
+    one, two = (
+        gates(project.path / "serial.json", by="nodeid"),
+        gates(project.path / "parallel.json", by="nodeid"),
+    )
     assert sorted(one) == sorted(two) == sorted(f"{model}::int8_gate" for model in models)
     for nodeid in one:
         assert two[nodeid]["verdict"] == one[nodeid]["verdict"], nodeid

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from example_files import CALIB, DIGITS, EVAL, LABELS, OUTLIER
 
 from pytest_int8gate.pipeline import GatePipeline, GateSpec
 from pytest_int8gate.report import verdict_record
@@ -33,10 +34,6 @@ from pytest_int8gate.report_formats import (
     step_summary_markdown,
 )
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "example_project"
-DIGITS = EXAMPLE / "models" / "digits_cnn.onnx"
-OUTLIER = EXAMPLE / "models" / "digits_cnn_outlier.onnx"
-CALIB, EVAL, LABELS = (EXAMPLE / "data" / n for n in ("calib.npz", "eval.npz", "eval_labels.npy"))
 CHROMIUM = Path("/usr/bin/chromium")
 HOSTILE = "<script>alert('x')</script> | `tick` **bold** _under_"
 
