@@ -6,11 +6,15 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .diagnostics import Finding
 from .errors import BudgetError
 from .evaluate import Comparison
 from .stats import Interval, paired_drop_interval, proportion_interval
+
+if TYPE_CHECKING:  # bisect imports gate; the verdict only carries its report
+    from .bisect import BisectionReport
 
 
 @dataclass(frozen=True)
@@ -261,7 +265,7 @@ class GateVerdict:
     duration_s: float
     notes: tuple[str, ...] = ()
     cache_hits: tuple[str, ...] = ()
-    bisection: object | None = None
+    bisection: BisectionReport | None = None
     #: Findings of the INT8 debugging checks (diagnostics.py); one of severity "failure" fails the gate.
     diagnostics: tuple[Finding, ...] = ()
 
