@@ -227,6 +227,21 @@ _OPTIONS = (
 )
 
 
+#: On/off options (flag, ini key, help); off unless given.
+_FLAGS = (
+    (
+        "--int8-strict-ci",
+        "int8_strict_ci",
+        "pass an accuracy budget only when its whole 95 percent confidence interval is within the limit",
+    ),
+    (
+        "--int8-check-determinism",
+        "int8_check_determinism",
+        "run the INT8 engine twice on a subset and report whether it is bit-exact",
+    ),
+)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("int8gate", "INT8 quantization gate (pytest-int8gate)")
     for option in _OPTIONS:
@@ -255,22 +270,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="do not search for offending layers on failure",
     )
     parser.addini("int8_bisect", "bisection on failure (default: true)", type="bool", default=True)
-    group.addoption(
-        "--int8-strict-ci",
-        dest="int8_strict_ci",
-        action="store_true",
-        default=None,
-        help="pass an accuracy budget only when its whole 95%% confidence interval is within the limit",
-    )
-    parser.addini("int8_strict_ci", "strict confidence-interval budgets (default: false)", type="bool")
-    group.addoption(
-        "--int8-check-determinism",
-        dest="int8_check_determinism",
-        action="store_true",
-        default=None,
-        help="run the INT8 engine twice on a subset and report whether it is bit-exact",
-    )
-    parser.addini("int8_check_determinism", "INT8 determinism check (default: false)", type="bool")
+    for flag, ini, help_text in _FLAGS:
+        group.addoption(flag, dest=ini, action="store_true", default=None, help=help_text)
+        parser.addini(ini, f"{help_text} (same as {flag}; default: false)", type="bool")
 
 
 def _resolve_options(config: pytest.Config) -> Int8Options:
