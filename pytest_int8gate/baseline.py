@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .budget import BUDGET_METRICS, Budget
 from .errors import BudgetError, DataError
-from .gate import BUDGET_METRICS, Budget
 from .report import REPORT_SCHEMA, REPORT_SCHEMA_VERSION
 from .report_formats import as_float, fmt, fmt_change
 

@@ -37,7 +37,6 @@ quantized) comes from one extra pass over the subset.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -46,6 +45,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
+from .choices import STRATEGIES as STRATEGIES  # the names; this path stays importable
 from .equalize import EqualizationPair, EqualizationRefusal, fp32_difference
 from .evaluate import Comparison, ReferenceOutputs
 from .gate import Budget, MetricResult, judge
@@ -54,10 +54,16 @@ from .quantize import CALIBRATORS as PLAN_CALIBRATORS
 from .quantize import QuantPlan
 from .repair import FP32_TOLERANCE, bias_problem, check_repairs, equalization_candidates
 
+# the report types live in results.py; these paths stay importable
+from .results import BisectionReport as BisectionReport
+from .results import LayerSensitivity as LayerSensitivity
+from .results import OffendingLayer as OffendingLayer
+from .results import RepairAction
+from .results import VerifiedFix as VerifiedFix
+
 if TYPE_CHECKING:
     from .pipeline import GatePipeline
 
-STRATEGIES = ("binary", "linear")
 #: A longer prefix must beat a shorter one by more than this margin to count as non-monotonic.
 MONOTONIC_TOLERANCE = 0.01
 REPAIR_ORDER = ("percentile", "mse", "entropy", "max")
@@ -71,143 +77,6 @@ class Probe:
     margin: float  # >= 0 passes; the budget's tightest normalised slack
     passed: bool
     metrics: tuple[tuple[str, float], ...] = ()  # the budget's metrics as measured (drops as drops)
-
-
-@dataclass(frozen=True)
-class OffendingLayer:
-    """A layer whose quantization breaks the budget, and what the search did about it."""
-
-    index: int
-    name: str
-    op_type: str
-    metrics: dict[str, float]  # the budget's metrics on the subset when this layer was added
-    #: The rung that fixed it: "calibrator", "equalize", "bias_correction" (all stay INT8) or "float".
-    action: str
-    calibrator: str | None = None
-    producer: str | None = None  # the layer it was equalized with
-    attempts: tuple[str, ...] = ()  # the rungs tried before, and why a rung could not be tried
-
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "index": self.index,
-            "name": self.name,
-            "op": self.op_type,
-            "metrics": self.metrics,
-            "action": self.action,
-            "calibrator": self.calibrator,
-            "producer": self.producer,
-            "attempts": list(self.attempts),
-        }
-
-
-@dataclass(frozen=True)
-class LayerSensitivity:
-    """SQNR (dB) of a layer's own output when only that layer is quantized, FP32 inputs."""
-
-    name: str
-    op_type: str
-    sqnr_db: float
-    index: int = -1  # the layer's position in the model's topological layer list (-1: unknown)
-
-
-@dataclass(frozen=True)
-class VerifiedFix:
-    """The repaired plan, re-evaluated on the full evaluation set."""
-
-    exclude: tuple[str, ...]
-    overrides: dict[str, str]
-    results: tuple[MetricResult, ...]
-    passed: bool
-    equalize: tuple[str, ...] = ()  # every layer the fix's plan equalizes (the spec's and the repairs')
-    bias_correction: tuple[str, ...] = ()  # the same for bias correction
-    fp32_model: str | None = None  # the rewritten FP32 model to deploy (when equalize is used)
-    fp32_sha256: str | None = None
-    fp32_max_abs_difference: float | None = None  # rewritten vs original FP32, full evaluation set
-    fp32_reference_max_abs: float | None = None  # the largest |output| there, the difference's scale
-
-    def manifest_snippet(self) -> str:
-        lines = []
-        if self.exclude:
-            lines.append("exclude:")
-            lines.extend(f"  - {_yaml_str(name)}" for name in self.exclude)
-        if self.overrides:
-            lines.append("calibrator_overrides:")
-            lines.extend(f"  {_yaml_str(name)}: {calib}" for name, calib in self.overrides.items())
-        for key, names in (("equalize", self.equalize), ("bias_correction", self.bias_correction)):
-            if names:
-                lines.append(f"{key}:")
-                lines.extend(f"  - {_yaml_str(name)}" for name in names)
-        return "\n".join(lines)
-
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "exclude": list(self.exclude),
-            "calibrator_overrides": self.overrides,
-            "equalize": list(self.equalize),
-            "bias_correction": list(self.bias_correction),
-            "fp32_model": self.fp32_model,
-            "fp32_sha256": self.fp32_sha256,
-            "fp32_max_abs_difference": self.fp32_max_abs_difference,
-            "fp32_reference_max_abs": self.fp32_reference_max_abs,
-            "passed": self.passed,
-            "metrics": {r.name: r.as_dict() for r in self.results},
-            "manifest": self.manifest_snippet(),
-        }
-
-
-def _yaml_str(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-@dataclass(frozen=True)
-class BisectionReport:
-    """What the bisection found; ``evaluations`` counts every INT8 evaluation it made."""
-
-    strategy: str
-    total_layers: int
-    subset_size: int
-    search_evaluations: int
-    repair_evaluations: int
-    baseline_evaluations: int  # the whole plan on the search subset, when the search did not reuse it
-    verification_evaluations: int  # full-set evaluations of candidate fixes
-    offenders: tuple[OffendingLayer, ...]
-    sensitivity: tuple[LayerSensitivity, ...]
-    fix: VerifiedFix | None
-    notes: tuple[str, ...]
-    duration_s: float
-
-    @property
-    def evaluations(self) -> int:
-        return (
-            self.baseline_evaluations
-            + self.search_evaluations
-            + self.repair_evaluations
-            + self.verification_evaluations
-        )
-
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "strategy": self.strategy,
-            "total_layers": self.total_layers,
-            "subset_size": self.subset_size,
-            "baseline_evaluations": self.baseline_evaluations,
-            "verification_evaluations": self.verification_evaluations,
-            "search_evaluations": self.search_evaluations,
-            "repair_evaluations": self.repair_evaluations,
-            "evaluations": self.evaluations,
-            "offending_layers": [o.as_dict() for o in self.offenders],
-            "sensitivity": [
-                {"index": s.index, "name": s.name, "op": s.op_type, "sqnr_db": _finite_or_none(s.sqnr_db)}
-                for s in self.sensitivity
-            ],
-            "fix": None if self.fix is None else self.fix.as_dict(),
-            "notes": list(self.notes),
-            "duration_s": round(self.duration_s, 3),
-        }
-
-
-def _finite_or_none(value: float) -> float | None:
-    return value if math.isfinite(value) else None
 
 
 def probe_of(quantized: int, results: Sequence[MetricResult]) -> Probe:
@@ -505,7 +374,9 @@ def bisect_failure(pipeline: GatePipeline, failing: Comparison) -> BisectionRepo
         verifications += 1
         repaired = [o.name for o in offenders if o.action != "float"]
         if not fix.passed and repaired:
-            in_float = [replace(o, action="float", calibrator=None, producer=None) for o in offenders]
+            in_float = [
+                replace(o, action=RepairAction.FLOAT, calibrator=None, producer=None) for o in offenders
+            ]
             fallback = _verify(pipeline, in_float)
             verifications += 1
             if fallback.passed:
@@ -553,7 +424,7 @@ def _verify(pipeline: GatePipeline, offenders: Sequence[OffendingLayer]) -> Veri
     base = pipeline.plan
     exclude = tuple(o.name for o in offenders if o.action == "float")
     overrides = {o.name: o.calibrator for o in offenders if o.calibrator}
-    labels = {o.name: o.action for o in offenders if o.action in ("equalize", "bias_correction", "float")}
+    labels = {o.name: o.action.value for o in offenders if o.action is not RepairAction.CALIBRATOR}
     plan = plan_with(replace(base, overrides={**base.overrides, **overrides}), labels)
     results = judge(pipeline.budget, pipeline.evaluate(plan))
     fix = VerifiedFix(
@@ -657,7 +528,7 @@ class RepairLadder:
             name=layer.name,
             op_type=layer.op_type,
             metrics=metrics,
-            action=action,
+            action=RepairAction(action),
             calibrator=calibrator,
             producer=self.producer(layer.name) if action == "equalize" else None,
             attempts=tuple(self.attempts.get(layer.name, ())),

@@ -17,9 +17,9 @@ from pathlib import Path
 import onnx
 
 from . import __version__
-from .backends import BACKEND_NAMES, ORT_MODES
 from .calibrate import CALIBRATORS as TABLE_CALIBRATORS
 from .calibrate import CalibrationTable, CalibratorSettings, calibrate, trt_version_number
+from .choices import BACKEND_NAMES, ORT_MODES, REPAIRS
 from .data import DEFAULT_BATCH_SIZE, batch_size_for, load_dataset
 from .equalize import RULES as EQUALIZATION_RULES
 from .equalize import activation_channel_ranges, equalize, fp32_difference, select_pairs
@@ -29,7 +29,7 @@ from .graph import load_model
 from .pipeline import GatePipeline, GateSpec
 from .quantize import CALIBRATORS as PLAN_CALIBRATORS
 from .quantize import QuantPlan, activation_tensors, quantize_model
-from .repair import FP32_TOLERANCE, REPAIRS
+from .repair import FP32_TOLERANCE
 from .report import verdict_record, verdict_text
 
 PROG = "int8gate"

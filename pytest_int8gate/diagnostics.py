@@ -12,19 +12,28 @@ import itertools
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 
 from .backends import Runner
 from .backends.onnxruntime import OrtRunner, device_text
+from .choices import DEFAULT_MIN_CALIB_SAMPLES as DEFAULT_MIN_CALIB_SAMPLES
 from .data import Dataset, Feeds, read_numpy_file
 from .errors import DataError, NonFiniteOutputError
 from .evaluate import Comparison, classification_view, select_output
 from .graph import ModelInfo, add_graph_outputs
+
+# the finding types live in results.py; these paths stay importable
+from .results import SEVERITIES as SEVERITIES
+from .results import Finding as Finding
+from .results import NonFiniteTensorError as NonFiniteTensorError
+from .results import Severity as Severity
+from .results import severity_counts as severity_counts
+from .results import sort_findings as sort_findings
 from .stats import discordant_pairs, drop_samples_needed, proportion_samples_needed
 
 if TYPE_CHECKING:
@@ -32,12 +41,6 @@ if TYPE_CHECKING:
     from .gate import MetricResult
     from .pipeline import GatePipeline
 
-Severity = Literal["info", "warning", "failure"]
-#: Display order: what fails the gate first.
-SEVERITIES: tuple[Severity, ...] = ("failure", "warning", "info")
-
-#: Calibration samples below which the guides' advice is not followed (500, as NVIDIA's guides suggest).
-DEFAULT_MIN_CALIB_SAMPLES = 500
 #: Samples of calibration and evaluation data the model-running checks use (bounds their cost).
 DIAGNOSTIC_SAMPLES = 128
 #: Samples the fused-vs-simulated and determinism checks run twice: saturation shows on most samples.
@@ -67,59 +70,6 @@ MAX_LISTED = 6
 #: Below this many bytes of weights the diagnostics' own sessions run on one thread: creating ONNX
 #: Runtime's thread pool costs more (measured 6-16 ms a session) than a small model's subset pass.
 SMALL_MODEL_BYTES = 4 << 20
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One diagnostic result: what was found, how bad it is, and what to do about it."""
-
-    code: str
-    severity: Severity
-    message: str
-    fix: str
-    details: Mapping[str, object] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "code": self.code,
-            "severity": self.severity,
-            "message": self.message,
-            "fix": self.fix,
-            "details": _plain(self.details),
-        }
-
-
-def _plain(value: object) -> object:
-    """JSON-safe copy: numpy scalars to Python numbers, non-finite floats to strings."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    return value
-
-
-def sort_findings(findings: Iterable[Finding]) -> tuple[Finding, ...]:
-    """Failures first, then warnings, then info; the checks' order within a severity."""
-    return tuple(sorted(findings, key=lambda f: SEVERITIES.index(f.severity)))
-
-
-def severity_counts(findings: Iterable[Finding]) -> dict[str, int]:
-    counts: dict[str, int] = dict.fromkeys(SEVERITIES, 0)
-    for finding in findings:
-        counts[finding.severity] += 1
-    return counts
-
-
-class NonFiniteTensorError(NonFiniteOutputError):
-    """NaN/Inf in a model output, with the finding that names the first tensor where it appears."""
-
-    def __init__(self, message: str, finding: Finding) -> None:
-        super().__init__(message)
-        self.findings = (finding,)
 
 
 # ---- 1. FP32 parity -------------------------------------------------------------------------------

@@ -7,34 +7,18 @@ user KPI needs them). NaN or Inf in any output is a failure, never a number.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 
 from .backends import Runner
 from .data import Dataset, Feeds
 from .errors import DataError, NonFiniteOutputError
+from .results import Comparison as Comparison  # its home is results.py; this path stays importable
 
 #: A user KPI: (outputs [N, ...], labels or None) -> score, higher is better.
 KpiFunction = Callable[[np.ndarray, "np.ndarray | None"], float]
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """INT8 against FP32 on one output: every measured number, by metric name."""
-
-    output_name: str
-    num_samples: int
-    fp32: Mapping[str, float]
-    int8: Mapping[str, float]
-    per_sample_cosine: np.ndarray = field(repr=False, compare=False)
-    #: Per-sample booleans for confidence intervals: ``fp32_top1``/``int8_top1`` (and top5) say whether each
-    #: precision got the label right, ``top1_agreement`` whether both picked the same class.
-    hits: Mapping[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
-
-    def metric(self, name: str) -> float:
-        return self.int8[name]
 
 
 def select_output(runner: Runner, output_name: str | None) -> str:

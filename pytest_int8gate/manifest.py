@@ -30,13 +30,10 @@ from typing import Any
 
 import yaml
 
-from .backends import BACKEND_NAMES, ORT_MODES
-from .bisect import STRATEGIES
+from .budget import Budget
+from .choices import BACKEND_NAMES, CALIBRATORS, ORT_MODES, REPAIRS, STRATEGIES
 from .data import is_loader_spec
 from .errors import Int8GateError
-from .gate import Budget
-from .quantize import CALIBRATORS
-from .repair import REPAIRS
 
 
 class ManifestError(Int8GateError):

@@ -19,8 +19,10 @@ import numpy as np
 
 from . import __version__
 from .backends import Backend, Runner, get_backend
+from .budget import Budget
 from .cache import ArtifactCache, content_key
 from .calibrate import CalibrationTable, CalibratorSettings, calibrate
+from .choices import DEFAULT_MIN_CALIB_SAMPLES, REPAIRS
 from .data import (
     DEFAULT_BATCH_SIZE,
     Dataset,
@@ -31,19 +33,18 @@ from .data import (
     load_labels,
 )
 from .diagnostics import (
-    DEFAULT_MIN_CALIB_SAMPLES,
-    Finding,
     check_calibration_table,
     diagnose_nonfinite,
     run_diagnostics,
 )
 from .errors import NonFiniteOutputError
-from .evaluate import Comparison, KpiFunction, compare
-from .gate import Budget, GateVerdict, MetricResult, judge
+from .evaluate import KpiFunction, compare
+from .gate import judge
 from .graph import LoadedModel, load_model
 from .progress import counted_batches
 from .quantize import QuantizedModel, QuantPlan, activation_tensors, quantize_model
-from .repair import REPAIRS, RewrittenModel, bias_corrected, equalized_variant
+from .repair import RewrittenModel, bias_corrected, equalized_variant
+from .results import Comparison, Finding, GateVerdict, MetricResult
 
 #: Data: a path or ``module:function`` spec, in-memory arrays (axis 0 = samples), or a Dataset.
 DataSource = str | os.PathLike[str] | Mapping[str, np.ndarray] | Dataset

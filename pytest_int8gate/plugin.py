@@ -18,17 +18,14 @@ import pytest
 
 from .backends import BACKEND_NAMES, ORT_MODES, Runner, get_backend
 from .baseline import parse_tolerances
-from .bisect import STRATEGIES
+from .choices import CALIBRATORS, DEFAULT_MIN_CALIB_SAMPLES, REPAIRS, STRATEGIES, check_repairs
 from .data import DEFAULT_BATCH_SIZE
-from .diagnostics import DEFAULT_MIN_CALIB_SAMPLES, NonFiniteTensorError
 from .errors import Int8GateError
 from .evaluate import KpiFunction
 from .gate import Budget, GateVerdict, valid_keys_text
 from .manifest import ManifestEntry, load_manifest
 from .pipeline import DataSource, GatePipeline, GateSpec
 from .plugin_reports import register_report_plugins, terminal_progress
-from .quantize import CALIBRATORS
-from .repair import REPAIRS, check_repairs
 from .report import (
     error_record,
     failure_text,
@@ -37,6 +34,7 @@ from .report import (
     verdict_record,
     write_json_report,
 )
+from .results import NonFiniteTensorError
 
 MARKER = "int8_budget"
 MANIFEST_NAME = "int8gate.yaml"

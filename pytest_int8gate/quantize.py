@@ -40,11 +40,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from .choices import CALIBRATORS as CALIBRATORS  # the names a plan may ask for; this path stays importable
 from .errors import CalibrationError, ModelError
 from .graph import RESIDUAL_PRODUCERS, Layer, LoadedModel, ModelInfo
 
-#: Calibrators whose amax a plan may ask for (the names calibrate.CalibrationTable stores amax under).
-CALIBRATORS = ("entropy", "max", "mse", "percentile")
 INT8_MAX = 127
 #: First opset with per-axis DequantizeLinear; float16 Q/DQ needs 19.
 MIN_QDQ_OPSET = 13

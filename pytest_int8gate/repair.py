@@ -15,25 +15,16 @@ from pathlib import Path
 from . import __version__
 from .bias_correction import BatchSource, correct_biases, correction_problem
 from .cache import ArtifactCache, content_key
+from .choices import REPAIRS as REPAIRS  # the rung names and their check; these paths stay importable
+from .choices import check_repairs as check_repairs
 from .equalize import EqualizationCandidate, EqualizationReport, equalization_pairs, equalized_model
-from .errors import Int8GateError, ModelError
+from .errors import ModelError
 from .graph import LoadedModel
 from .quantize import QuantizedModel
 
-#: Rungs of the repair ladder, in the order they are tried; keeping the layer in float comes last.
-REPAIRS = ("calibrator", "equalize", "bias_correction")
 #: An equalized model whose FP32 outputs move by more than this (relative to the largest output) is
 #: not function-preserving: measured float32 rounding is ~1e-7 relative (7.6e-6 on outputs of 45).
 FP32_TOLERANCE = 1e-4
-
-
-def check_repairs(repairs: Iterable[str], source: str) -> tuple[str, ...]:
-    """The rungs in ladder order; an unknown rung is an error naming the valid ones."""
-    given = list(repairs)
-    unknown = [r for r in given if r not in REPAIRS]
-    if unknown:
-        raise Int8GateError(f"{source}: unknown repair {unknown[0]!r}; choose from {', '.join(REPAIRS)}.")
-    return tuple(r for r in REPAIRS if r in given)
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .bisect import BisectionReport, OffendingLayer
+from .budget import BUDGET_METRICS
 from .cache import atomic_write_bytes
-from .diagnostics import SEVERITIES, Finding, severity_counts
-from .gate import BUDGET_METRICS, GateVerdict, MetricResult
+from .results import (
+    SEVERITIES,
+    BisectionReport,
+    Finding,
+    GateVerdict,
+    MetricResult,
+    OffendingLayer,
+    severity_counts,
+)
 
 #: Metrics shown in the summary and JUnit properties, in this order, when measured.
 KEY_METRICS = ("top1", "top1_agreement", "cosine", "cosine_min", "sqnr_db", "max_abs_error")

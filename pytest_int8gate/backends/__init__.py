@@ -6,66 +6,14 @@ Every backend receives the same artefacts: the prepared FP32 model and the proje
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Protocol
 
-import numpy as np
-import onnx
-
+# the names live in choices.py, the protocol in base.py; these paths stay importable
+from ..choices import BACKEND_NAMES as BACKEND_NAMES
+from ..choices import ORT_MODES as ORT_MODES
 from ..errors import BackendError
-
-BACKEND_NAMES = ("onnxruntime", "tensorrt", "auto")
-ORT_MODES = ("simulated", "fused")
-
-
-@dataclass(frozen=True)
-class BackendInfo:
-    """What ran a model: shown in headers, failure text and reports."""
-
-    backend: str
-    version: str
-    device: str
-    precision: str
-    mode: str = ""
-    options: Mapping[str, str] = field(default_factory=dict)
-
-    def __str__(self) -> str:
-        mode = f" {self.mode}" if self.mode else ""
-        return f"{self.backend} {self.version} {self.device}{mode}"
-
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "backend": self.backend,
-            "version": self.version,
-            "device": self.device,
-            "precision": self.precision,
-            "mode": self.mode,
-            "options": dict(self.options),
-        }
-
-
-class Runner(Protocol):
-    """A built engine: runs one batch of named feeds and returns every graph output by name."""
-
-    @property
-    def output_names(self) -> tuple[str, ...]: ...
-
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
-
-    def describe(self) -> BackendInfo: ...
-
-
-class Backend(Protocol):
-    """Builds FP32 and INT8 runners; ``int8_runner`` receives an explicit Q/DQ model."""
-
-    name: str
-
-    def fp32_runner(self, model: onnx.ModelProto) -> Runner: ...
-
-    def int8_runner(self, model: onnx.ModelProto) -> Runner: ...
-
-    def describe(self) -> BackendInfo: ...
+from .base import Backend as Backend
+from .base import BackendInfo as BackendInfo
+from .base import Runner as Runner
 
 
 def get_backend(

@@ -17,8 +17,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from ..choices import ORT_MODES
 from ..errors import BackendError
-from . import ORT_MODES, BackendInfo
+from .base import BackendInfo, ClosingRunner
 
 #: CPU flags that decide how ONNX Runtime's int8 kernels behave.
 INT8_CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
@@ -49,8 +50,8 @@ def device_text() -> str:
     return f"cpu {platform.machine()} ({vnni}: {features})"
 
 
-class OrtRunner:
-    """One ONNX Runtime CPU session."""
+class OrtRunner(ClosingRunner):
+    """One ONNX Runtime CPU session; ``close()`` releases it."""
 
     def __init__(
         self, model: onnx.ModelProto, *, precision: str, optimize: bool, threads: int = 0, mode: str = ""
@@ -65,7 +66,7 @@ class OrtRunner:
         if threads:
             options.intra_op_num_threads = threads
         try:
-            self._session = ort.InferenceSession(
+            self._session: ort.InferenceSession | None = ort.InferenceSession(
                 model.SerializeToString(), options, providers=["CPUExecutionProvider"]
             )
         except Exception as exc:
@@ -88,6 +89,8 @@ class OrtRunner:
         return self._output_names
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._session is None:
+            raise BackendError(f"the ONNX Runtime {self._info.precision} runner was closed.")
         try:
             values = self._session.run(None, dict(feeds))
         except Exception as exc:
@@ -96,6 +99,10 @@ class OrtRunner:
 
     def describe(self) -> BackendInfo:
         return self._info
+
+    def close(self) -> None:
+        """Drop the session (ONNX Runtime frees its memory and thread pool with it); idempotent."""
+        self._session = None
 
 
 class OrtBackend:

@@ -23,7 +23,7 @@ import onnx
 
 from ..cache import ArtifactCache, atomic_write_bytes
 from ..errors import BackendError
-from . import BackendInfo
+from .base import BackendInfo, ClosingRunner
 
 if TYPE_CHECKING:
     import tensorrt as trt  # type: ignore[import-not-found,import-untyped,unused-ignore]
@@ -549,7 +549,7 @@ def _parser_errors(parser: trt.OnnxParser) -> list[tuple[str, str]]:
     return errors
 
 
-class TensorRTRunner:
+class TensorRTRunner(ClosingRunner):
     """One engine with its execution context, CUDA stream and device buffers (grown on demand)."""
 
     def __init__(

@@ -1,0 +1,33 @@
+"""The names users choose among (calibrators, bisection strategies, repair rungs, backends, ONNX Runtime
+modes) and the defaults several surfaces share, in a module that imports nothing heavy: option parsing,
+manifest validation and reports name them without loading an algorithm.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from .errors import Int8GateError
+from .results import RepairAction
+
+#: Calibrators whose amax a plan may ask for (the names a calibration table stores amax under).
+CALIBRATORS: tuple[str, ...] = ("entropy", "max", "mse", "percentile")
+#: How the search walks the quantized layers (see bisect.py).
+STRATEGIES: tuple[str, ...] = ("binary", "linear")
+#: Rungs of the repair ladder a user may enable, in the order they are tried; float always comes last.
+REPAIRS: tuple[str, ...] = tuple(action.value for action in RepairAction if action is not RepairAction.FLOAT)
+#: Backends that build engines; ``auto`` picks TensorRT when it and a GPU are present.
+BACKEND_NAMES: tuple[str, ...] = ("onnxruntime", "tensorrt", "auto")
+#: How ONNX Runtime runs a Q/DQ model: simulated (Q/DQ in float, what TensorRT computes) or fused kernels.
+ORT_MODES: tuple[str, ...] = ("simulated", "fused")
+#: Fewer calibration samples than this is a warning (500, as NVIDIA's INT8 guides suggest; 0: no check).
+DEFAULT_MIN_CALIB_SAMPLES = 500
+
+
+def check_repairs(repairs: Iterable[str], source: str) -> tuple[str, ...]:
+    """The rungs in ladder order; an unknown rung is an error naming the valid ones."""
+    given = list(repairs)
+    unknown = [r for r in given if r not in REPAIRS]
+    if unknown:
+        raise Int8GateError(f"{source}: unknown repair {unknown[0]!r}; choose from {', '.join(REPAIRS)}.")
+    return tuple(r for r in REPAIRS if r in given)

@@ -1,0 +1,325 @@
+"""The plain result types of a gate: findings, the comparison of INT8 with FP32, judged metrics, the search's
+offenders and verified fix, and the verdict that carries them all.
+
+Nothing here runs a model or imports an algorithm (numpy and the standard library, plus the declared
+budget): reports, the JSON codec and the plugin read these types without loading ONNX or ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from .budget import Budget
+from .errors import NonFiniteOutputError
+
+# ---- diagnostics' findings ------------------------------------------------------------------------
+
+Severity = Literal["info", "warning", "failure"]
+#: Display order: what fails the gate first.
+SEVERITIES: tuple[Severity, ...] = ("failure", "warning", "info")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One diagnostic result: what was found, how bad it is, and what to do about it."""
+
+    code: str
+    severity: Severity
+    message: str
+    fix: str
+    details: Mapping[str, object] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "code": self.code,
+            "severity": self.severity,
+            "message": self.message,
+            "fix": self.fix,
+            "details": _plain(self.details),
+        }
+
+
+def _plain(value: object) -> object:
+    """JSON-safe copy: numpy scalars to Python numbers, non-finite floats to strings."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return value
+
+
+def sort_findings(findings: Iterable[Finding]) -> tuple[Finding, ...]:
+    """Failures first, then warnings, then info; the checks' order within a severity."""
+    return tuple(sorted(findings, key=lambda f: SEVERITIES.index(f.severity)))
+
+
+def severity_counts(findings: Iterable[Finding]) -> dict[str, int]:
+    counts: dict[str, int] = dict.fromkeys(SEVERITIES, 0)
+    for finding in findings:
+        counts[finding.severity] += 1
+    return counts
+
+
+class NonFiniteTensorError(NonFiniteOutputError):
+    """NaN/Inf in a model output, with the finding that names the first tensor where it appears."""
+
+    def __init__(self, message: str, finding: Finding) -> None:
+        super().__init__(message)
+        self.findings = (finding,)
+
+
+# ---- INT8 against FP32, and the judged budget ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """INT8 against FP32 on one output: every measured number, by metric name."""
+
+    output_name: str
+    num_samples: int
+    fp32: Mapping[str, float]
+    int8: Mapping[str, float]
+    per_sample_cosine: np.ndarray = field(repr=False, compare=False)
+    #: Per-sample booleans for confidence intervals: ``fp32_top1``/``int8_top1`` (and top5) say whether each
+    #: precision got the label right, ``top1_agreement`` whether both picked the same class.
+    hits: Mapping[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+
+    def metric(self, name: str) -> float:
+        return self.int8[name]
+
+
+@dataclass(frozen=True)
+class MetricResult:
+    """One budget line: the FP32 and INT8 values, the delta, the limit and the outcome."""
+
+    name: str
+    fp32: float | None
+    int8: float
+    delta: float | None
+    limit: float
+    upper: bool
+    passed: bool
+    #: 95 % confidence interval of the observed number (accuracy-type metrics only; see stats.py).
+    ci95: tuple[float, float] | None = None
+    #: True when the pass also required the interval's bound to be within the limit (--int8-strict-ci).
+    strict_ci: bool = False
+
+    @property
+    def observed(self) -> float:
+        """The number compared with the limit (the drop for ``*_drop`` metrics)."""
+        return -self.delta if self.delta is not None else self.int8
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "fp32": self.fp32,
+            "int8": self.int8,
+            "delta": self.delta,
+            "limit": self.limit,
+            "op": "<=" if self.upper else ">=",
+            "passed": self.passed,
+        }
+
+
+# ---- the search: offenders, their repairs, the verified fix ----------------------------------------
+
+
+class RepairAction(str, enum.Enum):
+    """The rung of the repair ladder that settled an offending layer; all but FLOAT keep it in INT8."""
+
+    CALIBRATOR = "calibrator"  # another calibrator's amax for its activation inputs
+    EQUALIZE = "equalize"  # cross-layer equalization with the layer producing its input
+    BIAS_CORRECTION = "bias_correction"  # its bias absorbs the mean output error INT8 adds
+    FLOAT = "float"  # kept in float
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class OffendingLayer:
+    """A layer whose quantization breaks the budget, and what the search did about it."""
+
+    index: int
+    name: str
+    op_type: str
+    metrics: dict[str, float]  # the budget's metrics on the subset when this layer was added
+    #: The rung that settled it: another calibrator, equalization, bias correction (all stay INT8) or float.
+    action: RepairAction
+    calibrator: str | None = None
+    producer: str | None = None  # the layer it was equalized with
+    attempts: tuple[str, ...] = ()  # the rungs tried before, and why a rung could not be tried
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "index": self.index,
+            "name": self.name,
+            "op": self.op_type,
+            "metrics": self.metrics,
+            "action": self.action.value,
+            "calibrator": self.calibrator,
+            "producer": self.producer,
+            "attempts": list(self.attempts),
+        }
+
+
+@dataclass(frozen=True)
+class LayerSensitivity:
+    """SQNR (dB) of a layer's own output when only that layer is quantized, FP32 inputs."""
+
+    name: str
+    op_type: str
+    sqnr_db: float
+    index: int = -1  # the layer's position in the model's topological layer list (-1: unknown)
+
+
+@dataclass(frozen=True)
+class VerifiedFix:
+    """The repaired plan, re-evaluated on the full evaluation set."""
+
+    exclude: tuple[str, ...]
+    overrides: dict[str, str]
+    results: tuple[MetricResult, ...]
+    passed: bool
+    equalize: tuple[str, ...] = ()  # every layer the fix's plan equalizes (the spec's and the repairs')
+    bias_correction: tuple[str, ...] = ()  # the same for bias correction
+    fp32_model: str | None = None  # the rewritten FP32 model to deploy (when equalize is used)
+    fp32_sha256: str | None = None
+    fp32_max_abs_difference: float | None = None  # rewritten vs original FP32, full evaluation set
+    fp32_reference_max_abs: float | None = None  # the largest |output| there, the difference's scale
+
+    def manifest_snippet(self) -> str:
+        lines = []
+        if self.exclude:
+            lines.append("exclude:")
+            lines.extend(f"  - {_yaml_str(name)}" for name in self.exclude)
+        if self.overrides:
+            lines.append("calibrator_overrides:")
+            lines.extend(f"  {_yaml_str(name)}: {calib}" for name, calib in self.overrides.items())
+        for key, names in (("equalize", self.equalize), ("bias_correction", self.bias_correction)):
+            if names:
+                lines.append(f"{key}:")
+                lines.extend(f"  - {_yaml_str(name)}" for name in names)
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "exclude": list(self.exclude),
+            "calibrator_overrides": self.overrides,
+            "equalize": list(self.equalize),
+            "bias_correction": list(self.bias_correction),
+            "fp32_model": self.fp32_model,
+            "fp32_sha256": self.fp32_sha256,
+            "fp32_max_abs_difference": self.fp32_max_abs_difference,
+            "fp32_reference_max_abs": self.fp32_reference_max_abs,
+            "passed": self.passed,
+            "metrics": {r.name: r.as_dict() for r in self.results},
+            "manifest": self.manifest_snippet(),
+        }
+
+
+def _yaml_str(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@dataclass(frozen=True)
+class BisectionReport:
+    """What the bisection found; ``evaluations`` counts every INT8 evaluation it made."""
+
+    strategy: str
+    total_layers: int
+    subset_size: int
+    search_evaluations: int
+    repair_evaluations: int
+    baseline_evaluations: int  # the whole plan on the search subset, when the search did not reuse it
+    verification_evaluations: int  # full-set evaluations of candidate fixes
+    offenders: tuple[OffendingLayer, ...]
+    sensitivity: tuple[LayerSensitivity, ...]
+    fix: VerifiedFix | None
+    notes: tuple[str, ...]
+    duration_s: float
+
+    @property
+    def evaluations(self) -> int:
+        return (
+            self.baseline_evaluations
+            + self.search_evaluations
+            + self.repair_evaluations
+            + self.verification_evaluations
+        )
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "strategy": self.strategy,
+            "total_layers": self.total_layers,
+            "subset_size": self.subset_size,
+            "baseline_evaluations": self.baseline_evaluations,
+            "verification_evaluations": self.verification_evaluations,
+            "search_evaluations": self.search_evaluations,
+            "repair_evaluations": self.repair_evaluations,
+            "evaluations": self.evaluations,
+            "offending_layers": [o.as_dict() for o in self.offenders],
+            "sensitivity": [
+                {"index": s.index, "name": s.name, "op": s.op_type, "sqnr_db": _finite_or_none(s.sqnr_db)}
+                for s in self.sensitivity
+            ],
+            "fix": None if self.fix is None else self.fix.as_dict(),
+            "notes": list(self.notes),
+            "duration_s": round(self.duration_s, 3),
+        }
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+# ---- the verdict -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GateVerdict:
+    """The judgement of one gated model, with everything needed to explain it."""
+
+    name: str
+    model: str
+    backend: Mapping[str, object]
+    backend_text: str
+    calibrator: str
+    calibration_samples: int
+    eval_samples: int
+    output_name: str
+    budget: Budget
+    results: tuple[MetricResult, ...]
+    fp32: Mapping[str, float]
+    int8: Mapping[str, float]
+    plan: Mapping[str, object]
+    quantized_layers: int
+    total_layers: int
+    evaluations: int
+    duration_s: float
+    notes: tuple[str, ...] = ()
+    cache_hits: tuple[str, ...] = ()
+    bisection: BisectionReport | None = None
+    #: Findings of the INT8 debugging checks (diagnostics.py); one of severity "failure" fails the gate.
+    diagnostics: tuple[Finding, ...] = ()
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.results) and not self.failed_diagnostics
+
+    @property
+    def failed_diagnostics(self) -> tuple[Finding, ...]:
+        return tuple(f for f in self.diagnostics if f.severity == "failure")
+
+    @property
+    def failed_metrics(self) -> tuple[MetricResult, ...]:
+        return tuple(r for r in self.results if not r.passed)
