@@ -80,7 +80,8 @@ def search_once(pipeline: GatePipeline) -> float:
     """The search alone, as bisect_failure runs it, without repair: seconds."""
     quantized = set(pipeline.quantized().quantized_layers)
     layers = [layer for layer in pipeline.model.info.layers if layer.name in quantized]
-    oracle = SubsetOracle(pipeline, layers, SUBSET)  # FP32 reference outputs: outside the timing
+    # FP32 reference outputs: outside the timing
+    oracle = SubsetOracle(pipeline.context, pipeline.evaluator, layers, SUBSET)
     strategy = pipeline.spec.bisect_strategy
     started = time.perf_counter()
     first = oracle(range(len(layers)), [], {}) if strategy == "binary" else None

@@ -48,8 +48,8 @@ import onnx
 from .choices import STRATEGIES as STRATEGIES  # the names; this path stays importable
 from .equalize import EqualizationPair, EqualizationRefusal, fp32_difference
 from .evaluate import Comparison, ReferenceOutputs
-from .gate import Budget, MetricResult, judge
-from .graph import Layer, add_graph_outputs
+from .gate import MetricResult, judge
+from .graph import Layer, LoadedModel, add_graph_outputs
 from .quantize import CALIBRATORS as PLAN_CALIBRATORS
 from .quantize import QuantPlan
 from .repair import FP32_TOLERANCE, bias_problem, check_repairs, equalization_candidates
@@ -62,7 +62,7 @@ from .results import RepairAction
 from .results import VerifiedFix as VerifiedFix
 
 if TYPE_CHECKING:
-    from .pipeline import GatePipeline
+    from .context import GateContext, PlanEvaluator
 
 #: A longer prefix must beat a shorter one by more than this margin to count as non-monotonic.
 MONOTONIC_TOLERANCE = 0.01
@@ -248,21 +248,15 @@ def _non_monotonic_interval(probes: dict[int, Probe]) -> tuple[int, int] | None:
 class SubsetOracle:
     """Evaluates plans on a fixed subset against cached FP32 outputs, with the cached calibration table."""
 
-    def __init__(self, pipeline: GatePipeline, layers: Sequence[Layer], subset: int) -> None:
-        self.pipeline = pipeline
+    def __init__(
+        self, context: GateContext, evaluator: PlanEvaluator, layers: Sequence[Layer], subset: int
+    ) -> None:
+        self.context = context
         self.layers = list(layers)
-        self.budget: Budget = pipeline.budget
-        data = pipeline.eval_data.head(subset)
-        labels = pipeline.labels[: data.num_samples] if pipeline.labels is not None else None
-        self.reference = ReferenceOutputs.compute(
-            pipeline.fp32_runner,
-            data,
-            batch_size=pipeline.batch_size,
-            output_name=pipeline.spec.output,
-            labels=labels,
-        )
-        self.subset_size = data.num_samples
-        self.base_plan = pipeline.plan
+        self.evaluator = evaluator.subset(subset)
+        self.reference = self.evaluator.reference
+        self.subset_size = self.evaluator.size
+        self.base_plan = context.plan
 
     def plan_for(self, quantized: Sequence[int], overrides: dict[int, str]) -> QuantPlan:
         """The base plan restricted to ``quantized``, with each repair label applied to its layer.
@@ -273,23 +267,16 @@ class SubsetOracle:
         repairs = {self.layers[i].name: label for i, label in overrides.items() if i in quantized}
         return plan_with(replace(self.base_plan, include=names), repairs)
 
-    def comparison(self, plan: QuantPlan) -> Comparison:
-        pipeline = self.pipeline
-        model = pipeline.quantized(plan)
-        runner = pipeline.backend.int8_runner(model.proto)
-        pipeline.evaluations += 1
-        return self.reference.compare(runner, pipeline.kpi)
-
     def __call__(self, accepted: Sequence[int], trial: Sequence[int], overrides: dict[int, str]) -> Probe:
         quantized = [*accepted, *trial]
-        results = judge(self.budget, self.comparison(self.plan_for(quantized, overrides)))
+        results = self.evaluator.judge(self.plan_for(quantized, overrides))
         passed = all(r.passed for r in results)
         last = f"up to {self.layers[max(trial)].name}" if trial else "the whole plan"
         repairs = [f"{self.layers[i].name} with {_label_text(overrides[i])}" for i in trial if i in overrides]
         if repairs:
             last += ", trying " + ", ".join(repairs)
         outcome = "pass" if passed else "fail"
-        self.pipeline.progress(
+        self.context.progress(
             "bisect", f"{len(quantized)} of {len(self.layers)} layers quantized ({last}): {outcome}"
         )
         return probe_of(len(quantized), results)
@@ -322,28 +309,28 @@ def _label_text(label: str) -> str:
     return {"equalize": "equalization", "bias_correction": "bias correction"}.get(label, label)
 
 
-def bisect_failure(pipeline: GatePipeline, failing: Comparison) -> BisectionReport:
+def bisect_failure(context: GateContext, evaluator: PlanEvaluator, failing: Comparison) -> BisectionReport:
     """Search, repair and verify for a gate whose full-set comparison ``failing`` missed the budget."""
     started = time.perf_counter()
-    spec = pipeline.spec
-    base = pipeline.plan
-    candidates = _candidate_layers(pipeline)
+    search = context.search
+    base = context.plan
+    candidates = _candidate_layers(context)
     notes: list[str] = []
-    oracle = SubsetOracle(pipeline, candidates, spec.bisect_subset)
+    oracle = SubsetOracle(context, evaluator, candidates, search.subset)
     first = oracle(range(len(candidates)), [], {})
     baseline_evaluations = 1
     if first.passed:
         notes.append(
             f"the failure does not reproduce on the first {oracle.subset_size} evaluation samples; the "
-            f"search used all {pipeline.eval_data.num_samples} (raise --int8-bisect-subset to speed it up)"
+            f"search used all {context.eval_data.num_samples} (raise --int8-bisect-subset to speed it up)"
         )
-        oracle = SubsetOracle(pipeline, candidates, pipeline.eval_data.num_samples)
-        first = probe_of(len(candidates), judge(pipeline.budget, failing))
-    ladder = RepairLadder(pipeline, base, spec.repairs)
+        oracle = SubsetOracle(context, evaluator, candidates, context.eval_data.num_samples)
+        first = probe_of(len(candidates), judge(context.budget, failing))
+    ladder = RepairLadder(context.model, base, search.repairs)
 
     def repair(index: int, state: SearchState) -> str | None:
         def attempt(label: str) -> bool | None:
-            if state.search_evaluations + state.repair_evaluations >= spec.bisect_max_evaluations:
+            if state.search_evaluations + state.repair_evaluations >= search.max_evaluations:
                 return None
             state.repair_evaluations += 1
             return oracle(state.accepted, [index], {**state.overrides, index: label}).passed
@@ -353,12 +340,12 @@ def bisect_failure(pipeline: GatePipeline, failing: Comparison) -> BisectionRepo
     state = find_offenders(
         len(candidates),
         oracle,
-        strategy=spec.bisect_strategy,
+        strategy=search.strategy,
         repair=repair,
-        max_evaluations=spec.bisect_max_evaluations,
-        first=first if spec.bisect_strategy == "binary" else None,
+        max_evaluations=search.max_evaluations,
+        first=first if search.strategy == "binary" else None,
     )
-    if spec.bisect_strategy == "binary":
+    if search.strategy == "binary":
         baseline_evaluations -= 1  # the search counted the whole-plan probe as its first evaluation
     notes.extend(state.notes)
     offenders: list[OffendingLayer] = []
@@ -370,19 +357,19 @@ def bisect_failure(pipeline: GatePipeline, failing: Comparison) -> BisectionRepo
     fix = None
     verifications = 0
     if offenders and not state.capped:
-        fix = _verify(pipeline, offenders)
+        fix = _verify(context, evaluator, offenders)
         verifications += 1
         repaired = [o.name for o in offenders if o.action != "float"]
         if not fix.passed and repaired:
             in_float = [
                 replace(o, action=RepairAction.FLOAT, calibrator=None, producer=None) for o in offenders
             ]
-            fallback = _verify(pipeline, in_float)
+            fallback = _verify(context, evaluator, in_float)
             verifications += 1
             if fallback.passed:
                 notes.append(
                     f"the repair of {', '.join(repaired)} met the budget on "
-                    f"{oracle.subset_size} samples but not on all {pipeline.eval_data.num_samples}; "
+                    f"{oracle.subset_size} samples but not on all {context.eval_data.num_samples}; "
                     "kept in float instead"
                 )
                 offenders, fix = in_float, fallback
@@ -398,9 +385,9 @@ def bisect_failure(pipeline: GatePipeline, failing: Comparison) -> BisectionRepo
         notes.append(
             "no single layer is to blame: every prefix passes on the search subset, yet the full plan fails"
         )
-    sensitivity = layer_sensitivity(pipeline, oracle.reference, candidates)
+    sensitivity = layer_sensitivity(context, oracle.reference, candidates)
     return BisectionReport(
-        strategy=spec.bisect_strategy,
+        strategy=search.strategy,
         total_layers=len(candidates),
         subset_size=oracle.subset_size,
         search_evaluations=state.search_evaluations,
@@ -415,18 +402,20 @@ def bisect_failure(pipeline: GatePipeline, failing: Comparison) -> BisectionRepo
     )
 
 
-def _verify(pipeline: GatePipeline, offenders: Sequence[OffendingLayer]) -> VerifiedFix:
+def _verify(
+    context: GateContext, evaluator: PlanEvaluator, offenders: Sequence[OffendingLayer]
+) -> VerifiedFix:
     """Apply the offenders' actions to the spec's plan and judge it on the full evaluation set.
 
     When the plan equalizes, the rewritten FP32 model is also compared with the original on the
     evaluation set: the fix reports the largest output difference, its path and its hash.
     """
-    base = pipeline.plan
+    base = context.plan
     exclude = tuple(o.name for o in offenders if o.action == "float")
     overrides = {o.name: o.calibrator for o in offenders if o.calibrator}
     labels = {o.name: o.action.value for o in offenders if o.action is not RepairAction.CALIBRATOR}
     plan = plan_with(replace(base, overrides={**base.overrides, **overrides}), labels)
-    results = judge(pipeline.budget, pipeline.evaluate(plan))
+    results = judge(context.budget, evaluator.compare(plan))
     fix = VerifiedFix(
         exclude,
         overrides,
@@ -437,12 +426,12 @@ def _verify(pipeline: GatePipeline, offenders: Sequence[OffendingLayer]) -> Veri
     )
     if not plan.equalize:
         return fix
-    rewritten = pipeline.rewritten(plan.equalize)
+    rewritten = context.rewritten(plan.equalize)
     difference = fp32_difference(
-        pipeline.model.proto,
+        context.model.proto,
         rewritten.model.proto,
-        pipeline.eval_data.batches(pipeline.batch_size),
-        threads=pipeline.spec.threads,
+        context.eval_data.batches(context.batch_size),
+        threads=context.threads,
     )
     return replace(
         fix,
@@ -456,13 +445,13 @@ def _verify(pipeline: GatePipeline, offenders: Sequence[OffendingLayer]) -> Veri
 class RepairLadder:
     """The rungs tried on one offender, in order, and what each attempt found."""
 
-    def __init__(self, pipeline: GatePipeline, base: QuantPlan, rungs: Sequence[str]) -> None:
-        self.pipeline = pipeline
+    def __init__(self, model: LoadedModel, base: QuantPlan, rungs: Sequence[str]) -> None:
+        self.model = model
         self.base = base
         self.rungs = check_repairs(rungs, "repairs")
         self.calibrators = [c for c in REPAIR_ORDER if c in PLAN_CALIBRATORS]
         self.attempts: dict[str, list[str]] = {}
-        self._pairs = equalization_candidates(pipeline.model) if "equalize" in self.rungs else {}
+        self._pairs = equalization_candidates(model) if "equalize" in self.rungs else {}
 
     def climb(self, name: str, attempt: Callable[[str], bool | None]) -> str | None:
         """The label of the first rung that meets the budget for layer ``name``; None: keep it in float.
@@ -502,7 +491,7 @@ class RepairLadder:
             if name in self.base.bias_correction:
                 labels.append(("bias_correction", "already corrected by the plan"))
             else:
-                labels.append(("bias_correction", bias_problem(self.pipeline.model, name)))
+                labels.append(("bias_correction", bias_problem(self.model, name)))
         return labels
 
     def _describe(self, name: str, label: str) -> str:
@@ -535,27 +524,27 @@ class RepairLadder:
         )
 
 
-def _candidate_layers(pipeline: GatePipeline) -> list[Layer]:
+def _candidate_layers(context: GateContext) -> list[Layer]:
     """The layers the spec's plan actually quantizes, in topological order."""
-    quantized = set(pipeline.quantized().quantized_layers)
-    return [layer for layer in pipeline.model.info.layers if layer.name in quantized]
+    quantized = set(context.default_quantized.quantized_layers)
+    return [layer for layer in context.model.info.layers if layer.name in quantized]
 
 
 def layer_sensitivity(
-    pipeline: GatePipeline, reference: ReferenceOutputs, layers: Sequence[Layer]
+    context: GateContext, reference: ReferenceOutputs, layers: Sequence[Layer]
 ) -> tuple[LayerSensitivity, ...]:
     """Each layer's own-output SQNR with only its inputs and weights quantized, from one FP32 pass.
 
     The probe model is the FP32 graph plus, for every quantized layer, a copy of the layer that reads
     the Q/DQ'd version of the same FP32 inputs; both outputs are exposed and compared.
     """
-    plan = replace(pipeline.plan, include=frozenset(layer.name for layer in layers))
-    quantized = pipeline.quantized(plan).proto
-    source = pipeline.fp32_model(plan.equalize).proto
+    plan = replace(context.plan, include=frozenset(layer.name for layer in layers))
+    quantized = context.quantized(plan).proto
+    source = context.fp32_model(plan.equalize).proto
     probe, pairs = isolated_layer_model(source, quantized, [layer.name for layer in layers])
     if not pairs:
         return ()
-    runner = pipeline.backend.fp32_runner(probe)
+    runner = context.backend.fp32_runner(probe)
     signal = dict.fromkeys(pairs, 0.0)
     noise = dict.fromkeys(pairs, 0.0)
     for feeds, _ in reference.batches:

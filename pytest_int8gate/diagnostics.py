@@ -38,8 +38,8 @@ from .stats import discordant_pairs, drop_samples_needed, proportion_samples_nee
 
 if TYPE_CHECKING:
     from .calibrate import CalibrationTable
-    from .gate import MetricResult
-    from .pipeline import GatePipeline
+    from .context import GateContext
+    from .results import MetricResult
 
 #: Samples of calibration and evaluation data the model-running checks use (bounds their cost).
 DIAGNOSTIC_SAMPLES = 128
@@ -840,22 +840,21 @@ def session_threads(requested: int, model: onnx.ModelProto) -> int:
 
 
 def run_diagnostics(
-    pipeline: GatePipeline, comparison: Comparison, results: Sequence[MetricResult]
+    context: GateContext, comparison: Comparison, results: Sequence[MetricResult]
 ) -> tuple[Finding, ...]:
-    """Every check that applies to ``pipeline``'s gate; the model-running ones on at most
+    """Every check that applies to the gate of ``context``; the model-running ones on at most
     :data:`DIAGNOSTIC_SAMPLES` samples of each data set."""
-    spec = pipeline.spec
-    info = pipeline.model.info
-    batch_size = pipeline.batch_size
-    threads = session_threads(spec.threads, pipeline.model.proto)
-    findings: list[Finding | None] = [*pipeline.findings]
-    findings.append(check_calibration_size(pipeline.calibration_data.num_samples, spec.min_calib_samples))
+    info = context.model.info
+    batch_size = context.batch_size
+    threads = session_threads(context.threads, context.model.proto)
+    findings: list[Finding | None] = []
+    findings.append(check_calibration_size(context.calibration_data.num_samples, context.min_calib_samples))
     findings.append(check_eval_set_size(results, comparison))
-    held_out = spec.eval_data is not None
-    calib_subset = pipeline.calibration_data.head(DIAGNOSTIC_SAMPLES)
-    eval_subset = pipeline.eval_data.head(DIAGNOSTIC_SAMPLES) if held_out else calib_subset
+    held_out = context.held_out
+    calib_subset = context.calibration_data.head(DIAGNOSTIC_SAMPLES)
+    eval_subset = context.eval_data.head(DIAGNOSTIC_SAMPLES) if held_out else calib_subset
     if held_out:
-        findings.append(check_shapes(info, pipeline.calibration_data, pipeline.eval_data))
+        findings.append(check_shapes(info, context.calibration_data, context.eval_data))
         calib_feeds = next(calib_subset.batches(calib_subset.num_samples))
         eval_feeds = next(eval_subset.batches(eval_subset.num_samples))
         for tensor in info.inputs:
@@ -864,11 +863,11 @@ def run_diagnostics(
             if calib_stats is not None and eval_stats is not None:
                 findings.append(check_preprocessing(tensor.name, calib_stats, eval_stats))
 
-    quantized = pipeline.default_quantized
+    quantized = context.default_quantized
     amax = {tensor: scale * 127.0 for tensor, scale in quantized.activation_scales.items()}
     if amax:
         # the FP32 model the Q/DQ model was made from (equalized when the plan says so) carries the amax
-        source = pipeline.fp32_model(pipeline.plan.equalize)
+        source = context.fp32_model(context.plan.equalize)
         probe = ActivationProbe(source.proto, list(amax), threads=threads)
         calib_ranges = probe.measure(calib_subset.batches(batch_size), amax)
         findings.append(check_distribution_shape(calib_ranges, amax, samples=calib_subset.num_samples))
@@ -876,32 +875,33 @@ def run_diagnostics(
             eval_ranges = probe.measure(eval_subset.batches(batch_size), amax)
             findings.append(check_clipping(calib_ranges, eval_ranges, amax, samples=eval_subset.num_samples))
 
-    if spec.fp32_reference is not None:
+    fp32_runner = context.fp32_runner()
+    if context.fp32_reference is not None:
         reference = load_fp32_reference(
-            spec.fp32_reference, pipeline.fp32_runner.output_names, pipeline.eval_data.num_samples
+            context.fp32_reference, fp32_runner.output_names, context.eval_data.num_samples
         )
         findings.append(
             reference_parity(
-                pipeline.fp32_runner,
-                pipeline.eval_data,
+                fp32_runner,
+                context.eval_data,
                 reference,
                 batch_size=batch_size,
-                source=str(spec.fp32_reference),
+                source=str(context.fp32_reference),
             )
         )
-    if pipeline.backend.name != "onnxruntime":
-        ort_fp32 = OrtRunner(pipeline.model.proto, precision="fp32", optimize=True, threads=threads)
+    if context.backend.name != "onnxruntime":
+        ort_fp32 = OrtRunner(context.model.proto, precision="fp32", optimize=True, threads=threads)
         names = list(ort_fp32.output_names)
         findings.append(
             check_fp32_parity(
-                run_outputs(pipeline.fp32_runner, eval_subset, batch_size, names),
+                run_outputs(fp32_runner, eval_subset, batch_size, names),
                 run_outputs(ort_fp32, eval_subset, batch_size, names),
                 reference_name="ONNX Runtime's FP32 result",
             )
         )
     else:
         # the other mode than the gate's own, built from the same Q/DQ model
-        gate_is_fused = spec.ort_mode == "fused"
+        gate_is_fused = context.ort_mode == "fused"
         other = OrtRunner(
             quantized.proto,
             precision="int8",
@@ -909,29 +909,25 @@ def run_diagnostics(
             threads=threads,
             mode="simulated" if gate_is_fused else "fused",
         )
-        own = pipeline.default_int8_runner
+        own = context.int8_runner()
         simulated, fused = (other, own) if gate_is_fused else (own, other)
-        output = select_output(simulated, spec.output)
+        output = select_output(simulated, context.output)
         repeated = eval_subset.head(REPEAT_SAMPLES)
-        fidelity = measure_fidelity(
-            simulated, fused, pipeline.fp32_runner, repeated.batches(batch_size), output
-        )
+        fidelity = measure_fidelity(simulated, fused, fp32_runner, repeated.batches(batch_size), output)
         findings.append(check_cpu_fidelity(fidelity, device=device_text()))
-    if spec.check_determinism:
+    if context.check_determinism:
         repeated_batches = list(eval_subset.head(REPEAT_SAMPLES).batches(batch_size))
-        findings.append(check_determinism(pipeline.default_int8_runner, repeated_batches))
+        findings.append(check_determinism(context.int8_runner(), repeated_batches))
     return sort_findings(f for f in findings if f is not None)
 
 
-def diagnose_nonfinite(pipeline: GatePipeline, error: NonFiniteOutputError) -> NonFiniteOutputError:
+def diagnose_nonfinite(context: GateContext, error: NonFiniteOutputError) -> NonFiniteOutputError:
     """``error`` with the finding that names the first NaN/Inf tensor (``error`` itself if none is found)."""
     models = [
-        ("FP32", pipeline.model.proto, True),
-        ("INT8", pipeline.default_quantized.proto, False),
+        ("FP32", context.model.proto, True),
+        ("INT8", context.default_quantized.proto, False),
     ]
-    finding = locate_nonfinite(
-        models, pipeline.eval_data.batches(pipeline.batch_size), threads=pipeline.spec.threads
-    )
+    finding = locate_nonfinite(models, context.eval_data.batches(context.batch_size), threads=context.threads)
     if finding is None:
         return error
     return NonFiniteTensorError(f"{error} {finding.message[0].upper()}{finding.message[1:]}", finding)

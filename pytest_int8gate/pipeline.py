@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -19,10 +19,12 @@ import numpy as np
 
 from . import __version__
 from .backends import Backend, Runner, get_backend
+from .bisect import bisect_failure
 from .budget import Budget
 from .cache import ArtifactCache, content_key
 from .calibrate import CalibrationTable, CalibratorSettings, calibrate
 from .choices import DEFAULT_MIN_CALIB_SAMPLES, REPAIRS
+from .context import GateContext, PlanEvaluator, Progress, SearchSettings
 from .data import (
     DEFAULT_BATCH_SIZE,
     Dataset,
@@ -38,18 +40,15 @@ from .diagnostics import (
     run_diagnostics,
 )
 from .errors import NonFiniteOutputError
-from .evaluate import KpiFunction, compare
-from .gate import judge
+from .evaluate import KpiFunction
 from .graph import LoadedModel, load_model
 from .progress import counted_batches
 from .quantize import QuantizedModel, QuantPlan, activation_tensors, quantize_model
 from .repair import RewrittenModel, bias_corrected, equalized_variant
-from .results import Comparison, Finding, GateVerdict, MetricResult
+from .results import BisectionReport, Comparison, Finding, GateVerdict, MetricResult, sort_findings
 
 #: Data: a path or ``module:function`` spec, in-memory arrays (axis 0 = samples), or a Dataset.
 DataSource = str | os.PathLike[str] | Mapping[str, np.ndarray] | Dataset
-#: Progress callback: (stage, message) — the plugin and CLI decide how to show it.
-Progress = Callable[[str, str], None]
 
 
 def _silent(stage: str, message: str) -> None:
@@ -123,7 +122,6 @@ class GatePipeline:
         self.kpi = kpi
         self.cache = ArtifactCache(spec.cache_dir) if spec.cache_dir is not None else None
         self.cache_hits: list[str] = []
-        self.evaluations = 0
         self.timings: dict[str, float] = {}
         self.quantized_model_path: Path | None = None
         #: Findings made while preparing artefacts (a stale cached table); run() adds the diagnostics'.
@@ -338,49 +336,83 @@ class GatePipeline:
         self.progress("build", f"building the INT8 engine ({self.backend.name})")
         return self.backend.int8_runner(quantized.proto)
 
+    # ---- what diagnostics and the search see ----------------------------------------------------
+    @functools.cached_property
+    def context(self) -> GateContext:
+        """The gate as diagnostics and the search see it (read-only; artefacts still built lazily)."""
+        spec = self.spec
+        return GateContext(
+            name=spec.display_name,
+            model=self.model,
+            plan=self.plan,
+            budget=self.budget,
+            calibration_data=self.calibration_data,
+            eval_data=self.eval_data,
+            held_out=spec.eval_data is not None,
+            labels=self.labels,
+            batch_size=self.batch_size,
+            threads=spec.threads,
+            output=spec.output,
+            backend=self.backend,
+            ort_mode=spec.ort_mode,
+            min_calib_samples=spec.min_calib_samples,
+            fp32_reference=spec.fp32_reference,
+            check_determinism=spec.check_determinism,
+            search=SearchSettings(
+                strategy=spec.bisect_strategy,
+                subset=spec.bisect_subset,
+                max_evaluations=spec.bisect_max_evaluations,
+                repairs=spec.repairs,
+            ),
+            progress=self.progress,
+            fp32_runner=lambda: self.fp32_runner,
+            int8_runner=lambda: self.default_int8_runner,
+            quantized=self.quantized,
+            fp32_model=self.fp32_model,
+            rewritten=self.rewritten,
+        )
+
+    @functools.cached_property
+    def evaluator(self) -> PlanEvaluator:
+        """Every INT8 evaluation of this gate goes through it, and it counts them."""
+        return PlanEvaluator(self.context, kpi=self.kpi, strict_ci=self.spec.strict_ci)
+
+    @property
+    def evaluations(self) -> int:
+        return self.evaluator.evaluations if "evaluator" in self.__dict__ else 0
+
     # ---- evaluation ---------------------------------------------------------------------------
     def evaluate(self, plan: QuantPlan | None = None) -> Comparison:
         """Compare FP32 with INT8 (``plan``, default the spec's) on the full evaluation set."""
-        int8 = self.default_int8_runner if plan is None else self.int8_runner(plan)
-        self.progress("evaluate", f"evaluating on {self.eval_data.num_samples} samples")
-        self.evaluations += 1
-        return compare(
-            self.fp32_runner,
-            int8,
-            self.eval_data,
-            batch_size=self.batch_size,
-            output_name=self.spec.output,
-            labels=self.labels,
-            kpi=self.kpi,
-        )
+        if plan is None:
+            self.default_int8_runner  # noqa: B018 - the gate's own engine first: its errors come first
+        return self.evaluator.compare(plan)
 
     def run(self) -> GateVerdict:
         """Evaluate the spec's plan against its budget, run the diagnostics (a failure among them fails the
-        gate), and bisect when a budget metric failed and bisection is enabled."""
+        gate), bisect when a budget metric failed and bisection is enabled, and assemble the verdict."""
         started = time.perf_counter()
         try:
             comparison = self.evaluate()
         except NonFiniteOutputError as exc:
-            raise diagnose_nonfinite(self, exc) from exc
-        results = judge(self.budget, comparison, strict_ci=self.spec.strict_ci)
+            raise diagnose_nonfinite(self.context, exc) from exc
+        results = self.evaluator.judge(comparison)
         diagnosed = time.perf_counter()
-        findings = run_diagnostics(self, comparison, results)
+        # findings made while preparing artefacts (a stale cached table) come first within a severity
+        findings = sort_findings([*self.findings, *run_diagnostics(self.context, comparison, results)])
         self.timings["diagnostics_s"] = time.perf_counter() - diagnosed
-        verdict = replace(self._verdict(comparison, results, started), diagnostics=findings)
-        if verdict.failed_metrics and self.spec.bisect:
-            from .bisect import bisect_failure
-
-            report = bisect_failure(self, comparison)
-            verdict = replace(
-                verdict,
-                bisection=report,
-                evaluations=self.evaluations,
-                duration_s=time.perf_counter() - started,
-            )
-        return verdict
+        bisection = None
+        if any(not r.passed for r in results) and self.spec.bisect:
+            bisection = bisect_failure(self.context, self.evaluator, comparison)
+        return self._verdict(comparison, results, findings, bisection, started)
 
     def _verdict(
-        self, comparison: Comparison, results: tuple[MetricResult, ...], started: float
+        self,
+        comparison: Comparison,
+        results: tuple[MetricResult, ...],
+        findings: tuple[Finding, ...],
+        bisection: BisectionReport | None,
+        started: float,
     ) -> GateVerdict:
         quantized = self.quantized()
         notes = list(self.model.info.notes)
@@ -414,4 +446,6 @@ class GatePipeline:
             duration_s=time.perf_counter() - started,
             notes=tuple(notes),
             cache_hits=tuple(self.cache_hits),
+            bisection=bisection,
+            diagnostics=findings,
         )
