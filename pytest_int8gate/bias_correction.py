@@ -21,8 +21,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from .backends.onnxruntime import OrtRunner
-from .graph import add_graph_outputs, graph_consumers
+from .graph import graph_consumers
+from .probe import probe
 
 #: Ops whose third input is a per-output-channel bias on output axis 1.
 BIASED_OPS = ("Conv", "ConvTranspose", "Gemm")
@@ -108,18 +108,22 @@ class _ChannelMeans:
 def _channel_means(
     model: onnx.ModelProto, tensors: Sequence[str], batches: BatchSource, *, precision: str, threads: int
 ) -> tuple[_ChannelMeans, int]:
-    # Q/DQ models run unoptimised: simulated quantization is what TensorRT computes.
-    runner = OrtRunner(
-        add_graph_outputs(model, tensors), precision=precision, optimize=precision == "fp32", threads=threads
-    )
     means = _ChannelMeans()
-    samples = 0
-    for batch in batches():
-        outputs = runner.run(batch)
+
+    def accumulate(feeds: Mapping[str, np.ndarray], values: Mapping[str, np.ndarray]) -> None:
         for name in tensors:
-            means.add(name, outputs[name])
-        first = np.asarray(next(iter(batch.values())))
-        samples += int(first.shape[0]) if first.ndim else 1
+            means.add(name, values[name])
+
+    # Q/DQ models run unoptimised: simulated quantization is what TensorRT computes.
+    samples = probe(
+        model,
+        tensors,
+        batches(),
+        accumulate,
+        precision=precision,
+        optimize=precision == "fp32",
+        threads=threads,
+    )
     return means, samples
 
 

@@ -20,8 +20,8 @@ longer passing prefix scored clearly better than a shorter one, scans the interv
 says so. It can only see what its probes measure: an inversion that falls between two probes
 (a layer that fails alone, compensated by a later one before the next probe) goes unseen.
 
-Each offender is first *repaired*, climbing a ladder of repairs that keep it in INT8, each tried in
-the same context (the accepted layers quantized) until one meets the budget on the subset:
+Each offender is first *repaired*, climbing the repair ladder (ladder.py) whose rungs keep it in INT8,
+each tried in the same context (the accepted layers quantized) until one meets the budget on the subset:
 
 a. another calibrator ("mixed quantization"): the other calibrators' amax for its activation inputs;
 b. cross-layer equalization with the layer producing its input (equalize.py): the FP32 model is
@@ -29,7 +29,9 @@ b. cross-layer equalization with the layer producing its input (equalize.py): th
 c. bias correction (bias_correction.py): its bias absorbs the mean output error INT8 adds;
 d. otherwise it is kept in float ("mixed precision").
 
-The spec's ``repairs`` chooses which of a-c are tried. The resulting plan is then *verified* on the
+The spec's ``repairs`` chooses which of a-c are tried. Plans are evaluated through the gate's
+:class:`~pytest_int8gate.context.PlanEvaluator`, which counts them; the search sees the gate only through
+its read-only :class:`~pytest_int8gate.context.GateContext`. The resulting plan is then *verified* on the
 full evaluation set; a plan that does not meet the budget there is reported as such, never as a fix.
 Per-layer sensitivity (SQNR of each layer's own output when only its inputs and weights are
 quantized) comes from one extra pass over the subset.
@@ -40,19 +42,19 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import numpy as np
 import onnx
 
 from .choices import STRATEGIES as STRATEGIES  # the names; this path stays importable
-from .equalize import EqualizationPair, EqualizationRefusal, fp32_difference
-from .evaluate import Comparison, ReferenceOutputs
+from .equalize import fp32_difference
+from .evaluate import Comparison, ReferenceOutputs, sqnr_db
 from .gate import MetricResult, judge
-from .graph import Layer, LoadedModel, add_graph_outputs
-from .quantize import CALIBRATORS as PLAN_CALIBRATORS
+from .graph import Layer, add_graph_outputs
+from .ladder import RepairLadder, Rung, plan_with, rung_of
 from .quantize import QuantPlan
-from .repair import FP32_TOLERANCE, bias_problem, check_repairs, equalization_candidates
+from .repair import FP32_TOLERANCE
 
 # the report types live in results.py; these paths stay importable
 from .results import BisectionReport as BisectionReport
@@ -66,7 +68,6 @@ if TYPE_CHECKING:
 
 #: A longer prefix must beat a shorter one by more than this margin to count as non-monotonic.
 MONOTONIC_TOLERANCE = 0.01
-REPAIR_ORDER = ("percentile", "mse", "entropy", "max")
 
 
 @dataclass(frozen=True)
@@ -97,18 +98,20 @@ def margin_of(results: Sequence[MetricResult]) -> float:
 
 # ---- the search, on an abstract oracle ----------------------------------------------------------
 
-#: (accepted layers, trial layers, calibrator overrides) -> probe; the oracle quantizes exactly those.
-Oracle = Callable[[Sequence[int], Sequence[int], dict[int, str]], Probe]
+#: What a repair of one layer is, to the search: any value the oracle understands (a ladder rung).
+RepairT = TypeVar("RepairT")
+#: (accepted layers, trial layers, repairs by layer) -> probe; the oracle quantizes exactly those.
+Oracle = Callable[[Sequence[int], Sequence[int], dict[int, RepairT]], Probe]
 
 
 @dataclass
-class SearchState:
+class SearchState(Generic[RepairT]):
     """Mutable bookkeeping of one search."""
 
     accepted: list[int] = field(default_factory=list)
-    overrides: dict[int, str] = field(default_factory=dict)
+    overrides: dict[int, RepairT] = field(default_factory=dict)
     offenders: list[int] = field(default_factory=list)
-    repaired: dict[int, str] = field(default_factory=dict)
+    repaired: dict[int, RepairT] = field(default_factory=dict)
     offender_probes: dict[int, Probe] = field(default_factory=dict)
     search_evaluations: int = 0
     repair_evaluations: int = 0
@@ -118,13 +121,13 @@ class SearchState:
 
 def find_offenders(
     n_layers: int,
-    oracle: Oracle,
+    oracle: Oracle[RepairT],
     *,
     strategy: str = "binary",
-    repair: Callable[[int, SearchState], str | None] | None = None,
+    repair: Callable[[int, SearchState[RepairT]], RepairT | None] | None = None,
     max_evaluations: int = 10_000,
     first: Probe | None = None,
-) -> SearchState:
+) -> SearchState[RepairT]:
     """Run the culprit search over layer positions ``0..n_layers-1`` with ``oracle``.
 
     ``first`` is the already-measured probe of every layer quantized (binary strategy only): the
@@ -132,7 +135,7 @@ def find_offenders(
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown bisection strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}.")
-    state = SearchState()
+    state: SearchState[RepairT] = SearchState()
 
     def probe(trial: Sequence[int]) -> Probe:
         state.search_evaluations += 1
@@ -258,21 +261,18 @@ class SubsetOracle:
         self.subset_size = self.evaluator.size
         self.base_plan = context.plan
 
-    def plan_for(self, quantized: Sequence[int], overrides: dict[int, str]) -> QuantPlan:
-        """The base plan restricted to ``quantized``, with each repair label applied to its layer.
-
-        A label is a calibrator name, ``"equalize"`` or ``"bias_correction"`` (see :func:`plan_with`).
-        """
+    def plan_for(self, quantized: Sequence[int], overrides: dict[int, Rung]) -> QuantPlan:
+        """The base plan restricted to ``quantized``, with each layer's ladder rung applied."""
         names = frozenset(self.layers[i].name for i in quantized)
-        repairs = {self.layers[i].name: label for i, label in overrides.items() if i in quantized}
+        repairs = {self.layers[i].name: rung for i, rung in overrides.items() if i in quantized}
         return plan_with(replace(self.base_plan, include=names), repairs)
 
-    def __call__(self, accepted: Sequence[int], trial: Sequence[int], overrides: dict[int, str]) -> Probe:
+    def __call__(self, accepted: Sequence[int], trial: Sequence[int], overrides: dict[int, Rung]) -> Probe:
         quantized = [*accepted, *trial]
         results = self.evaluator.judge(self.plan_for(quantized, overrides))
         passed = all(r.passed for r in results)
         last = f"up to {self.layers[max(trial)].name}" if trial else "the whole plan"
-        repairs = [f"{self.layers[i].name} with {_label_text(overrides[i])}" for i in trial if i in overrides]
+        repairs = [f"{self.layers[i].name} with {overrides[i].text}" for i in trial if i in overrides]
         if repairs:
             last += ", trying " + ", ".join(repairs)
         outcome = "pass" if passed else "fail"
@@ -280,33 +280,6 @@ class SubsetOracle:
             "bisect", f"{len(quantized)} of {len(self.layers)} layers quantized ({last}): {outcome}"
         )
         return probe_of(len(quantized), results)
-
-
-def plan_with(plan: QuantPlan, repairs: dict[str, str]) -> QuantPlan:
-    """``plan`` with each layer's repair label applied: a calibrator name overrides the layer's calibrator,
-    ``"equalize"`` and ``"bias_correction"`` add the layer to those rewrites, ``"float"`` excludes it."""
-    overrides = dict(plan.overrides)
-    equalize, corrected, exclude = set(plan.equalize), set(plan.bias_correction), set(plan.exclude)
-    for name, label in repairs.items():
-        if label == "equalize":
-            equalize.add(name)
-        elif label == "bias_correction":
-            corrected.add(name)
-        elif label == "float":
-            exclude.add(name)
-        else:
-            overrides[name] = label
-    return replace(
-        plan,
-        overrides=overrides,
-        equalize=frozenset(equalize),
-        bias_correction=frozenset(corrected),
-        exclude=frozenset(exclude),
-    )
-
-
-def _label_text(label: str) -> str:
-    return {"equalize": "equalization", "bias_correction": "bias correction"}.get(label, label)
 
 
 def bisect_failure(context: GateContext, evaluator: PlanEvaluator, failing: Comparison) -> BisectionReport:
@@ -328,12 +301,12 @@ def bisect_failure(context: GateContext, evaluator: PlanEvaluator, failing: Comp
         first = probe_of(len(candidates), judge(context.budget, failing))
     ladder = RepairLadder(context.model, base, search.repairs)
 
-    def repair(index: int, state: SearchState) -> str | None:
-        def attempt(label: str) -> bool | None:
+    def repair(index: int, state: SearchState[Rung]) -> Rung | None:
+        def attempt(rung: Rung) -> bool | None:
             if state.search_evaluations + state.repair_evaluations >= search.max_evaluations:
                 return None
             state.repair_evaluations += 1
-            return oracle(state.accepted, [index], {**state.overrides, index: label}).passed
+            return oracle(state.accepted, [index], {**state.overrides, index: rung}).passed
 
         return ladder.climb(candidates[index].name, attempt)
 
@@ -410,11 +383,9 @@ def _verify(
     When the plan equalizes, the rewritten FP32 model is also compared with the original on the
     evaluation set: the fix reports the largest output difference, its path and its hash.
     """
-    base = context.plan
-    exclude = tuple(o.name for o in offenders if o.action == "float")
+    exclude = tuple(o.name for o in offenders if o.action is RepairAction.FLOAT)
     overrides = {o.name: o.calibrator for o in offenders if o.calibrator}
-    labels = {o.name: o.action.value for o in offenders if o.action is not RepairAction.CALIBRATOR}
-    plan = plan_with(replace(base, overrides={**base.overrides, **overrides}), labels)
+    plan = plan_with(context.plan, {o.name: rung_of(o) for o in offenders})
     results = judge(context.budget, evaluator.compare(plan))
     fix = VerifiedFix(
         exclude,
@@ -442,88 +413,6 @@ def _verify(
     )
 
 
-class RepairLadder:
-    """The rungs tried on one offender, in order, and what each attempt found."""
-
-    def __init__(self, model: LoadedModel, base: QuantPlan, rungs: Sequence[str]) -> None:
-        self.model = model
-        self.base = base
-        self.rungs = check_repairs(rungs, "repairs")
-        self.calibrators = [c for c in REPAIR_ORDER if c in PLAN_CALIBRATORS]
-        self.attempts: dict[str, list[str]] = {}
-        self._pairs = equalization_candidates(model) if "equalize" in self.rungs else {}
-
-    def climb(self, name: str, attempt: Callable[[str], bool | None]) -> str | None:
-        """The label of the first rung that meets the budget for layer ``name``; None: keep it in float.
-
-        ``attempt(label)`` evaluates the layer with that repair: True passes, False fails, None means
-        the evaluation budget is spent (the climb stops).
-        """
-        tried = self.attempts.setdefault(name, [])
-        for label, why_not in self._labels(name):
-            if why_not:
-                tried.append(f"{_label_text(label)} not possible ({why_not})")
-                continue
-            passed = attempt(label)
-            if passed is None:
-                tried.append("stopped at the evaluation cap")
-                return None
-            if passed:
-                return label
-            tried.append(f"{self._describe(name, label)} failed")
-        return None
-
-    def _labels(self, name: str) -> list[tuple[str, str]]:
-        """(label, reason it cannot be tried or "") for each rung, in ladder order."""
-        labels: list[tuple[str, str]] = []
-        if "calibrator" in self.rungs:
-            current = self.base.calibrator_for(name)
-            labels.extend((c, "") for c in self.calibrators if c != current)
-        if "equalize" in self.rungs:
-            entry = self._pairs.get(name)
-            if name in self.base.equalize:
-                labels.append(("equalize", "already equalized by the plan"))
-            elif entry is None:
-                labels.append(("equalize", "not a Conv, ConvTranspose, Gemm or MatMul layer"))
-            else:
-                labels.append(("equalize", entry.reason if isinstance(entry, EqualizationRefusal) else ""))
-        if "bias_correction" in self.rungs:
-            if name in self.base.bias_correction:
-                labels.append(("bias_correction", "already corrected by the plan"))
-            else:
-                labels.append(("bias_correction", bias_problem(self.model, name)))
-        return labels
-
-    def _describe(self, name: str, label: str) -> str:
-        if label == "equalize":
-            return f"equalization with {self.producer(name)}"
-        return _label_text(label)
-
-    def producer(self, name: str) -> str | None:
-        """The layer ``name`` would be equalized with (None when it cannot be)."""
-        entry = self._pairs.get(name)
-        return entry.producer if isinstance(entry, EqualizationPair) else None
-
-    def offender(self, layer: Layer, metrics: dict[str, float], label: str | None) -> OffendingLayer:
-        """The report row of an offender that ``label`` repaired (None: kept in float)."""
-        if label is None:
-            action, calibrator = "float", None
-        elif label in ("equalize", "bias_correction"):
-            action, calibrator = label, None
-        else:
-            action, calibrator = "calibrator", label
-        return OffendingLayer(
-            index=layer.index,
-            name=layer.name,
-            op_type=layer.op_type,
-            metrics=metrics,
-            action=RepairAction(action),
-            calibrator=calibrator,
-            producer=self.producer(layer.name) if action == "equalize" else None,
-            attempts=tuple(self.attempts.get(layer.name, ())),
-        )
-
-
 def _candidate_layers(context: GateContext) -> list[Layer]:
     """The layers the spec's plan actually quantizes, in topological order."""
     quantized = set(context.default_quantized.quantized_layers)
@@ -544,17 +433,17 @@ def layer_sensitivity(
     probe, pairs = isolated_layer_model(source, quantized, [layer.name for layer in layers])
     if not pairs:
         return ()
-    runner = context.backend.fp32_runner(probe)
     signal = dict.fromkeys(pairs, 0.0)
     noise = dict.fromkeys(pairs, 0.0)
-    for feeds, _ in reference.batches:
-        outputs = runner.run(feeds)
-        for name, (ref_name, q_name) in pairs.items():
-            ref = outputs[ref_name].astype(np.float64)
-            diff = ref - outputs[q_name].astype(np.float64)
-            signal[name] += float(np.sum(ref * ref))
-            noise[name] += float(np.sum(diff * diff))
-    from .evaluate import sqnr_db
+    # on the gate's backend (the layers' arithmetic is the backend's), closed after the one pass
+    with context.backend.fp32_runner(probe) as runner:
+        for feeds, _ in reference.batches:
+            outputs = runner.run(feeds)
+            for name, (ref_name, q_name) in pairs.items():
+                ref = outputs[ref_name].astype(np.float64)
+                diff = ref - outputs[q_name].astype(np.float64)
+                signal[name] += float(np.sum(ref * ref))
+                noise[name] += float(np.sum(diff * diff))
 
     by_name = {layer.name: layer for layer in layers}
     table = [

@@ -44,7 +44,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .errors import ModelError
-from .graph import LoadedModel, add_graph_outputs, graph_consumers, model_hash
+from .graph import LoadedModel, graph_consumers, model_hash
 
 RULES = ("weights", "activations")
 #: Ops with op(s·z) = s·op(z) elementwise for s > 0: any channel layout.
@@ -569,17 +569,17 @@ def activation_channel_ranges(
     threads: int = 0,
 ) -> dict[str, np.ndarray]:
     """Consumer name -> max |x| per channel of its activation input, from one FP32 pass over ``batches``."""
-    from .backends.onnxruntime import OrtRunner
+    from .probe import probe  # runs a model: loaded when a measurement is asked for
 
-    tensors = list(dict.fromkeys(p.tensor for p in pairs))
-    runner = OrtRunner(add_graph_outputs(model, tensors), precision="fp32", optimize=True, threads=threads)
     ranges = {p.consumer: np.zeros(p.channels) for p in pairs}
-    for batch in batches:
-        outputs = runner.run(batch)
+
+    def accumulate(feeds: Mapping[str, np.ndarray], values: Mapping[str, np.ndarray]) -> None:
         for pair in pairs:
-            values = np.moveaxis(np.abs(outputs[pair.tensor]), pair.activation_axis, -1)
-            channel_max = values.reshape(-1, pair.channels, pair.block).max(axis=(0, 2)).astype(np.float64)
+            moved = np.moveaxis(np.abs(values[pair.tensor]), pair.activation_axis, -1)
+            channel_max = moved.reshape(-1, pair.channels, pair.block).max(axis=(0, 2)).astype(np.float64)
             ranges[pair.consumer] = np.maximum(ranges[pair.consumer], channel_max)
+
+    probe(model, [p.tensor for p in pairs], batches, accumulate, threads=threads)
     return ranges
 
 
@@ -604,18 +604,19 @@ def fp32_difference(
     threads: int = 0,
 ) -> Fp32Difference:
     """Max |reference - rewritten| over every output and sample (both run in FP32 by ONNX Runtime)."""
-    from .backends.onnxruntime import OrtRunner
+    from .probe import ExposedModel, probe  # runs models: loaded when a measurement is asked for
 
-    first = OrtRunner(reference, precision="fp32", optimize=True, threads=threads)
-    second = OrtRunner(rewritten, precision="fp32", optimize=True, threads=threads)
-    largest = scale = 0.0
-    samples = 0
-    for batch in batches:
-        expected, actual = first.run(batch), second.run(batch)
-        for name, values in expected.items():
-            reference_values = values.astype(np.float64)
-            largest = max(largest, float(np.max(np.abs(reference_values - actual[name]), initial=0.0)))
-            scale = max(scale, float(np.max(np.abs(reference_values), initial=0.0)))
-        first_input = next(iter(batch.values()))
-        samples += int(np.asarray(first_input).shape[0]) if np.ndim(first_input) else 1
-    return Fp32Difference(max_abs=largest, reference_max_abs=scale, samples=samples)
+    outputs = [o.name for o in reference.graph.output]
+    largest = [0.0, 0.0]  # max |difference|, max |reference output|
+    with ExposedModel(rewritten, outputs, threads=threads) as second:
+
+        def accumulate(feeds: Mapping[str, np.ndarray], expected: Mapping[str, np.ndarray]) -> None:
+            actual = second.run(feeds)
+            for name, values in expected.items():
+                reference_values = values.astype(np.float64)
+                difference = float(np.max(np.abs(reference_values - actual[name]), initial=0.0))
+                largest[0] = max(largest[0], difference)
+                largest[1] = max(largest[1], float(np.max(np.abs(reference_values), initial=0.0)))
+
+        samples = probe(reference, outputs, batches, accumulate, threads=threads)
+    return Fp32Difference(max_abs=largest[0], reference_max_abs=largest[1], samples=samples)

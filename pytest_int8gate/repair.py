@@ -1,7 +1,7 @@
 """The repair ladder's rewrites as pipeline artefacts: an equalized FP32 model (hashed, written to the
 cache, since it is the model a user then deploys) and a bias-corrected Q/DQ model.
 
-The ladder itself (which rung is tried when) lives in bisect.py; the rewrites in equalize.py and
+The ladder itself (its rungs, and which is tried when) lives in ladder.py; the rewrites in equalize.py and
 bias_correction.py. This module joins them to the pipeline's plans and cache.
 """
 
@@ -13,11 +13,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import __version__
-from .bias_correction import BatchSource, correct_biases, correction_problem
+from .bias_correction import BatchSource, correct_biases
 from .cache import ArtifactCache, content_key
 from .choices import REPAIRS as REPAIRS  # the rung names and their check; these paths stay importable
 from .choices import check_repairs as check_repairs
-from .equalize import EqualizationCandidate, EqualizationReport, equalization_pairs, equalized_model
+from .equalize import EqualizationReport, equalized_model
 from .errors import ModelError
 from .graph import LoadedModel
 from .quantize import QuantizedModel
@@ -83,18 +83,3 @@ def bias_corrected(
         )
         notes[layer.layer] = f"{notes[layer.layer]}; {remark}" if layer.layer in notes else remark
     return replace(quantized, proto=proto, notes=notes)
-
-
-def bias_problem(model: LoadedModel, layer: str) -> str:
-    """Why bias correction cannot apply to ``layer`` ("" if it can)."""
-    graph = model.proto.graph
-    initializers = {init.name: init for init in graph.initializer}
-    for node in graph.node:
-        if node.name == layer:
-            return correction_problem(node, initializers)
-    return "no such layer"
-
-
-def equalization_candidates(model: LoadedModel) -> dict[str, EqualizationCandidate]:
-    """Consumer layer name -> its equalization pair, or the refusal and its reason."""
-    return {entry.consumer: entry for entry in equalization_pairs(model)}
