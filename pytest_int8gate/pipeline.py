@@ -3,7 +3,8 @@
 This is the library entry point that the pytest plugin and the command line share; it knows nothing of
 pytest. Artefacts are cached by content: a second run of the same gate reuses the calibration table
 and says so; the Q/DQ model (and an equalized FP32 model) are written to the cache as the files a
-user deploys.
+user deploys. Diagnostics and the search receive the pipeline's read-only :class:`GateContext` and its
+:class:`PlanEvaluator` (context.py), never the pipeline; :meth:`GatePipeline.run` assembles the verdict once.
 """
 
 from __future__ import annotations

@@ -1,0 +1,154 @@
+"""Activation ranges against the calibrated amax: clipping the calibration data did not predict, and
+one-sided activations that leave int8 levels unused.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnx
+
+from ..data import Feeds
+from ..probe import ExposedModel
+from ..results import Finding
+from .limits import CLIP_RATE_FACTOR, CLIP_RATE_LIMIT, DIAGNOSTIC_SAMPLES, MAX_LISTED, ONE_SIDED_BITS
+
+if TYPE_CHECKING:
+    pass
+
+
+@dataclass
+class ActivationRange:
+    """Range of one activation over some samples, and how many values exceed a given amax."""
+
+    minimum: float = math.inf
+    maximum: float = -math.inf
+    clipped: int = 0
+    count: int = 0
+
+    @property
+    def clip_rate(self) -> float:
+        return self.clipped / self.count if self.count else 0.0
+
+    def update(self, values: np.ndarray, amax: float) -> None:
+        flat = np.asarray(values).reshape(-1)
+        if flat.size == 0:
+            return
+        low, high = float(flat.min()), float(flat.max())
+        if not (math.isfinite(low) and math.isfinite(high)):
+            flat = flat[np.isfinite(flat)]
+            if flat.size == 0:
+                return
+            low, high = float(flat.min()), float(flat.max())
+        self.minimum = min(self.minimum, low)
+        self.maximum = max(self.maximum, high)
+        self.count += int(flat.size)
+        if low < -amax or high > amax:  # only then is there anything to count
+            self.clipped += int(np.count_nonzero(flat > amax)) + int(np.count_nonzero(flat < -amax))
+
+
+class ActivationProbe(ExposedModel):
+    """One FP32 session that also returns the quantized activations, to measure their ranges."""
+
+    def __init__(self, model: onnx.ModelProto, tensors: Sequence[str], *, threads: int = 0) -> None:
+        super().__init__(model, tensors, precision="fp32", optimize=True, threads=threads, known_only=True)
+
+    def measure(self, batches: Iterable[Feeds], amax: Mapping[str, float]) -> dict[str, ActivationRange]:
+        ranges = {name: ActivationRange() for name in self.tensors}
+
+        def accumulate(feeds: Mapping[str, np.ndarray], values: Mapping[str, np.ndarray]) -> None:
+            for name, measured in ranges.items():
+                measured.update(values[name], amax[name])
+
+        self.over(batches, accumulate)
+        return ranges
+
+
+def check_clipping(
+    calibration: Mapping[str, ActivationRange],
+    evaluation: Mapping[str, ActivationRange],
+    amax: Mapping[str, float],
+    *,
+    samples: int = DIAGNOSTIC_SAMPLES,
+) -> Finding | None:
+    """Warning listing the activations whose evaluation values exceed the calibrated amax far more often
+    than the calibration values do: the calibration data does not represent the evaluation data."""
+    flagged = {}
+    for name, measured in evaluation.items():
+        calib_rate = calibration[name].clip_rate if name in calibration else 0.0
+        rate = measured.clip_rate
+        if rate >= CLIP_RATE_LIMIT and rate >= CLIP_RATE_FACTOR * calib_rate:
+            flagged[name] = {
+                "eval_clip_rate": rate,
+                "calib_clip_rate": calib_rate,
+                "amax": float(amax[name]),
+                "eval_max_abs": max(abs(measured.minimum), abs(measured.maximum)),
+            }
+    if not flagged:
+        return None
+    ordered = sorted(flagged, key=lambda k: -float(flagged[k]["eval_clip_rate"]))
+    listed = ", ".join(
+        f"{name} {flagged[name]['eval_clip_rate']:.1%} beyond amax {flagged[name]['amax']:.3g} "
+        f"(calibration {flagged[name]['calib_clip_rate']:.2%})"
+        for name in ordered[:MAX_LISTED]
+    )
+    more = f" and {len(ordered) - MAX_LISTED} more" if len(ordered) > MAX_LISTED else ""
+    return Finding(
+        "clipping",
+        "warning",
+        f"the calibration data does not represent the evaluation data: {len(flagged)} of {len(evaluation)} "
+        f"quantized activations are clipped far more often on evaluation data: {listed}{more}.",
+        "Calibrate on data drawn like the evaluation data (same sources, classes, conditions and "
+        "preprocessing); if rare evaluation values are right, widen these ranges with the max or percentile "
+        "calibrator for their layers.",
+        {"tensors": {name: flagged[name] for name in ordered}, "samples": samples},
+    )
+
+
+def bits_lost(minimum: float, maximum: float, amax: float) -> float:
+    """Bits of the symmetric range [-amax, amax] that values in [minimum, maximum] never use."""
+    if amax <= 0:
+        return 0.0
+    used = min(maximum, amax) - max(minimum, -amax)
+    if used <= 0:
+        return 0.0
+    return math.log2(2.0 * amax / used)
+
+
+def check_distribution_shape(
+    ranges: Mapping[str, ActivationRange], amax: Mapping[str, float], *, samples: int = DIAGNOSTIC_SAMPLES
+) -> Finding | None:
+    """Info listing one-sided activations (e.g. after ReLU/ReLU6/sigmoid) and the int8 bits they waste."""
+    lost = {}
+    for name, measured in ranges.items():
+        if measured.count == 0:
+            continue
+        bits = bits_lost(measured.minimum, measured.maximum, amax[name])
+        if bits >= ONE_SIDED_BITS:
+            lost[name] = {
+                "bits_lost": bits,
+                "min": measured.minimum,
+                "max": measured.maximum,
+                "amax": float(amax[name]),
+            }
+    if not lost:
+        return None
+    listed = ", ".join(
+        f"{name} [{v['min']:.3g}, {v['max']:.3g}] {v['bits_lost']:.2f} bit"
+        for name, v in list(lost.items())[:MAX_LISTED]
+    )
+    more = f" and {len(lost) - MAX_LISTED} more" if len(lost) > MAX_LISTED else ""
+    return Finding(
+        "distribution-shape",
+        "info",
+        f"{len(lost)} of {len(ranges)} quantized activations are one-sided, so the symmetric int8 scale "
+        f"leaves levels unused (bits lost out of 8): {listed}{more}.",
+        "Expected after ReLU, ReLU6 or sigmoid; TensorRT's symmetric scheme has no zero point to recover it. "
+        "If such a tensor feeds an offending layer, keep that layer in float or try the percentile or mse "
+        "calibrator for it.",
+        {"tensors": lost, "samples": samples},
+    )

@@ -1,0 +1,118 @@
+"""All the diagnostics for one gate, from its read-only context: the model-running ones on bounded subsets."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import onnx
+
+from ..backends.onnxruntime import OrtRunner, device_text
+from ..evaluate import select_output
+from ..results import Comparison, Finding, MetricResult, sort_findings
+from .datasets import (
+    channel_stats,
+    check_calibration_size,
+    check_eval_set_size,
+    check_preprocessing,
+    check_shapes,
+)
+from .engines import check_cpu_fidelity, check_determinism, measure_fidelity
+from .limits import DIAGNOSTIC_SAMPLES, REPEAT_SAMPLES, SMALL_MODEL_BYTES
+from .parity import check_fp32_parity, load_fp32_reference, reference_parity, run_outputs
+from .ranges import ActivationProbe, check_clipping, check_distribution_shape
+
+if TYPE_CHECKING:
+    from ..context import GateContext
+
+
+def session_threads(requested: int, model: onnx.ModelProto) -> int:
+    """Threads of a diagnostic session: the gate's setting, else one for a small model (0: ORT's default)."""
+    if requested:
+        return requested
+    weights = sum(len(init.raw_data) or 4 * len(init.float_data) for init in model.graph.initializer)
+    return 1 if weights < SMALL_MODEL_BYTES else 0
+
+
+def run_diagnostics(
+    context: GateContext, comparison: Comparison, results: Sequence[MetricResult]
+) -> tuple[Finding, ...]:
+    """Every check that applies to the gate of ``context``; the model-running ones on at most
+    :data:`DIAGNOSTIC_SAMPLES` samples of each data set."""
+    info = context.model.info
+    batch_size = context.batch_size
+    threads = session_threads(context.threads, context.model.proto)
+    findings: list[Finding | None] = []
+    findings.append(check_calibration_size(context.calibration_data.num_samples, context.min_calib_samples))
+    findings.append(check_eval_set_size(results, comparison))
+    held_out = context.held_out
+    calib_subset = context.calibration_data.head(DIAGNOSTIC_SAMPLES)
+    eval_subset = context.eval_data.head(DIAGNOSTIC_SAMPLES) if held_out else calib_subset
+    if held_out:
+        findings.append(check_shapes(info, context.calibration_data, context.eval_data))
+        calib_feeds = next(calib_subset.batches(calib_subset.num_samples))
+        eval_feeds = next(eval_subset.batches(eval_subset.num_samples))
+        for tensor in info.inputs:
+            calib_stats = channel_stats(calib_feeds[tensor.name])
+            eval_stats = channel_stats(eval_feeds[tensor.name])
+            if calib_stats is not None and eval_stats is not None:
+                findings.append(check_preprocessing(tensor.name, calib_stats, eval_stats))
+
+    quantized = context.default_quantized
+    amax = {tensor: scale * 127.0 for tensor, scale in quantized.activation_scales.items()}
+    if amax:
+        # the FP32 model the Q/DQ model was made from (equalized when the plan says so) carries the amax
+        source = context.fp32_model(context.plan.equalize)
+        with ActivationProbe(source.proto, list(amax), threads=threads) as probe:
+            calib_ranges = probe.measure(calib_subset.batches(batch_size), amax)
+            findings.append(check_distribution_shape(calib_ranges, amax, samples=calib_subset.num_samples))
+            if held_out:
+                eval_ranges = probe.measure(eval_subset.batches(batch_size), amax)
+                findings.append(
+                    check_clipping(calib_ranges, eval_ranges, amax, samples=eval_subset.num_samples)
+                )
+
+    fp32_runner = context.fp32_runner()
+    if context.fp32_reference is not None:
+        reference = load_fp32_reference(
+            context.fp32_reference, fp32_runner.output_names, context.eval_data.num_samples
+        )
+        findings.append(
+            reference_parity(
+                fp32_runner,
+                context.eval_data,
+                reference,
+                batch_size=batch_size,
+                source=str(context.fp32_reference),
+            )
+        )
+    if context.backend.name != "onnxruntime":
+        ort_fp32 = OrtRunner(context.model.proto, precision="fp32", optimize=True, threads=threads)
+        names = list(ort_fp32.output_names)
+        findings.append(
+            check_fp32_parity(
+                run_outputs(fp32_runner, eval_subset, batch_size, names),
+                run_outputs(ort_fp32, eval_subset, batch_size, names),
+                reference_name="ONNX Runtime's FP32 result",
+            )
+        )
+    else:
+        # the other mode than the gate's own, built from the same Q/DQ model
+        gate_is_fused = context.ort_mode == "fused"
+        other = OrtRunner(
+            quantized.proto,
+            precision="int8",
+            optimize=not gate_is_fused,
+            threads=threads,
+            mode="simulated" if gate_is_fused else "fused",
+        )
+        own = context.int8_runner()
+        simulated, fused = (other, own) if gate_is_fused else (own, other)
+        output = select_output(simulated, context.output)
+        repeated = eval_subset.head(REPEAT_SAMPLES)
+        fidelity = measure_fidelity(simulated, fused, fp32_runner, repeated.batches(batch_size), output)
+        findings.append(check_cpu_fidelity(fidelity, device=device_text()))
+    if context.check_determinism:
+        repeated_batches = list(eval_subset.head(REPEAT_SAMPLES).batches(batch_size))
+        findings.append(check_determinism(context.int8_runner(), repeated_batches))
+    return sort_findings(f for f in findings if f is not None)
