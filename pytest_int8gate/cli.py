@@ -430,7 +430,8 @@ def run_check(args: argparse.Namespace) -> int:
     def progress(stage: str, message: str) -> None:
         print(f"{PROG}: {stage}: {message}", file=sys.stderr)
 
-    verdict = GatePipeline(spec, progress=progress if args.verbose else None).run()
+    with GatePipeline(spec, progress=progress if args.verbose else None) as pipeline:
+        verdict = pipeline.run()
     print(verdict_text(verdict))
     if args.json is not None:
         record = verdict_record(verdict, nodeid=f"{PROG} check {args.model}")

@@ -15,6 +15,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import TracebackType
 
 import numpy as np
 
@@ -336,6 +337,25 @@ class GatePipeline:
         quantized = self.default_quantized
         self.progress("build", f"building the INT8 engine ({self.backend.name})")
         return self.backend.int8_runner(quantized.proto)
+
+    def close(self) -> None:
+        """Release the engines this pipeline built (the FP32 and the spec's INT8 engine); idempotent.
+        Engines handed out (e.g. as session fixtures) must not be used afterwards."""
+        for name in ("default_int8_runner", "fp32_runner"):
+            runner = self.__dict__.get(name)
+            if runner is not None:
+                runner.close()
+
+    def __enter__(self) -> GatePipeline:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
 
     # ---- what diagnostics and the search see ----------------------------------------------------
     @functools.cached_property

@@ -81,3 +81,16 @@ def test_the_verdict_counts_what_the_pipeline_evaluator_counted(tmp_path: Path) 
     verdict = gate.run()
     assert verdict.passed and verdict.bisection is None
     assert verdict.evaluations == gate.evaluations == gate.evaluator.evaluations == 1
+
+
+def test_closing_the_pipeline_releases_the_engines_it_built(tmp_path: Path) -> None:
+    path = save_chain(chain_weights(2, channels=8), tmp_path / "chain2.onnx")
+    spec = GateSpec(model=path, calib_data=inputs(32, channels=8), budget=Budget({"cosine": 0.5}))
+    GatePipeline(spec).close()  # nothing built: nothing to release
+    with GatePipeline(spec) as gate:
+        gate.run()
+        engines = [gate.fp32_runner, gate.default_int8_runner]
+    gate.close()
+    for engine in engines:
+        with pytest.raises(BackendError, match="closed"):
+            engine.run(inputs(1, channels=8))
