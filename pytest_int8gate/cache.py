@@ -5,25 +5,31 @@ An entry ``<kind>/<key><suffix>`` is valid only with its checksum file ``<key><s
 ``sha256sum`` format), written after the entry. A process killed at any point therefore leaves either no
 entry, a temporary file that is never read, or an entry without (or not matching) its checksum — which
 the next reader reports and rebuilds. Directories are created without the group/world write bits whatever
-the umask, so another user cannot plant an artefact.
+the umask, so another user cannot plant an artefact. A cache that cannot be used (a file where a directory
+belongs, no permission, a full disk, a file-size limit) is a :class:`CacheError` sentence, not a traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from filelock import FileLock
+
+from .errors import CacheError, bounded_text
 
 CHECKSUM_SUFFIX = ".sha256"
 #: Mode of the directories the cache creates (never group- or world-writable).
 DIRECTORY_MODE = 0o755
 LOCK_FILE_MODE = 0o644
+#: Cache entries are never group- or world-writable either (the umask may take more bits away).
+ENTRY_MODE = 0o644
 
 _LOG = logging.getLogger(__name__)
 
@@ -52,16 +58,35 @@ def make_directories(path: Path) -> None:
             directory.mkdir(mode=DIRECTORY_MODE)
         except FileExistsError:
             if not directory.is_dir():
-                raise
+                raise NotADirectoryError(f"{directory} is a file, not a directory") from None
             continue  # another process made it first: its mode is that process's business
         os.chmod(directory, DIRECTORY_MODE)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside ``path`` and rename it over: readers never see half a file."""
+def current_umask() -> int:
+    """The process's umask (read from /proc where it can be, without changing it; else set and reset)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o666) -> None:
+    """Write to a temporary file beside ``path`` and rename it over: readers never see half a file.
+
+    The file gets ``mode`` minus the umask, like any file the user's tools write (a temporary file alone
+    would be 0600).
+    """
     make_directories(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, mode & ~current_umask())
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
         os.replace(tmp, path)
@@ -79,7 +104,7 @@ def write_checksum(entry: Path, data: bytes | None = None) -> str:
     """Write ``entry``'s checksum file (``sha256sum`` format) of ``data`` (default: the file's bytes);
     return the hex digest."""
     digest = hashlib.sha256(entry.read_bytes() if data is None else data).hexdigest()
-    atomic_write_bytes(checksum_path(entry), f"{digest}  {entry.name}\n".encode())
+    atomic_write_bytes(checksum_path(entry), f"{digest}  {entry.name}\n".encode(), mode=ENTRY_MODE)
     return digest
 
 
@@ -121,26 +146,61 @@ class ArtifactCache:
         """The artefact's path and whether it was already cached (built now otherwise).
 
         A cached entry is returned only after its checksum was verified; a damaged one is reported in
-        :attr:`notes` (and logged) and rebuilt.
+        :attr:`notes` (and logged) and rebuilt. A cache that cannot be used raises :class:`CacheError`.
         """
         target = self.path(kind, key, suffix)
-        if entry_problem(target) is None:
+        if self._problem(target) is None:
             return target, True
-        make_directories(target.parent)
-        with FileLock(str(target) + ".lock", mode=LOCK_FILE_MODE):
-            problem = entry_problem(target)
+        with self._locked(target):
+            problem = self._problem(target)
             if problem is None:  # another worker built it while this one waited
                 return target, True
             if problem:
                 note = f"cache entry {target} {problem}; rebuilt it"
                 self.notes.append(note)
                 _LOG.warning("int8gate: %s", note)
-            self._remove_leftovers(target)
+            with self._usable(target, "clear the old"):
+                self._remove_leftovers(target)
             data = build()
-            atomic_write_bytes(target, data)
-            write_checksum(target, data)  # of what was built: a write that went wrong cannot vouch for itself
+            with self._usable(target, "write"):
+                atomic_write_bytes(target, data, mode=ENTRY_MODE)
+                write_checksum(target, data)  # of what was built: a bad write cannot vouch for itself
             _LOG.info("int8gate: built cache entry %s", target)
         return target, False
+
+    def _problem(self, target: Path) -> str | None:
+        with self._usable(target, "read"):
+            if target.exists() and not target.is_file():
+                raise CacheError(
+                    f"cache entry {target} is a directory or another non-file; remove it (the cache holds "
+                    "only files that int8gate writes)."
+                )
+            return entry_problem(target)
+
+    @contextlib.contextmanager
+    def _locked(self, target: Path) -> Iterator[None]:
+        with self._usable(target, "create the folder of"):
+            make_directories(target.parent)
+        lock = FileLock(str(target) + ".lock", mode=LOCK_FILE_MODE)
+        with self._usable(target, "lock"):
+            lock.acquire()
+        try:
+            yield
+        finally:
+            lock.release()
+
+    @contextlib.contextmanager
+    def _usable(self, target: Path, action: str) -> Iterator[None]:
+        """An OSError of the cache's own file operations becomes one sentence naming the directory."""
+        try:
+            yield
+        except OSError as exc:
+            text = str(exc) if isinstance(exc, NotADirectoryError) else exc.strerror or str(exc)
+            raise CacheError(
+                f"the cache directory {self.root} cannot be used: could not {action} cache entry "
+                f"{target.parent.name}/{target.name} "
+                f"({bounded_text(text)}); choose another cache directory or fix this one."
+            ) from exc
 
     @staticmethod
     def _remove_leftovers(target: Path) -> None:

@@ -24,7 +24,7 @@ import onnx
 
 from . import __version__
 from .backends.onnxruntime import OrtRunner
-from .errors import CalibrationError, DataError
+from .errors import CalibrationError, DataError, bounded_repr, bounded_text
 from .graph import add_graph_outputs
 
 CALIBRATORS: tuple[str, ...] = ("max", "percentile", "entropy", "mse")
@@ -59,13 +59,15 @@ class CalibratorSettings:
 
     def __post_init__(self) -> None:
         if isinstance(self.percentile, bool) or not isinstance(self.percentile, (int, float)):
-            raise CalibrationError(f"percentile must be a number, got {self.percentile!r}.")
-        if not (math.isfinite(self.percentile) and 0 < self.percentile <= 100):
-            raise CalibrationError(f"percentile must satisfy 0 < p <= 100, got {self.percentile!r}.")
+            raise CalibrationError(f"percentile must be a number, got {bounded_repr(self.percentile)}.")
+        if not (0 < self.percentile <= 100 and math.isfinite(self.percentile)):  # no float() of 10**400
+            raise CalibrationError(
+                f"percentile must satisfy 0 < p <= 100, got {bounded_repr(self.percentile)}."
+            )
         for name in ("entropy_bins", "entropy_start_bin"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
-                raise CalibrationError(f"{name} must be an integer, got {value!r}.")
+                raise CalibrationError(f"{name} must be an integer, got {bounded_repr(value)}.")
         if not QUANTIZED_LEVELS <= self.entropy_start_bin <= self.entropy_bins:
             raise CalibrationError(
                 f"entropy settings need {QUANTIZED_LEVELS} <= entropy_start_bin <= entropy_bins, got "
@@ -475,14 +477,18 @@ class CalibrationTable:
     def from_json(cls, text: str, source: str = "<string>") -> CalibrationTable:
         try:
             document = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise CalibrationError(f"{source}: not a calibration table (invalid JSON: {exc}).") from exc
+        except RecursionError as exc:  # [[[[... nested deeper than the parser's stack
+            raise CalibrationError(f"{source}: not a calibration table (JSON nested too deeply).") from exc
+        except ValueError as exc:  # invalid JSON, or an integer of more digits than Python converts
+            raise CalibrationError(
+                f"{source}: not a calibration table (invalid JSON: {bounded_text(str(exc))})."
+            ) from exc
         if not isinstance(document, dict) or document.get("format") != TABLE_FORMAT:
             raise CalibrationError(f"{source}: not a pytest-int8gate calibration table.")
         if document.get("format_version") != TABLE_FORMAT_VERSION:
             raise CalibrationError(
-                f"{source}: calibration table format version {document.get('format_version')!r} is not "
-                f"{TABLE_FORMAT_VERSION}; recalibrate."
+                f"{source}: calibration table format version {bounded_repr(document.get('format_version'))} "
+                f"is not {TABLE_FORMAT_VERSION}; recalibrate."
             )
         model_hash = _json_field(document, "model_hash", str, source)
         data_fingerprint = _json_field(document, "data_fingerprint", str, source)
@@ -494,30 +500,39 @@ class CalibrationTable:
         try:
             settings = CalibratorSettings(**settings_doc)
         except TypeError as exc:
-            raise CalibrationError(f"{source}: bad calibrator settings {settings_doc!r}.") from exc
+            shown = bounded_repr(settings_doc)
+            raise CalibrationError(f"{source}: bad calibrator settings {shown}.") from exc
         except CalibrationError as exc:
             raise CalibrationError(f"{source}: {exc}") from exc
         amax: dict[str, dict[str, float]] = {}
         for tensor, by_method in amax_doc.items():
+            shown = bounded_repr(tensor)
             if not isinstance(by_method, dict) or set(by_method) != set(CALIBRATORS):
                 raise CalibrationError(
-                    f"{source}: tensor {tensor!r} must have an amax for each of {', '.join(CALIBRATORS)}."
+                    f"{source}: tensor {shown} must have an amax for each of {', '.join(CALIBRATORS)}."
                 )
             values: dict[str, float] = {}
             for method in CALIBRATORS:
                 value = by_method[method]
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
-                    raise CalibrationError(f"{source}: amax {method!r} of tensor {tensor!r} is not a number.")
-                if not (math.isfinite(value) and value > 0):
+                    raise CalibrationError(f"{source}: amax {method!r} of tensor {shown} is not a number.")
+                try:
+                    number = float(value)  # an integer of 400 digits does not fit a float
+                except OverflowError:
+                    number = math.inf
+                if not (math.isfinite(number) and number > 0):
                     raise CalibrationError(
-                        f"{source}: amax {method!r} of tensor {tensor!r} is {value!r}; it must be finite > 0."
+                        f"{source}: amax {method!r} of tensor {shown} is {bounded_repr(value)}; it must be "
+                        "a finite number > 0."
                     )
-                values[method] = float(value)
+                values[method] = number
             amax[tensor] = values
         skipped: dict[str, str] = {}
         for tensor, reason in skipped_doc.items():
             if not isinstance(reason, str):
-                raise CalibrationError(f"{source}: the skip reason of tensor {tensor!r} is not a string.")
+                raise CalibrationError(
+                    f"{source}: the skip reason of tensor {bounded_repr(tensor)} is not a string."
+                )
             skipped[tensor] = reason
         return cls(
             amax=amax,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -23,7 +24,7 @@ from .choices import BACKEND_NAMES, ORT_MODES, REPAIRS
 from .data import DEFAULT_BATCH_SIZE, batch_size_for, load_dataset
 from .equalize import RULES as EQUALIZATION_RULES
 from .equalize import activation_channel_ranges, equalize, fp32_difference, select_pairs
-from .errors import Int8GateError
+from .errors import Int8GateError, bounded_text
 from .gate import Budget
 from .graph import load_model
 from .pipeline import GatePipeline, GateSpec
@@ -39,6 +40,9 @@ AMAX_PREVIEW = 8
 EXIT_PASS = 0
 EXIT_FAIL = 1
 EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+#: Set to show the traceback of an internal error instead of its one line.
+TRACEBACK_VARIABLE = "INT8GATE_TRACEBACK"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -53,6 +57,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return command(args)
     except Int8GateError as exc:
         print(f"{PROG}: error: {_one_line(str(exc))}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # a defect, not the user's input: still one line, and an error
+        if os.environ.get(TRACEBACK_VARIABLE):
+            raise
+        print(
+            f"{PROG}: internal error: {type(exc).__name__}: {bounded_text(str(exc))} (a bug in {PROG}; "
+            f"{TRACEBACK_VARIABLE}=1 shows the traceback)",
+            file=sys.stderr,
+        )
         return EXIT_ERROR
 
 

@@ -1,30 +1,51 @@
 """Calibration and evaluation data: read it, check it against the model, fingerprint it, batch it.
 
 Sources: a ``.npz`` (keys = model input names, axis 0 = samples), a ``.npy`` (single-input models),
-a folder of ``.npz``/``.npy`` files (read in name order), or ``module:function`` naming a callable
-that yields feed dicts. Arrays are read with ``allow_pickle=False``.
+a folder of ``.npz``/``.npy`` files (read in name order), ``module:function`` naming a callable
+that yields feed dicts, or feed dicts in memory. Arrays are read with ``allow_pickle=False``, and only after
+their declared size was checked against the file. Hostile sources end in one :class:`DataError` sentence:
+no source gives more than ``max_samples`` samples (a loader that never ends stops there), and a loader
+that blocks for ``data_timeout`` seconds without yielding is abandoned.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
+import math
 import os
+import queue
 import re
 import sys
+import threading
+import time
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
 
-from .errors import DataError
+from .errors import DataError, bounded_repr, bounded_text
 from .graph import ModelInfo, TensorInfo
 
 Feeds = dict[str, np.ndarray]
+#: Receives one line about reading data (what is read, how many samples so far, what it waits for).
+DataProgress = Callable[[str], None]
 _LOADER_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 DEFAULT_BATCH_SIZE = 32
+#: Samples one data source may hold at most (the ``max_samples`` setting): a bound on memory and time.
+DEFAULT_MAX_SAMPLES = 100_000
+#: Seconds a ``module:function`` loader may take to yield one item (the ``data_timeout`` setting).
+DEFAULT_DATA_TIMEOUT_S = 300.0
+#: How often a wait for a loader item is reported, and samples read at most (seconds).
+PROGRESS_INTERVAL_S = 5.0
+#: Deflate expands at most ~1032x: a .npz member that claims more than this is forged (a zip bomb).
+_DEFLATE_MAX_RATIO = 1100
+_MAX_SAMPLES_HINT = "the max_samples setting (--int8-max-samples)"
+_TIMEOUT_HINT = "the data_timeout setting (--int8-data-timeout)"
 
 
 @dataclass(frozen=True)
@@ -37,6 +58,8 @@ class Dataset:
     input_names: tuple[str, ...]
     sample_shapes: Mapping[str, tuple[int, ...]]
     chunks: Callable[[], Iterator[Feeds]] = field(repr=False, compare=False)
+    #: A model with a fixed batch axis runs whole batches only: subsets keep a multiple of it.
+    batch_multiple: int = 1
 
     def batches(self, batch_size: int) -> Iterator[Feeds]:
         """Feeds of ``batch_size`` samples (the last one may be smaller), in the source's order."""
@@ -44,6 +67,7 @@ class Dataset:
             raise DataError(f"{self.source}: batch size must be at least 1, not {batch_size}.")
         pending: list[Feeds] = []
         pending_count = 0
+        seen = 0
         # The fingerprint names this content in cache keys and reports: a source that yields anything
         # else on a later pass (a loader with random or one-shot data, a file rewritten mid-run) is an
         # error, never a silent mismatch between what was calibrated, evaluated and cached.
@@ -53,10 +77,13 @@ class Dataset:
                 tuple(chunk[k].shape[1:]) != self.sample_shapes[k] for k in self.input_names
             ):
                 raise DataError(f"{self.source}: {_CHANGED_BETWEEN_PASSES}")
+            size = _chunk_len(chunk)
+            seen += size
+            if seen > self.num_samples:  # also stops a loader that never ends on a later pass
+                raise DataError(f"{self.source}: {_CHANGED_BETWEEN_PASSES}")
             for key in self.input_names:
                 _fingerprint_update(digest, key, chunk[key])
             start = 0
-            size = _chunk_len(chunk)
             while start < size:
                 take = min(batch_size - pending_count, size - start)
                 pending.append({k: v[start : start + take] for k, v in chunk.items()})
@@ -71,16 +98,47 @@ class Dataset:
             raise DataError(f"{self.source}: {_CHANGED_BETWEEN_PASSES}")
 
     def head(self, count: int) -> Dataset:
-        """The first ``count`` samples, held in memory (a fixed subset for repeated evaluations)."""
+        """The first ``count`` samples, held in memory (a fixed subset for repeated evaluations); rounded
+        down to whole batches of a model's fixed batch axis (at least one batch)."""
         count = min(count, self.num_samples)
+        if self.batch_multiple > 1:
+            count = min(max(count - count % self.batch_multiple, self.batch_multiple), self.num_samples)
         taken = next(self.batches(count))
-        return Dataset.from_arrays(taken, source=f"{self.source}[:{count}]")
+        subset = Dataset.from_arrays(taken, source=f"{self.source}[:{count}]")
+        return replace(subset, batch_multiple=self.batch_multiple)
 
     @staticmethod
     def from_arrays(feeds: Mapping[str, np.ndarray], *, source: str = "<arrays>") -> Dataset:
         """A dataset over in-memory arrays (axis 0 = samples), not yet checked against a model."""
         arrays = {k: np.asarray(v) for k, v in feeds.items()}
         return _scan(lambda: iter([arrays]), source)
+
+    @staticmethod
+    def from_feeds(
+        items: Iterable[Mapping[str, Any]],
+        *,
+        source: str = "<feed dicts>",
+        max_samples: int = DEFAULT_MAX_SAMPLES,
+    ) -> Dataset:
+        """A dataset over feed dicts (a list, or a generator that can be read only once: its items are
+        copied into memory, at most ``max_samples`` samples), not yet checked against a model."""
+        chunks: list[Feeds] = []
+        total = 0
+        for index, feeds in enumerate(items):
+            if not isinstance(feeds, Mapping):
+                raise DataError(f"{source}: item {index} is a {type(feeds).__name__}, not a dict of arrays.")
+            try:
+                arrays = {str(k): np.array(v) for k, v in feeds.items()}
+            except Exception as exc:  # ragged lists and the like
+                raise DataError(
+                    f"{source}: item {index} is not a dict of arrays ({type(exc).__name__}: "
+                    f"{bounded_text(str(exc))})."
+                ) from exc
+            chunks.append(arrays)
+            total += max((a.shape[0] for a in arrays.values() if a.ndim), default=0)
+            if total > max_samples:
+                raise DataError(_too_many(source, "the feed dicts hold", max_samples))
+        return _scan(lambda: iter(chunks), source)
 
 
 _CHANGED_BETWEEN_PASSES = (
@@ -115,37 +173,69 @@ def load_dataset(
     *,
     role: str = "calibration",
     search_path: str | os.PathLike[str] | None = None,
+    max_samples: int = DEFAULT_MAX_SAMPLES,
+    timeout_s: float = DEFAULT_DATA_TIMEOUT_S,
+    progress: DataProgress | None = None,
 ) -> Dataset:
-    """Read the data named by ``spec`` and check it against ``model``'s inputs."""
+    """Read the data named by ``spec`` and check it against ``model``'s inputs.
+
+    At most ``max_samples`` samples are read; a ``module:function`` loader that yields no item for
+    ``timeout_s`` seconds is abandoned (its thread cannot be stopped and is left to end with the process).
+    ``progress`` hears what is read, the samples so far and any wait for a loader.
+    """
     text = os.fspath(spec)
+    report = progress or _silent
     if is_loader_spec(text):
-        chunks = _loader_chunks(text, model, search_path)
+        chunks = _loader_chunks(text, model, search_path, timeout_s, report)
     else:
-        chunks = _file_chunks(Path(text), model, role)
-    return _scan(chunks, text, model, role)
+        chunks = _file_chunks(Path(text), model, role, max_samples)
+    report(f"reading {role} data {text}")
+    return _scan(chunks, text, model, role, max_samples=max_samples, progress=report)
 
 
-def _file_chunks(path: Path, model: ModelInfo, role: str) -> Callable[[], Iterator[Feeds]]:
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix in (".npz", ".npy") and p.is_file())
-        if not files:
-            raise DataError(f"{path}: the {role} data folder holds no .npz or .npy files.")
-    elif path.is_file():
-        if path.suffix not in (".npz", ".npy"):
-            raise DataError(f"{path}: {role} data must be .npz, .npy, a folder of them, or module:function.")
-        files = [path]
-    else:
-        raise DataError(f"{path}: {role} data not found.")
+def _silent(message: str) -> None:
+    pass
+
+
+def _too_many(source: str, what: str, max_samples: int) -> str:
+    return (
+        f"{source}: {what} more than {max_samples} samples, the cap set by {_MAX_SAMPLES_HINT}; give "
+        "fewer samples or raise the cap."
+    )
+
+
+def _file_chunks(path: Path, model: ModelInfo, role: str, max_samples: int) -> Callable[[], Iterator[Feeds]]:
+    try:
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.suffix in (".npz", ".npy") and p.is_file())
+            if not files:
+                raise DataError(f"{path}: the {role} data folder holds no .npz or .npy files.")
+        elif path.is_file():
+            if path.suffix not in (".npz", ".npy"):
+                raise DataError(
+                    f"{path}: {role} data must be .npz, .npy, a folder of them, or module:function."
+                )
+            files = [path]
+        else:
+            raise DataError(f"{path}: {role} data not found.")
+    except (OSError, ValueError) as exc:  # a NUL byte, a name too long, a folder that cannot be listed
+        raise DataError(
+            f"{bounded_repr(str(path))}: cannot read the {role} data ({bounded_text(str(exc))})."
+        ) from exc
 
     def chunks() -> Iterator[Feeds]:
         for file in files:
-            yield _read_array_file(file, model)
+            yield _read_array_file(file, model, max_samples)
 
     return chunks
 
 
-def read_numpy_file(path: Path) -> dict[str, np.ndarray]:
-    """The arrays of a ``.npz`` by name, or a ``.npy``'s array under the key ``""``; never unpickles."""
+def read_numpy_file(path: Path, *, max_rows: int | None = None) -> dict[str, np.ndarray]:
+    """The arrays of a ``.npz`` by name, or a ``.npy``'s array under the key ``""``; never unpickles.
+
+    Each array's header is read first: an array that declares more bytes than the file can hold (a
+    forged header), or more than ``max_rows`` samples, is refused before anything is allocated.
+    """
     try:
         with path.open("rb") as handle:
             magic = handle.read(6)
@@ -153,23 +243,93 @@ def read_numpy_file(path: Path) -> dict[str, np.ndarray]:
             if path.suffix == ".npy":
                 if magic != b"\x93NUMPY":
                     raise DataError(f"{path}: not a readable numpy file (no .npy header).")
-                return {"": np.load(handle, allow_pickle=False)}
+                _check_npy_header(handle, os.fstat(handle.fileno()).st_size, path, "", max_rows)
+                handle.seek(0)
+                return {"": np.lib.format.read_array(handle, allow_pickle=False)}
             if not magic.startswith(b"PK"):
                 raise DataError(f"{path}: not a readable numpy file (a .npz must be a zip archive).")
-            with np.load(handle, allow_pickle=False) as archive:
-                return {key: archive[key] for key in archive.files}
+            with zipfile.ZipFile(handle) as archive:
+                return _read_npz(archive, path, os.fstat(handle.fileno()).st_size, max_rows)
     except DataError:
         raise
+    except MemoryError as exc:
+        raise DataError(f"{path}: does not fit in memory; give fewer samples per file.") from exc
     except ValueError as exc:
         if "pickle" in str(exc).lower():
             raise DataError(f"{path}: holds pickled objects, which are refused; save plain arrays.") from exc
-        raise DataError(f"{path}: not a readable numpy file ({exc}).") from exc
-    except (OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise DataError(f"{path}: not a readable numpy file ({exc}).") from exc
+        raise DataError(f"{path}: not a readable numpy file ({bounded_text(str(exc))}).") from exc
+    except (OSError, EOFError, zipfile.BadZipFile, NotImplementedError, RuntimeError) as exc:
+        # RuntimeError: an encrypted member; NotImplementedError: an unknown compression method
+        raise DataError(f"{path}: not a readable numpy file ({bounded_text(str(exc))}).") from exc
 
 
-def _read_array_file(path: Path, model: ModelInfo) -> Feeds:
-    arrays = read_numpy_file(path)
+def _read_npz(
+    archive: zipfile.ZipFile, path: Path, archive_size: int, max_rows: int | None
+) -> dict[str, np.ndarray]:
+    arrays: dict[str, np.ndarray] = {}
+    for info in archive.infolist():
+        if info.is_dir():
+            continue
+        if not info.filename.endswith(".npy"):
+            raise DataError(
+                f"{path}: member {bounded_repr(info.filename)} is not a .npy array; a .npz holds only "
+                "arrays saved by numpy (np.savez)."
+            )
+        key = info.filename[: -len(".npy")]
+        if key in arrays:
+            raise DataError(f"{path}: array {bounded_repr(key)} appears twice in the archive.")
+        # the sizes come from the archive's directory: bound them by the bytes the archive really has
+        if info.compress_size > archive_size or (
+            info.compress_type == zipfile.ZIP_STORED and info.file_size > info.compress_size
+        ):
+            raise DataError(
+                f"{path}: member {bounded_repr(info.filename)} claims more bytes than the file has."
+            )
+        if info.compress_type == zipfile.ZIP_DEFLATED and info.file_size > (
+            info.compress_size * _DEFLATE_MAX_RATIO + 4096
+        ):
+            raise DataError(
+                f"{path}: member {bounded_repr(info.filename)} claims to expand {info.file_size} bytes from "
+                f"{info.compress_size}, more than deflate can; the archive is forged."
+            )
+        with archive.open(info) as member:
+            _check_npy_header(member, info.file_size, path, key, max_rows)
+        with archive.open(info) as member:
+            arrays[key] = np.lib.format.read_array(member, allow_pickle=False)
+    return arrays
+
+
+def _check_npy_header(stream: IO[bytes], size: int, path: Path, key: str, max_rows: int | None) -> None:
+    """Read a ``.npy`` header from ``stream`` (``size`` bytes with the header) and refuse what cannot be
+    read honestly: pickled objects, a payload larger than the bytes present, more than ``max_rows``."""
+    version = np.lib.format.read_magic(stream)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
+    else:  # 2.0 and 3.0 share the layout (3.0 only allows utf-8 in the header text)
+        shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
+    array = f"array {bounded_repr(key)}" if key else "the array"
+    if dtype.hasobject:
+        raise DataError(f"{path}: holds pickled objects, which are refused; save plain arrays.")
+    declared = math.prod(shape) * dtype.itemsize
+    available = size - stream.tell()
+    if declared > available:
+        raise DataError(
+            f"{path}: {array} declares shape {list(shape)} of {dtype} ({_bytes_text(declared)}) but the "
+            f"file holds only {_bytes_text(max(available, 0))} of it; the file is truncated or forged."
+        )
+    if max_rows is not None and shape and shape[0] > max_rows:
+        raise DataError(_too_many(str(path), f"{array} holds {shape[0]} samples,", max_rows))
+
+
+def _bytes_text(count: int) -> str:
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("kB", 1000)):
+        if count >= size:
+            return f"{count / size:.1f} {unit}"
+    return f"{count} bytes"
+
+
+def _read_array_file(path: Path, model: ModelInfo, max_samples: int) -> Feeds:
+    arrays = read_numpy_file(path, max_rows=max_samples)
     if path.suffix != ".npy":
         return arrays
     if len(model.inputs) != 1:
@@ -179,53 +339,144 @@ def _read_array_file(path: Path, model: ModelInfo) -> Feeds:
 
 
 def _loader_chunks(
-    spec: str, model: ModelInfo, search_path: str | os.PathLike[str] | None
+    spec: str,
+    model: ModelInfo,
+    search_path: str | os.PathLike[str] | None,
+    timeout_s: float,
+    progress: DataProgress,
 ) -> Callable[[], Iterator[Feeds]]:
     module_name, _, func_name = spec.partition(":")
     if search_path is not None and os.fspath(search_path) not in sys.path:
         sys.path.insert(0, os.fspath(search_path))
     try:
         module = importlib.import_module(module_name)
-    except Exception as exc:
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # SystemExit too: importing the user's module must not end the run
         raise DataError(
-            f"{spec}: cannot import module {module_name!r} ({type(exc).__name__}: {exc})."
+            f"{spec}: cannot import module {module_name!r} ({type(exc).__name__}: {bounded_text(str(exc))})."
         ) from exc
     func = getattr(module, func_name, None)
     if not callable(func):
         raise DataError(f"{spec}: module {module_name!r} has no callable {func_name!r}.")
 
     def chunks() -> Iterator[Feeds]:
-        try:
-            produced = func()
-        except Exception as exc:  # the user's code: its failure is a data error naming the loader
-            raise DataError(f"{spec}: the data loader raised {type(exc).__name__}: {exc}") from exc
-        if isinstance(produced, Mapping):
-            produced = [produced]
-        if not isinstance(produced, Iterable):
-            raise DataError(f"{spec}: must return or yield dicts of input name -> array.")
-        items = iter(produced)
-        index = 0
-        while True:
-            try:  # only the loader's own code runs in here; the consumer's errors never pass through
-                feeds = next(items)
-                if not isinstance(feeds, Mapping):
-                    raise DataError(
-                        f"{spec}: item {index} is a {type(feeds).__name__}, not a dict of arrays."
-                    )
-                # copies: a loader may refill one buffer for every item, and a batch can span items
-                arrays = {str(k): np.array(v) for k, v in feeds.items()}
-            except StopIteration:
-                return
-            except DataError:
-                raise
-            except Exception as exc:
-                raise DataError(
-                    f"{spec}: the data loader raised {type(exc).__name__} at item {index}: {exc}"
-                ) from exc
-            yield arrays
-            index += 1
+        return _loader_items(spec, func, timeout_s, progress)
 
     return chunks
+
+
+def _loader_items(
+    spec: str, func: Callable[[], object], timeout_s: float, progress: DataProgress
+) -> Iterator[Feeds]:
+    """The loader's items, produced in a daemon thread so that a loader that blocks can be abandoned
+    after ``timeout_s`` seconds; at most one item is made ahead of the consumer."""
+    handoff: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+    worker = threading.Thread(
+        target=_run_loader, args=(spec, func, handoff, stop), name=f"int8gate loader {spec}", daemon=True
+    )
+    worker.start()
+    index = 0
+    try:
+        while True:
+            kind, payload = _next_from_loader(handoff, spec, index, timeout_s, progress)
+            if kind == "end":
+                return
+            if kind == "raise":
+                raise payload
+            yield payload
+            index += 1
+    finally:
+        stop.set()  # the worker closes the loader's generator when it next gets control
+
+
+def _next_from_loader(
+    handoff: queue.Queue[tuple[str, Any]], spec: str, index: int, timeout_s: float, progress: DataProgress
+) -> tuple[str, Any]:
+    started = time.monotonic()
+    while True:
+        waited = time.monotonic() - started
+        if waited >= timeout_s:
+            raise DataError(
+                f"{spec}: the data loader yielded no item for {timeout_s:g} s (waiting for item {index}), "
+                f"the limit set by {_TIMEOUT_HINT}; it was abandoned."
+            )
+        try:
+            return handoff.get(timeout=min(PROGRESS_INTERVAL_S, timeout_s - waited))
+        except queue.Empty:
+            waited = time.monotonic() - started
+            if waited < timeout_s:
+                progress(
+                    f"waiting for {spec} to yield item {index}: {waited:.0f} s of at most {timeout_s:g} s"
+                )
+
+
+def _run_loader(
+    spec: str, func: Callable[[], object], handoff: queue.Queue[tuple[str, Any]], stop: threading.Event
+) -> None:
+    """The worker: call the loader, copy each item's arrays, hand them over; every failure (SystemExit
+    too) becomes a message for the consumer."""
+
+    def hand_over(kind: str, payload: Any) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put((kind, payload), timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    produced: object = None
+    index: int | None = None
+    try:
+        produced = func()
+        if isinstance(produced, Mapping):
+            produced = [produced]
+        if not isinstance(produced, Iterable) or isinstance(produced, (str, bytes)):
+            hand_over("raise", DataError(f"{spec}: must return or yield dicts of input name -> array."))
+            return
+        items = iter(produced)
+        index = 0
+        while not stop.is_set():
+            try:
+                feeds = next(items)
+            except StopIteration:
+                hand_over("end", None)
+                return
+            if not isinstance(feeds, Mapping):
+                raise DataError(f"{spec}: item {index} is a {type(feeds).__name__}, not a dict of arrays.")
+            # copies: a loader may refill one buffer for every item, and a batch can span items
+            arrays = {str(k): np.array(v) for k, v in feeds.items()}
+            if not hand_over("item", arrays):
+                return
+            index += 1
+    except DataError as exc:
+        hand_over("raise", exc)
+    except BaseException as exc:  # the user's code: its failure is a data error naming the loader
+        hand_over("raise", _loader_failure(spec, exc, index))
+    finally:
+        close = getattr(produced, "close", None)
+        if stop.is_set() and callable(close):  # abandoned mid-way: let the generator's cleanup run
+            with contextlib.suppress(BaseException):
+                close()
+
+
+def _loader_failure(spec: str, exc: BaseException, index: int | None) -> BaseException:
+    if isinstance(exc, KeyboardInterrupt):
+        return exc  # raised again by the consumer: an interrupt still stops the run
+    at = "" if index is None else f" at item {index}"
+    if isinstance(exc, SystemExit):
+        error = DataError(
+            f"{spec}: the data loader called sys.exit({bounded_repr(exc.code)}){at}; a loader must return "
+            "or raise, not end the process."
+        )
+    else:
+        error = DataError(
+            f"{spec}: the data loader raised {type(exc).__name__}{at}: {bounded_text(str(exc))}"
+        )
+    error.__cause__ = exc
+    return error
 
 
 def _scan(
@@ -233,46 +484,37 @@ def _scan(
     source: str,
     model: ModelInfo | None = None,
     role: str = "calibration",
+    *,
+    max_samples: int | None = None,
+    progress: DataProgress = _silent,
 ) -> Dataset:
     """One pass: count samples, check chunks (against ``model`` if given), fingerprint the content."""
     digest = hashlib.sha256()
     total = 0
     names: tuple[str, ...] | None = None
     shapes: dict[str, tuple[int, ...]] = {}
-    for index, chunk in enumerate(chunks()):
-        keys = tuple(sorted(chunk))
-        if not keys:
-            raise DataError(f"{source}: chunk {index} holds no arrays.")
-        if names is None:
-            names = keys
-            if model is not None:
-                _check_names(source, role, keys, model)
-        elif keys != names:
-            raise DataError(f"{source}: chunk {index} has arrays {list(keys)}, earlier chunks {list(names)}.")
-        lengths = {k: (chunk[k].shape[0] if chunk[k].ndim else -1) for k in keys}
-        if len(set(lengths.values())) != 1 or -1 in lengths.values():
-            raise DataError(
-                f"{source}: arrays must share axis 0 (samples); chunk {index} has lengths {lengths}."
-            )
-        for key in keys:
-            array = chunk[key]
-            if array.dtype.hasobject:
-                raise DataError(f"{source}: array {key!r} has dtype object; save numeric arrays.")
-            shape = tuple(int(d) for d in array.shape[1:])
-            if shapes.setdefault(key, shape) != shape:
-                raise DataError(
-                    f"{source}: array {key!r} has per-sample shape {list(shape)} in chunk {index} "
-                    f"but {list(shapes[key])} before; shapes must not vary."
-                )
-            if model is not None:
-                _check_values(source, total, model.input(key), array)
-            _fingerprint_update(digest, key, array)
-        total += lengths[keys[0]]
+    reported = time.monotonic()
+    stream = chunks()
+    try:
+        for index, chunk in enumerate(stream):
+            total += _scan_chunk(chunk, index, source, model, role, total, names, shapes, digest)
+            names = names or tuple(sorted(chunk))
+            if max_samples is not None and total > max_samples:
+                raise DataError(_too_many(source, f"the {role} data holds", max_samples))
+            if time.monotonic() - reported >= PROGRESS_INTERVAL_S:
+                progress(f"read {total} samples of {source}")
+                reported = time.monotonic()
+    finally:
+        close = getattr(stream, "close", None)
+        if callable(close):  # a loader stopped at the cap or at an error stops producing now
+            close()
     if names is None or total == 0:
         raise DataError(f"{source}: the data holds no samples.")
+    multiple = 1
     if model is not None:
         for tensor in model.inputs:
             _check_shape(source, tensor, shapes[tensor.name])
+        multiple = _whole_batches(source, role, model, total)
     return Dataset(
         source=source,
         num_samples=total,
@@ -280,6 +522,68 @@ def _scan(
         input_names=names,
         sample_shapes=shapes,
         chunks=chunks,
+        batch_multiple=multiple,
+    )
+
+
+def _scan_chunk(
+    chunk: Feeds,
+    index: int,
+    source: str,
+    model: ModelInfo | None,
+    role: str,
+    first_sample: int,
+    names: tuple[str, ...] | None,
+    shapes: dict[str, tuple[int, ...]],
+    digest: hashlib._Hash,
+) -> int:
+    """Check one chunk against the ones before (and ``model``); fingerprint it; return its length."""
+    keys = tuple(sorted(chunk))
+    if not keys:
+        raise DataError(f"{source}: chunk {index} holds no arrays.")
+    if names is None:
+        if model is not None:
+            _check_names(source, role, keys, model)
+    elif keys != names:
+        raise DataError(
+            f"{source}: chunk {index} has arrays {bounded_repr(list(keys))}, earlier chunks "
+            f"{bounded_repr(list(names))}."
+        )
+    lengths = {k: (chunk[k].shape[0] if chunk[k].ndim else -1) for k in keys}
+    if len(set(lengths.values())) != 1 or -1 in lengths.values():
+        raise DataError(
+            f"{source}: arrays must share axis 0 (samples); chunk {index} has lengths "
+            f"{bounded_repr(lengths)}."
+        )
+    for key in keys:
+        array = chunk[key]
+        if array.dtype.hasobject:
+            raise DataError(f"{source}: array {bounded_repr(key)} has dtype object; save numeric arrays.")
+        shape = tuple(int(d) for d in array.shape[1:])
+        if shapes.setdefault(key, shape) != shape:
+            raise DataError(
+                f"{source}: array {bounded_repr(key)} has per-sample shape {list(shape)} in chunk {index} "
+                f"but {list(shapes[key])} before; shapes must not vary."
+            )
+        if model is not None:
+            _check_values(source, first_sample, model.input(key), array)
+        _fingerprint_update(digest, key, array)
+    return lengths[keys[0]]
+
+
+def _whole_batches(source: str, role: str, model: ModelInfo, total: int) -> int:
+    """A model exported with a fixed batch axis runs whole batches only: refuse a sample count that
+    would leave a partial batch (padding it would put invented samples into calibration statistics)."""
+    fixed = fixed_batch_size(model)
+    if fixed is None or total % fixed == 0:
+        return fixed or 1
+    tensor = next(t for t in model.inputs if t.shape and t.shape[0] == fixed)
+    usable = total - total % fixed
+    example = f"e.g. {usable}" if usable else f"at least {fixed}"
+    raise DataError(
+        f"{source}: {total} {role} samples do not fill whole batches of {fixed}, the fixed batch axis of "
+        f"model input {tensor.name!r} {tensor.shape_text()}; give a multiple of {fixed} samples ({example}) "
+        "or export the model with a dynamic batch axis."
     )
 
 
@@ -329,12 +633,17 @@ def _check_shape(source: str, tensor: TensorInfo, sample_shape: tuple[int, ...])
             )
 
 
-def batch_size_for(model: ModelInfo, requested: int = DEFAULT_BATCH_SIZE) -> int:
-    """A model exported with a fixed batch axis (often 1) must be fed exactly that many samples."""
+def fixed_batch_size(model: ModelInfo) -> int | None:
+    """The batch every run of ``model`` must have when its inputs fix axis 0 (often 1), else None."""
     fixed = {t.shape[0] for t in model.inputs if t.shape and isinstance(t.shape[0], int) and t.shape[0] > 0}
     if len(fixed) > 1:
         raise DataError(f"{model.source}: inputs have different fixed batch sizes {sorted(fixed)}.")
-    return int(fixed.pop()) if fixed else requested
+    return int(fixed.pop()) if fixed else None
+
+
+def batch_size_for(model: ModelInfo, requested: int = DEFAULT_BATCH_SIZE) -> int:
+    """A model exported with a fixed batch axis (often 1) must be fed exactly that many samples."""
+    return fixed_batch_size(model) or requested
 
 
 def load_labels(path: str | os.PathLike[str], num_samples: int, *, classes: int | None = None) -> np.ndarray:

@@ -14,7 +14,7 @@ import numpy as np
 
 from .backends import Runner
 from .data import Dataset, Feeds
-from .errors import DataError, NonFiniteOutputError
+from .errors import DataError, ModelError, NonFiniteOutputError
 from .results import Comparison as Comparison  # its home is results.py; this path stays importable
 
 #: A user KPI: (outputs [N, ...], labels or None) -> score, higher is better.
@@ -42,6 +42,11 @@ def check_finite(array: np.ndarray, *, precision: str, output: str, first_sample
 
 def run_output(runner: Runner, feeds: Feeds, output: str, *, precision: str, first_sample: int) -> np.ndarray:
     value = runner.run(feeds)[output]
+    if value.ndim == 0:  # outputs are compared sample by sample: a scalar has no sample axis
+        raise ModelError(
+            f"the {precision} model's output {output!r} is a scalar (0-d), which has no sample axis to "
+            "compare per sample; gate another output (the output setting) or give the scalar a batch axis."
+        )
     check_finite(value, precision=precision, output=output, first_sample=first_sample)
     return value
 

@@ -18,13 +18,15 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .errors import ModelError
+from .errors import ModelError, bounded_repr, bounded_text
 
 #: Ops whose inputs get Q/DQ; residual ``Add`` nodes are added by :func:`quantizable_layers`.
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 #: Ops that TensorRT fuses with a following residual Add ("Conv + Add" fusion).
 RESIDUAL_PRODUCERS = ("Conv", "ConvTranspose")
 MIN_OPSET = 13
+#: A model is held as one protobuf message, which cannot exceed 2 GiB.
+PROTOBUF_LIMIT = 2**31 - 1
 
 Dim = int | str | None
 
@@ -92,7 +94,12 @@ class LoadedModel:
 
 
 def load_model(path: str | os.PathLike[str]) -> LoadedModel:
-    """Read, validate and prepare the ONNX model at ``path``; raise :class:`ModelError` if unusable."""
+    """Read, validate and prepare the ONNX model at ``path``; raise :class:`ModelError` if unusable.
+
+    The file is validated by path (onnx's checker reads external data itself, so a model over protobuf's
+    2 GiB is checked, not called invalid); external data is checked to be inside the model's folder, and
+    its size against :data:`PROTOBUF_LIMIT`, before any of it is read.
+    """
     model_path = Path(path)
     if not model_path.is_file():
         raise ModelError(f"{model_path}: ONNX model file not found.")
@@ -100,27 +107,77 @@ def load_model(path: str | os.PathLike[str]) -> LoadedModel:
     try:
         proto = onnx.load_model_from_string(data)
     except Exception as exc:  # protobuf raises DecodeError and others
-        raise ModelError(f"{model_path}: not a readable ONNX model ({type(exc).__name__}: {exc}).") from exc
+        raise ModelError(
+            f"{model_path}: not a readable ONNX model ({type(exc).__name__}: {bounded_text(str(exc))})."
+        ) from exc
     if not proto.graph.node:
         raise ModelError(f"{model_path}: the ONNX graph has no nodes (empty or corrupt file).")
     digest = hashlib.sha256(data)
     base_dir = model_path.resolve().parent
-    for location in _external_locations(proto):
-        target = (base_dir / location).resolve()
-        if not target.is_relative_to(base_dir):
-            raise ModelError(
-                f"{model_path}: external data file {location!r} lies outside the model's folder; refused."
-            )
-        if not target.is_file():
-            raise ModelError(f"{model_path}: external data file {location!r} is missing.")
+    locations = _external_locations(proto)
+    targets = [_external_file(model_path, base_dir, location) for location in locations]
+    _check_model(proto, model_path, str(model_path))
+    total = len(data) + _external_bytes(proto, dict(zip(locations, targets, strict=True)))
+    if total > PROTOBUF_LIMIT:
+        raise ModelError(
+            f"{model_path}: a valid model, but {_size_text(total)} with its external data, and this "
+            f"version holds each model as one protobuf, which cannot exceed {_size_text(PROTOBUF_LIMIT)}; "
+            "models this large are not supported yet."
+        )
+    for location, target in zip(locations, targets, strict=True):
         digest.update(location.encode())
         digest.update(target.read_bytes())
-    if _external_locations(proto):
+    if locations:
         try:
             onnx.load_external_data_for_model(proto, str(base_dir))
         except Exception as exc:  # offsets/lengths past the file's end and the like
-            raise ModelError(f"{model_path}: cannot read its external data ({_first_line(exc)}).") from exc
-    return prepare_model(proto, source=str(model_path), content_hash=digest.hexdigest())
+            raise ModelError(
+                f"{model_path}: cannot read its external data ({bounded_text(str(exc))})."
+            ) from exc
+    return prepare_model(proto, source=str(model_path), content_hash=digest.hexdigest(), checked=True)
+
+
+def _size_text(count: int) -> str:
+    return f"{count / 2**30:.2f} GiB" if count >= 2**28 else f"{count} bytes"
+
+
+def _external_file(model_path: Path, base_dir: Path, location: str) -> Path:
+    """The file an external-data ``location`` names, refused unless it is a file in the model's folder."""
+    shown = bounded_repr(location)
+    if "\0" in location:
+        raise ModelError(f"{model_path}: external data location {shown} holds a NUL byte; refused.")
+    try:
+        target = (base_dir / location).resolve()
+        if not target.is_relative_to(base_dir):
+            raise ModelError(
+                f"{model_path}: external data file {shown} lies outside the model's folder; refused."
+            )
+        if not target.is_file():
+            raise ModelError(f"{model_path}: external data file {shown} is missing.")
+    except OSError as exc:  # a name longer than the file system allows, a loop of links...
+        raise ModelError(
+            f"{model_path}: external data location {shown} ({len(location)} characters) cannot be used "
+            f"({bounded_text(exc.strerror or str(exc))})."
+        ) from exc
+    return target
+
+
+def _external_bytes(proto: onnx.ModelProto, files: dict[str, Path]) -> int:
+    """Bytes the model's external tensors will occupy once read (``length``, else the rest of the file)."""
+    total = 0
+    for tensor in _all_tensors(proto.graph):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        entries = {entry.key: entry.value for entry in tensor.external_data}
+        target = files.get(entries.get("location", ""))
+        size = target.stat().st_size if target is not None else 0
+        try:
+            offset = int(entries.get("offset", "0"))
+            length = int(entries["length"]) if "length" in entries else size - offset
+        except ValueError:
+            length = size  # onnx refuses it when it reads the data, with its own message
+        total += max(min(length, size), 0)
+    return total
 
 
 def _external_locations(proto: onnx.ModelProto) -> list[str]:
@@ -160,17 +217,20 @@ def model_hash(proto: onnx.ModelProto) -> str:
 
 
 def prepare_model(
-    proto: onnx.ModelProto, *, source: str = "<in-memory model>", content_hash: str | None = None
+    proto: onnx.ModelProto,
+    *,
+    source: str = "<in-memory model>",
+    content_hash: str | None = None,
+    checked: bool = False,
 ) -> LoadedModel:
-    """Validate ``proto`` and return a prepared copy with its :class:`ModelInfo`."""
+    """Validate ``proto`` (unless ``checked``: :func:`load_model` checks files by path) and return a
+    prepared copy with its :class:`ModelInfo`."""
     digest = content_hash or model_hash(proto)
     model = onnx.ModelProto()
     model.CopyFrom(proto)
     notes: list[str] = []
-    try:
-        onnx.checker.check_model(model)
-    except Exception as exc:
-        raise ModelError(f"{source}: invalid ONNX model: {_first_line(exc)}") from exc
+    if not checked:
+        _check_model(model, source, model)
 
     opset = _default_opset(model)
     newest = onnx.defs.onnx_opset_version()
@@ -220,8 +280,46 @@ def prepare_model(
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    """Another library's message on one line, whole but bounded (onnx's checker names the node on its
+    second line)."""
+    return bounded_text(str(exc)) or type(exc).__name__
+
+
+def _check_model(proto: onnx.ModelProto, source: str | Path, checked: onnx.ModelProto | str) -> None:
+    """onnx's checker on ``checked`` (a proto, or a file path that lets it read external data)."""
+    try:
+        onnx.checker.check_model(checked)
+    except Exception as exc:
+        cycle = graph_cycle(proto.graph)
+        found = f"the graph has a cycle ({' -> '.join(cycle)}); " if cycle else ""
+        raise ModelError(f"{source}: invalid ONNX model: {found}{_first_line(exc)}") from exc
+
+
+def graph_cycle(graph: onnx.GraphProto) -> list[str] | None:
+    """Node names along a cycle of the top-level graph in data-flow order (the first node repeated at
+    the end), or None; iterative, so a long chain cannot exhaust the recursion limit."""
+    producers = {out: index for index, node in enumerate(graph.node) for out in node.output if out}
+    feeding = [[producers[i] for i in node.input if i in producers] for node in graph.node]
+    state = [0] * len(graph.node)  # 0 new, 1 on the current path, 2 done
+    for root in range(len(graph.node)):
+        if state[root]:
+            continue
+        state[root] = 1
+        path = [root]
+        stack = [iter(feeding[root])]
+        while stack:
+            following = next(stack[-1], None)
+            if following is None:
+                stack.pop()
+                state[path.pop()] = 2
+            elif state[following] == 1:
+                loop = [*path[path.index(following) :], following]
+                return [graph.node[i].name or f"#{i} {graph.node[i].op_type}" for i in reversed(loop)]
+            elif state[following] == 0:
+                state[following] = 1
+                path.append(following)
+                stack.append(iter(feeding[following]))
+    return None
 
 
 def _default_opset(model: onnx.ModelProto) -> int:

@@ -141,7 +141,7 @@ class Int8HtmlExtras:
         report = yield
         records: Sequence[Mapping[str, Any]] = getattr(report, "int8gate_records", None) or []
         if records:
-            from pytest_html import extras  # type: ignore[import-not-found,unused-ignore]
+            from pytest_html import extras  # type: ignore[import-not-found,import-untyped,unused-ignore]
 
             report.extras = [  # type: ignore[attr-defined]
                 *getattr(report, "extras", []),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import platform
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import onnx
 import onnxruntime as ort
 
 from ..choices import ORT_MODES
-from ..errors import BackendError
+from ..errors import BackendError, bounded_text
 from .base import BackendInfo, ClosingRunner
 
 #: CPU flags that decide how ONNX Runtime's int8 kernels behave.
@@ -50,6 +51,42 @@ def device_text() -> str:
     return f"cpu {platform.machine()} ({vnni}: {features})"
 
 
+_NO_KERNEL = re.compile(r"Could not find an implementation for (\w+)\((\d+)\)")
+
+
+def build_failure(precision: str, model: onnx.ModelProto, exc: Exception) -> str:
+    """One sentence for a session that would not build; an op at an opset newer than this ONNX Runtime
+    implements is named as the model's opset (the Q/DQ nodes the gate inserts take the model's opset)."""
+    missing = _NO_KERNEL.search(str(exc))
+    if missing is not None:
+        op, version = missing.group(1), int(missing.group(2))
+        newest = newest_cpu_kernel(op)
+        opset = next((e.version for e in model.opset_import if e.domain in ("", "ai.onnx")), version)
+        if newest is not None and version > newest:
+            return (
+                f"the model's opset {opset} is newer than ONNX Runtime {ort.__version__} supports for {op} "
+                f"(its newest {op} is from opset {newest}); re-export the model at opset {newest} or lower, "
+                "or upgrade onnxruntime."
+            )
+    return f"ONNX Runtime could not build the {precision} model: {bounded_text(str(exc))}"
+
+
+@functools.cache
+def newest_cpu_kernel(op: str) -> int | None:
+    """The newest opset of ``op`` (default domain) that ONNX Runtime's CPU provider implements."""
+    try:
+        from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+        versions = [
+            int(kernel.version_range[0])
+            for kernel in state.get_all_opkernel_def()
+            if kernel.op_name == op and kernel.domain in ("", "ai.onnx") and "CPU" in kernel.provider
+        ]
+    except Exception:  # not a public API: without it the raw message stands
+        return None
+    return max(versions, default=None)
+
+
 class OrtRunner(ClosingRunner):
     """One ONNX Runtime CPU session; ``close()`` releases it."""
 
@@ -70,7 +107,7 @@ class OrtRunner(ClosingRunner):
                 model.SerializeToString(), options, providers=["CPUExecutionProvider"]
             )
         except Exception as exc:
-            raise BackendError(f"ONNX Runtime could not build the {precision} model: {exc}") from exc
+            raise BackendError(build_failure(precision, model, exc)) from exc
         self._output_names = tuple(o.name for o in self._session.get_outputs())
         self._info = BackendInfo(
             backend="onnxruntime",
