@@ -34,7 +34,7 @@ STUB_FILES = ("tensorrt/__init__.pyi", "tensorrt_bindings/__init__.pyi", "tensor
 BINDINGS = "tensorrt_bindings/tensorrt.pyi"
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-TARGET = "pytest_int8gate/backends/tensorrt.py"
+TARGET = "pytest_int8gate/backends/tensorrt"
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """Tests for pytest_int8gate.backends.tensorrt.
 
 The pure helpers (cache keys, profile shapes, parser messages) and the "TensorRT is missing" paths run
-everywhere. Tests that build engines need TensorRT, cuda-python and a GPU and skip without them: this
-project's CI has none, so they have never run there.
+everywhere; so does the whole build-and-run path with ``tests/fake_tensorrt.py`` standing in for TensorRT
+and cuda-python (see tests/test_backend_tensorrt_fake.py). Tests that build real engines need TensorRT,
+cuda-python and a GPU and skip without them: this project's CI has none, so they have never run there.
 """
 
 from __future__ import annotations
@@ -321,8 +322,12 @@ def test_fp32_engine_matches_onnxruntime_across_batch_sizes(tmp_path: Path) -> N
         y = runner.run({"x": x})["y"]
         assert y.shape == (batch, 3) and y.dtype == np.float32
         np.testing.assert_allclose(y, ort_outputs(model, x), rtol=1e-5, atol=1e-5)
-    with pytest.raises(BackendError, match=r"built for batch sizes 1 to 8"):
-        runner.run({"x": np.zeros((9, 4), np.float32)})
+    x = np.random.default_rng(9).normal(size=(19, 4)).astype(np.float32)  # above the profile: split 8+8+3
+    np.testing.assert_allclose(runner.run({"x": x})["y"], ort_outputs(model, x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(BackendError, match=r"rejected shape \[2, 5\] for input 'x'"):
+        runner.run({"x": np.zeros((2, 5), np.float32)})
+    runner.close()
+    runner.close()
 
 
 @requires_tensorrt
@@ -331,6 +336,7 @@ def test_int8_engine_follows_the_qdq_model(tmp_path: Path) -> None:
     model = linear_model(qdq=True)
     runner = TensorRTBackend(cache_dir=str(tmp_path), batch_sizes=(1, 4, 8)).int8_runner(model)
     assert runner.describe().options["qdq_nodes"] == "3"
+    assert runner.describe().options["tf32"] == "off"
     x = np.random.default_rng(0).uniform(-2, 2, (8, 4)).astype(np.float32)
     np.testing.assert_allclose(runner.run({"x": x})["y"], ort_outputs(model, x), rtol=1e-3, atol=1e-3)
 
