@@ -348,7 +348,7 @@ def test_the_engine_fixtures_runner_splits_what_a_user_test_passes(fake: Fake) -
 # --- outputs on the host and of data-dependent shape -----------------------------------------------------
 
 
-def test_host_located_output_is_written_to_host_memory(fake: Fake) -> None:
+def test_host_located_output_is_written_to_host_memory() -> None:
     fake = Fake(host_outputs=("dims",))
     model = make_model(
         [helper.make_node("Shape", ["x"], ["dims"]), helper.make_node("Relu", ["x"], ["y"])],
@@ -360,6 +360,7 @@ def test_host_located_output_is_written_to_host_memory(fake: Fake) -> None:
     )
     runner = fake.backend().fp32_runner(model)
     outputs = runner.run({"x": -np.ones((3, 4), np.float32)})
+    assert len(fake.state.executions) == 1  # one execution gives every output
     np.testing.assert_array_equal(outputs["dims"], [3, 4])
     np.testing.assert_array_equal(outputs["y"], np.zeros((3, 4), np.float32))
     assert "dims" not in runner._buffers  # no device buffer for it
@@ -381,6 +382,23 @@ def test_data_dependent_output_comes_back_through_the_output_allocator(fake: Fak
     assert "where" in runner._buffers
     runner.close()
     assert fake.cuda.allocations == {}
+
+
+def test_a_data_dependent_output_refuses_to_be_split(fake: Fake) -> None:
+    model = make_model(
+        [helper.make_node("NonZero", ["x"], ["where"]), helper.make_node("Transpose", ["where"], ["pairs"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("pairs", TensorProto.INT64, ["nonzero", 2])],
+    )
+    runner = fake.backend(batch_sizes=(1, 4, 4)).fp32_runner(model)
+    x = np.eye(4, dtype=np.float32)
+    np.testing.assert_array_equal(runner.run({"x": x})["pairs"], np.argwhere(x))
+    with pytest.raises(BackendError) as raised:
+        runner.run({"x": np.ones((6, 4), np.float32)})
+    assert str(raised.value) == (
+        "the TensorRT fp32 engine takes at most 4 samples at a time, and the shape of its output(s) 'pairs' "
+        "depends on the data, so pieces cannot be joined; pass at most 4 samples at a time."
+    )
 
 
 def test_output_allocator_failure_is_reported(fake: Fake) -> None:

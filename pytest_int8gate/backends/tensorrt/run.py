@@ -179,7 +179,8 @@ class TensorRTRunner(ClosingRunner):
         }
         pieces = split_feeds(prepared, self._max_batch, what=self._what)
         if len(pieces) == 1:
-            return {name: self._run_once(context, prepared)[0][name] for name in self._output_names}
+            outputs, _ = self._run_once(context, prepared)
+            return {name: outputs[name] for name in self._output_names}
         unbatched = [name for name in self._output_names if name not in self._batched_outputs]
         if unbatched:
             raise BackendError(
@@ -190,11 +191,11 @@ class TensorRTRunner(ClosingRunner):
         results = []
         for piece in pieces:
             outputs, data_dependent = self._run_once(context, piece)
-            joinable = [name for name in data_dependent if name in self._output_names]
-            if joinable:
+            unjoinable = [name for name in data_dependent if name in self._output_names]
+            if unjoinable:
                 raise BackendError(
                     f"the {self._what} takes at most {self.max_batch} samples at a time, and the shape of "
-                    f"its output(s) {', '.join(map(repr, joinable))} depends on the data, so pieces cannot "
+                    f"its output(s) {', '.join(map(repr, unjoinable))} depends on the data, so pieces cannot "
                     f"be joined; pass at most {self.max_batch} samples at a time."
                 )
             results.append(outputs)
