@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import sys
 import time
@@ -31,7 +30,7 @@ from .pipeline import GatePipeline, GateSpec
 from .quantize import CALIBRATORS as PLAN_CALIBRATORS
 from .quantize import QuantPlan, activation_tensors, quantize_model
 from .repair import FP32_TOLERANCE
-from .report import verdict_record, verdict_text
+from .report import dumps, verdict_record, verdict_text
 
 PROG = "int8gate"
 #: How many tensors' amax ``calibrate`` prints (the table file has them all).
@@ -451,7 +450,7 @@ def run_check(args: argparse.Namespace) -> int:
     print(verdict_text(verdict))
     if args.json is not None:
         record = verdict_record(verdict, nodeid=f"{PROG} check {args.model}")
-        _write(str(args.json), json.dumps(record, indent=2) + "\n", what="verdict JSON")
+        _write(str(args.json), dumps(record), what="verdict JSON")  # the report's gate record
     return EXIT_PASS if verdict.passed else EXIT_FAIL
 
 

@@ -166,7 +166,7 @@ def test_reports_without_a_schema_field_from_before_it_still_load(tmp_path: Path
         ("{not json", "not a readable JSON report"),
         ('{"gates": 3}', "not a pytest-int8gate JSON report"),
         ('{"schema": "other", "gates": []}', "schema 'other' is not 'pytest-int8gate/report'"),
-        (json.dumps({"schema": REPORT_SCHEMA, "version": 2, "gates": []}), "version 2 is newer"),
+        (json.dumps({"schema": REPORT_SCHEMA, "version": 3, "gates": []}), "version 3 is newer"),
         (
             json.dumps({"schema": REPORT_SCHEMA, "version": 1, "gates": [{"x": 1}]}),
             "must be an object with a",

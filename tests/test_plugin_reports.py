@@ -57,7 +57,7 @@ def test_markdown_html_and_step_summary_are_written_and_announced(
     assert page.startswith("<!DOCTYPE html>") and "<svg" in page and "/conv2/Conv" in page
 
     payload = json.loads((project.path / "out" / "report.json").read_text())
-    assert payload["schema"] == "pytest-int8gate/report" and payload["version"] == 1
+    assert payload["schema"] == "pytest-int8gate/report" and payload["version"] == 2
     assert payload["tool"] == "pytest-int8gate" and payload["tool_version"]
     assert payload["created"].endswith(" UTC")
     outlier = next(g for g in payload["gates"] if g["name"] == "digits_cnn_outlier.onnx")

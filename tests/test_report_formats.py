@@ -17,22 +17,20 @@ import pytest
 from example_files import CALIB, DIGITS, EVAL, LABELS, OUTLIER
 
 from pytest_int8gate.pipeline import GatePipeline, GateSpec
-from pytest_int8gate.report import verdict_record
-from pytest_int8gate.report_formats import (
+from pytest_int8gate.report import (
     STEP_SUMMARY_LIMIT,
     append_step_summary,
-    as_float,
-    fmt,
     gate_extra_html,
+    gate_view,
     html_report,
     markdown_report,
-    md_code,
-    md_text,
-    metric_lines,
-    sensitivity_points,
-    sensitivity_svg,
     step_summary_markdown,
+    verdict_record,
 )
+from pytest_int8gate.report.chart import sensitivity_svg
+from pytest_int8gate.report.codec import decode_number
+from pytest_int8gate.report.markdown import md_code, md_text
+from pytest_int8gate.report.view import fmt
 
 CHROMIUM = Path("/usr/bin/chromium")
 HOSTILE = "<script>alert('x')</script> | `tick` **bold** _under_"
@@ -103,47 +101,46 @@ def with_ci_and_diagnostics(record: dict[str, Any]) -> dict[str, Any]:
 # ---- reading records ----------------------------------------------------------------------------------
 
 
-def test_metric_lines_give_the_number_compared_with_the_limit(real_records: list[dict[str, Any]]) -> None:
-    failing = {line.name: line for line in metric_lines(real_records[0])}
+def test_metric_rows_give_the_number_compared_with_the_limit(real_records: list[dict[str, Any]]) -> None:
+    failing = {row.name: row for row in gate_view(real_records[0]).metrics}
     top1 = failing["top1_drop"]
-    assert top1.observed == pytest.approx(top1.fp32 - top1.int8)  # a drop, not the INT8 accuracy
-    assert top1.observed > 0.5 and not top1.passed and top1.limit_text == "<= 0.01"
-    assert failing["cosine"].observed == failing["cosine"].int8 and failing["cosine"].limit_text == ">= 0.98"
-    assert top1.ci95 is None
+    fp32, int8 = (real_records[0]["metrics"]["top1_drop"][k] for k in ("fp32", "int8"))
+    assert top1.observed == pytest.approx(fp32 - int8)  # a drop, not the INT8 accuracy
+    assert top1.observed > 0.5 and not top1.passed and top1.limit == "<= 0.01" and top1.result == "FAIL"
+    cosine = failing["cosine"]
+    assert cosine.observed == real_records[0]["metrics"]["cosine"]["int8"] and cosine.limit == ">= 0.98"
+    assert top1.interval == "" and cosine.fp32 == "-"
 
 
-def test_ci_interval_is_read_from_the_metric_or_from_a_top_level_mapping(
-    real_records: list[dict[str, Any]],
-) -> None:
+def test_the_interval_is_read_from_the_metric(real_records: list[dict[str, Any]]) -> None:
     record = with_ci_and_diagnostics(real_records[0])
-    assert {line.name: line.ci95 for line in metric_lines(record)} == {
-        "top1_drop": (0.851, 0.897),
-        "cosine": None,
+    assert {row.name: row.interval for row in gate_view(record).metrics} == {
+        "top1_drop": "[0.8510, 0.8970]",
+        "cosine": "",
     }
-    del record["metrics"]["top1_drop"]["ci95"]
-    record["ci95"] = {"cosine": {"low": 0.30, "high": 0.33}}
-    assert {line.name: line.ci95 for line in metric_lines(record)} == {
-        "top1_drop": None,
-        "cosine": (0.30, 0.33),
-    }
+    record["metrics"]["top1_drop"]["strict_ci"] = True
+    assert gate_view(record).metrics[0].interval == "[0.8510, 0.8970] strict"
 
 
 def test_numbers_print_like_the_terminal_and_json_infinity_reads_back() -> None:
-    assert [fmt(v) for v in (None, 0.98765, -0.0, 123.456, "inf", "-inf", "junk")] == [
-        "-", "0.9877", "0.0000", "123.5", "inf", "-inf", "-",
+    assert [fmt(v) for v in (None, 0.98765, -0.0, 123.456, "inf", "-inf", "nan", "junk")] == [
+        "-", "0.9877", "0.0000", "123.5", "inf", "-inf", "nan", "-",
     ]  # fmt: skip
-    assert as_float("inf") == float("inf") and as_float(True) is None
+    assert decode_number("inf") == float("inf") and decode_number(True) is None
 
 
 def test_sensitivity_comes_in_topological_order_with_the_layer_index(
     real_records: list[dict[str, Any]],
 ) -> None:
-    points = sensitivity_points(real_records[0])
-    indices = [p["index"] for p in points]
+    bisection = gate_view(real_records[0]).bisection
+    assert bisection is not None
+    indices = [p.index for p in bisection.sensitivity]
     assert indices == sorted(indices) and len(indices) == 5  # the digits CNN's 5 quantized layers
-    assert next(p for p in points if p["name"] == "/conv2/Conv")["index"] == 1
+    conv2 = next(p for p in bisection.sensitivity if p.name == "/conv2/Conv")
+    assert conv2.index == 1 and conv2.offender
     worst_first = real_records[0]["bisection"]["sensitivity"]
     assert worst_first[0]["name"] == "/conv2/Conv"  # the record keeps the worst-first order
+    assert bisection.most_sensitive[0][0] == "/conv2/Conv"
 
 
 # ---- Markdown -------------------------------------------------------------------------------------------
@@ -325,8 +322,8 @@ def test_html_is_well_formed_self_contained_and_escaped(real_records: list[dict[
 def test_sensitivity_chart_has_a_bar_per_layer_in_order_with_the_offender_in_red(
     real_records: list[dict[str, Any]],
 ) -> None:
-    svg = sensitivity_svg(real_records[0])
-    assert svg is not None and sensitivity_svg(real_records[1]) is None  # no bisection, no chart
+    svg = sensitivity_svg(gate_view(real_records[0]))
+    assert svg is not None and sensitivity_svg(gate_view(real_records[1])) is None  # no bisection, no chart
 
     markup = parse(svg)
     bars = [a for t, a in markup.tags if t == "rect" and a.get("fill") in ("#0969da", "#cf222e", "#8c959f")]
