@@ -20,6 +20,7 @@ from example_files import CALIB, DIGITS, EVAL, LABELS, OUTLIER
 from inner_runs import output_of
 from onnx import TensorProto, helper
 
+from pytest_int8gate.cli import main
 from pytest_int8gate.errors import DataError, Int8GateError
 from pytest_int8gate.pipeline import GatePipeline, GateSpec
 from pytest_int8gate.report import (
@@ -290,6 +291,19 @@ def test_a_newer_version_is_refused_naming_the_file_and_the_version(tmp_path: Pa
     assert str(path) in str(info.value)
 
 
+def save_relu_model(folder: Path) -> tuple[Path, Path]:
+    """A model with nothing to quantize (one Relu) and its data: INT8 outputs equal FP32 bit for bit."""
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"], name="relu")], "relu",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+    )  # fmt: skip
+    model, data = folder / "relu.onnx", folder / "relu.npz"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model)
+    np.savez(data, x=np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32))
+    return model, data
+
+
 RELU_CONFTEST = """
 from pathlib import Path
 
@@ -329,17 +343,7 @@ def test_nan_kpi(int8_gate):
 def test_the_json_report_of_a_real_run_parses_strictly_with_infinite_and_nan_metrics(
     empty_project: pytest.Pytester,
 ) -> None:
-    graph = helper.make_graph(
-        [helper.make_node("Relu", ["x"], ["y"], name="relu")], "relu",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
-    )  # fmt: skip
-    onnx.save(
-        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
-        empty_project.path / "relu.onnx",
-    )
-    samples = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
-    np.savez(empty_project.path / "relu.npz", x=samples)
+    save_relu_model(empty_project.path)
     empty_project.makeconftest(RELU_CONFTEST)
     empty_project.makepyfile(test_relu=RELU_TEST)
 
@@ -365,3 +369,15 @@ def test_the_json_report_of_a_real_run_parses_strictly_with_infinite_and_nan_met
     markdown = (empty_project.path / "report.md").read_text()
     assert "sqnr_db **inf** (>= 30) ✓" in markdown and "kpi_drop **nan** (<= 0.5) ✗" in markdown
     load_baseline(empty_project.path / "report.json")  # and it reads back as a baseline
+
+
+def test_the_cli_json_is_the_report_record_and_parses_strictly(tmp_path: Path) -> None:
+    model, data = save_relu_model(tmp_path)
+    out = tmp_path / "verdict.json"
+    argv = ["check", str(model), "--calib-data", str(data), "--budget", "sqnr_db=30,max_abs_error=inf"]
+    assert main([*argv, "--json", str(out)]) == 0
+
+    record = strict_loads(out.read_text())
+    assert record["verdict"] == "pass" and record["measured"]["int8"]["sqnr_db"] == "inf"
+    assert record["metrics"]["max_abs_error"]["limit"] == "inf" and record["output"] == "y"
+    assert decode_record(record).status == "pass"
