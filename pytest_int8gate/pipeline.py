@@ -12,10 +12,11 @@ from __future__ import annotations
 import functools
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import numpy as np
 
@@ -49,8 +50,9 @@ from .quantize import QuantizedModel, QuantPlan, activation_tensors, quantize_mo
 from .repair import RewrittenModel, bias_corrected, equalized_variant
 from .results import BisectionReport, Comparison, Finding, GateVerdict, MetricResult, sort_findings
 
-#: Data: a path or ``module:function`` spec, in-memory arrays (axis 0 = samples), or a Dataset.
-DataSource = str | os.PathLike[str] | Mapping[str, np.ndarray] | Dataset
+#: Data: a path or ``module:function`` spec, in-memory arrays (axis 0 = samples), a Dataset, or feed
+#: dicts (a list, or a generator: read once, into memory).
+DataSource = str | os.PathLike[str] | Mapping[str, np.ndarray] | Dataset | Iterable[Mapping[str, Any]]
 
 
 def _silent(stage: str, message: str) -> None:
@@ -143,7 +145,16 @@ class GatePipeline:
             return check_dataset(
                 Dataset.from_arrays(source, source=f"<{role} arrays>"), self.model.info, role=role
             )
-        return load_dataset(source, self.model.info, role=role, search_path=self.spec.data_search_path)
+        if isinstance(source, (str, os.PathLike)):
+            return load_dataset(
+                source,
+                self.model.info,
+                role=role,
+                search_path=self.spec.data_search_path,
+                progress=lambda message: self.progress("data", message),
+            )
+        feeds = Dataset.from_feeds(source, source=f"<{role} feed dicts>")
+        return check_dataset(feeds, self.model.info, role=role)
 
     @functools.cached_property
     def calibration_data(self) -> Dataset:

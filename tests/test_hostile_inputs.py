@@ -34,6 +34,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from pytest_int8gate import cli, graph
 from pytest_int8gate.backends.onnxruntime import newest_cpu_kernel
+from pytest_int8gate.budget import Budget
 from pytest_int8gate.cache import ArtifactCache
 from pytest_int8gate.data import Dataset, load_dataset
 from pytest_int8gate.errors import (
@@ -45,6 +46,7 @@ from pytest_int8gate.errors import (
     bounded_repr,
 )
 from pytest_int8gate.graph import graph_cycle, load_model
+from pytest_int8gate.pipeline import GatePipeline, GateSpec
 
 pytestmark = pytest.mark.slow
 
@@ -828,3 +830,21 @@ def test_feed_dicts_from_a_generator_are_read_once_and_capped() -> None:
 def test_errors_are_int8gate_errors() -> None:
     for kind in (CacheError, CalibrationError, DataError, ModelError):
         assert issubclass(kind, Int8GateError)
+
+
+def test_the_library_gates_feed_dicts_from_a_generator_and_reports_reading_data(files: Path) -> None:
+    x = np.load(files / "x.npz")["x"]
+    events: list[tuple[str, str]] = []
+    spec = GateSpec(
+        model=files / "good.onnx",
+        calib_data=str(files / "x.npz"),
+        eval_data=({"x": x[start : start + 16]} for start in range(0, 64, 16)),
+        budget=Budget.from_mapping({"cosine": 0.5}),
+        bisect=False,
+    )
+
+    with GatePipeline(spec, progress=lambda stage, message: events.append((stage, message))) as pipeline:
+        verdict = pipeline.run()
+
+    assert verdict.passed and verdict.eval_samples == 64
+    assert ("data", f"reading calibration data {files / 'x.npz'}") in events
