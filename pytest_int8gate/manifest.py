@@ -33,7 +33,7 @@ import yaml
 from .budget import Budget
 from .choices import BACKEND_NAMES, CALIBRATORS, ORT_MODES, REPAIRS, STRATEGIES
 from .data import is_loader_spec
-from .errors import Int8GateError
+from .errors import Int8GateError, bounded_repr, bounded_text
 
 
 class ManifestError(Int8GateError):
@@ -92,20 +92,24 @@ def load_manifest(path: str | os.PathLike[str]) -> tuple[ManifestEntry, ...]:
     """Read and validate the manifest at ``path``; :class:`ManifestError` names the entry and key."""
     file = Path(path)
     try:
-        raw = yaml.safe_load(file.read_text(encoding="utf-8"))
+        raw = load_manifest_yaml(file.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ManifestError(f"{file}: cannot read the manifest ({exc.strerror}).") from exc
+    except RefusedYaml as exc:
+        raise ManifestError(f"{file}: {exc}") from exc
+    except RecursionError as exc:
+        raise ManifestError(f"{file}: not valid YAML (nested too deeply).") from exc
     except yaml.YAMLError as exc:
-        raise ManifestError(f"{file}: not valid YAML ({str(exc).splitlines()[0]}).") from exc
+        raise ManifestError(f"{file}: not valid YAML ({bounded_text(str(exc).splitlines()[0])}).") from exc
     defaults: Mapping[str, Any] = {}
     models: Any
     if isinstance(raw, list):
         models = raw
     elif isinstance(raw, dict):
-        unknown = sorted(set(raw) - {"models", "defaults"})
+        unknown = sorted(set(raw) - {"models", "defaults"}, key=str)  # keys of any type
         if unknown:
             raise ManifestError(
-                f"{file}: unknown top-level key(s) {unknown}; valid keys are models, defaults."
+                f"{file}: unknown top-level key(s) {bounded_repr(unknown)}; valid keys are models, defaults."
             )
         models = raw.get("models")
         defaults = raw.get("defaults") or {}
@@ -123,7 +127,7 @@ def load_manifest(path: str | os.PathLike[str]) -> tuple[ManifestEntry, ...]:
         if not isinstance(item, dict):
             raise ManifestError(f"{file}: {label} must be a mapping with at least 'model' and 'calib_data'.")
         if isinstance(item.get("name"), str):
-            label = f"entry {index + 1} ({item['name']})"
+            label = f"entry {index + 1} ({bounded_text(item['name'], 80)})"
         _check_keys(file, label, item, allow_model=True)
         merged = {**defaults, **item}
         merged["budget"] = {**(defaults.get("budget") or {}), **(item.get("budget") or {})}
@@ -138,12 +142,12 @@ def load_manifest(path: str | os.PathLike[str]) -> tuple[ManifestEntry, ...]:
                     else merged[key]
                 )
         if not Path(merged["model"]).is_file():
-            raise ManifestError(f"{file}: {label}: 'model' {merged['model']} not found.")
+            raise ManifestError(f"{file}: {label}: 'model' {bounded_text(str(merged['model']))} not found.")
         name = str(item.get("name") or Path(str(merged["model"])).stem)
         name = _ID_SAFE.sub("_", name)
         if name in seen:
             raise ManifestError(
-                f"{file}: {label}: name {name!r} is used twice; give each entry a unique 'name'."
+                f"{file}: {label}: name {bounded_repr(name)} is used twice; give each entry a unique 'name'."
             )
         seen.add(name)
         try:
@@ -184,3 +188,51 @@ def _check_keys(file: Path, label: str, item: Mapping[str, Any], *, allow_model:
                         f"{file}: {label}: calibrator_overrides[{layer!r}] must be one of "
                         f"{', '.join(CALIBRATORS)}, not {calib!r}."
                     )
+
+
+class RefusedYaml(yaml.YAMLError):
+    """A YAML construct a manifest may not use; the message names it and its line."""
+
+    def __init__(self, problem: str, mark: yaml.Mark | None) -> None:
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        super().__init__(f"{where}{problem}.")
+
+
+class _ManifestLoader(yaml.SafeLoader):
+    """``yaml.safe_load``'s constructors, without aliases (a few hundred bytes of them expand to 10**9
+    items: the billion laughs) and without duplicate keys (YAML silently keeps the last one: a budget could
+    lose a limit without a word)."""
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise RefusedYaml(
+                f"the alias *{bounded_text(str(event.anchor), 40)} is not allowed in a manifest; put shared "
+                "settings under 'defaults:'",
+                event.start_mark,
+            )
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[object] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: the base class refuses it
+                continue
+            if duplicate:
+                raise RefusedYaml(
+                    f"the key {bounded_repr(key)} appears twice in one mapping", key_node.start_mark
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_manifest_yaml(text: str) -> Any:
+    """The manifest's YAML as plain data: safe constructors only, no aliases, no duplicate keys."""
+    loader = _ManifestLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()

@@ -46,6 +46,7 @@ from pytest_int8gate.errors import (
     bounded_repr,
 )
 from pytest_int8gate.graph import graph_cycle, load_model
+from pytest_int8gate.manifest import ManifestError, load_manifest
 from pytest_int8gate.pipeline import GatePipeline, GateSpec
 
 pytestmark = pytest.mark.slow
@@ -848,3 +849,85 @@ def test_the_library_gates_feed_dicts_from_a_generator_and_reports_reading_data(
 
     assert verdict.passed and verdict.eval_samples == 64
     assert ("data", f"reading calibration data {files / 'x.npz'}") in events
+
+
+# ---- the manifest --------------------------------------------------------------------------------------
+
+#: Nine lists of nine, each made of the one before: 9**9 "lol"s behind a few hundred bytes, in a key whose
+#: type is wrong (batch_size must be an integer), so that a message rendering the value would expand it.
+BILLION_LAUGHS = (
+    "models:\n"
+    "  - name: m\n"
+    "    model: good.onnx\n"
+    "    calib_data: x.npz\n"
+    "    batch_size: [&a [lol, lol, lol, lol, lol, lol, lol, lol, lol],\n"
+    + "".join(
+        f"      &{b} [*{a}, *{a}, *{a}, *{a}, *{a}, *{a}, *{a}, *{a}, *{a}],\n"
+        for a, b in zip("abcdefgh", "bcdefghi", strict=True)
+    )
+    + "      [*i, *i, *i, *i, *i, *i, *i, *i, *i]]\n"
+)
+
+MANIFEST_CASES = {
+    "billion_laughs": (
+        BILLION_LAUGHS,
+        "int8gate.yaml: line 6: the alias *a is not allowed in a manifest; put shared settings under "
+        "'defaults:'.",
+    ),
+    "duplicate_key": (
+        "models:\n  - name: m\n    model: good.onnx\n    calib_data: x.npz\n    model: good.onnx\n",
+        "int8gate.yaml: line 5: the key 'model' appears twice in one mapping.",
+    ),
+    "duplicate_budget_key": (
+        "models:\n  - {name: m, model: good.onnx, calib_data: x.npz, budget: {cosine: 0.99, cosine: 0.1}}\n",
+        "int8gate.yaml: line 2: the key 'cosine' appears twice in one mapping.",
+    ),
+    "mixed_type_top_level_keys": (
+        "1: one\nmodels:\n  - {name: m, model: good.onnx, calib_data: x.npz}\n",
+        "int8gate.yaml: unknown top-level key(s) [1]; valid keys are models, defaults.",
+    ),
+    "nested_100000_deep": (
+        "models: " + "[" * 100_000 + "]" * 100_000 + "\n",
+        "int8gate.yaml: not valid YAML (nested too deeply).",
+    ),
+    "wrong_type_long_value": (
+        "models:\n  - {name: m, model: good.onnx, calib_data: x.npz, batch_size: '" + "9" * 5000 + "'}\n",
+        "int8gate.yaml: entry 1 (m): 'batch_size' must be a positive integer, not '99999",
+    ),
+}
+MANIFEST_TWIN = "models:\n  - {name: m, model: good.onnx, calib_data: x.npz, budget: {cosine: 0.5}}\n"
+
+
+@pytest.mark.parametrize("case", MANIFEST_CASES)
+def test_a_hostile_manifest_is_one_sentence(files: Path, case: str) -> None:
+    text, expected = MANIFEST_CASES[case]
+    (files / "int8gate.yaml").write_text(text)
+    started = time.monotonic()
+    with pytest.raises(ManifestError) as failure:
+        load_manifest(files / "int8gate.yaml")
+    assert time.monotonic() - started < 10
+    message = one_sentence(str(failure.value))
+    assert message.replace(f"{files}/", "").startswith(expected), message
+    log_message("library", f"manifest_{case}", message)
+    (files / "int8gate.yaml").write_text(MANIFEST_TWIN)
+    assert [entry.name for entry in load_manifest(files / "int8gate.yaml")] == ["m"]
+
+
+def test_a_billion_laughs_manifest_is_a_collection_error_in_bounded_time_and_memory(files: Path) -> None:
+    (files / "int8gate.yaml").write_text(BILLION_LAUGHS)
+    (files / "pytest.ini").write_text("[pytest]\n")
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:randomly"],
+        cwd=files,
+        env={**child_env(), "PYTEST_ADDOPTS": "-p no:hypothesispytest -p no:benchmark"},
+        capture_output=True,
+        text=True,
+        timeout=CHILD_SECONDS,
+        preexec_fn=limited(),
+        check=False,
+    )
+    assert time.monotonic() - started < CHILD_SECONDS / 2
+    assert done.returncode == pytest.ExitCode.INTERRUPTED, done.stdout + done.stderr
+    assert "line 6: the alias *a is not allowed in a manifest" in done.stdout, done.stdout
+    assert "Traceback" not in done.stdout + done.stderr
