@@ -438,7 +438,11 @@ class FakeEngine:
         initializers = {init.name for init in model.graph.initializer}
         self.inputs = {v.name: self._spec(v) for v in model.graph.input if v.name not in initializers}
         self.outputs = {v.name: self._spec(v) for v in model.graph.output}
-        self.session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+        # No graph optimisation: each Q/DQ pair stays a rounding step, as in TensorRT's explicit quantization
+        # (ONNX Runtime's fused int8 kernels can saturate on CPUs without VNNI).
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        self.session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
 
     @staticmethod
     def _spec(value: onnx.ValueInfoProto) -> TensorSpec:

@@ -8,6 +8,7 @@ sentences and freeing. They say nothing about real TensorRT, on which the backen
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import pytest
 from fake_tensorrt import CudaErrorT, FakeCudaRuntime, FakeState, fake_tensorrt
 from onnx import TensorProto, helper, numpy_helper
 
+from pytest_int8gate.backends import tensorrt as tensorrt_backend
 from pytest_int8gate.backends.base import Runner
 from pytest_int8gate.backends.onnxruntime import OrtRunner
 from pytest_int8gate.backends.tensorrt import (
@@ -507,3 +509,88 @@ def test_tensorrt_and_cuda_python_must_share_a_cuda_major() -> None:
     assert cuda_pairing_reason(13, "13.2.0") is None
     assert cuda_pairing_reason(None, "13.2.0") is None  # TensorRT not from a pip wheel: nothing to compare
     assert cuda_pairing_reason(12, "unknown") is None
+
+
+# --- the gate and the plugin on the fake -----------------------------------------------------------------
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "example_project"
+
+
+def use_fake_for_tensorrt(monkeypatch: pytest.MonkeyPatch, fake: Fake) -> None:
+    """``--int8-backend tensorrt`` and ``get_backend("tensorrt")`` build their backend over ``fake``."""
+    monkeypatch.setattr(tensorrt_backend, "unavailable_reason", lambda: None)
+    monkeypatch.setattr(
+        tensorrt_backend,
+        "TensorRTBackend",
+        functools.partial(TensorRTBackend, tensorrt=fake.tensorrt, cuda=fake.cuda.calls()),
+    )
+
+
+@pytest.mark.slow
+def test_the_example_gate_passes_on_the_tensorrt_backend_over_the_fake(
+    fake: Fake, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from pytest_int8gate.budget import Budget
+    from pytest_int8gate.pipeline import GatePipeline, GateSpec
+
+    use_fake_for_tensorrt(monkeypatch, fake)
+    spec = GateSpec(
+        model=EXAMPLE / "models" / "digits_cnn.onnx",
+        calib_data=str(EXAMPLE / "data" / "calib.npz"),
+        eval_data=str(EXAMPLE / "data" / "eval.npz"),
+        labels=str(EXAMPLE / "data" / "eval_labels.npy"),
+        budget=Budget({"top1_drop": 0.01, "cosine": 0.98}),
+        backend="tensorrt",
+        cache_dir=tmp_path,
+        bisect=False,
+    )
+    with GatePipeline(spec) as pipeline:
+        verdict = pipeline.run()
+        assert verdict.backend["backend"] == "tensorrt"
+        assert verdict.passed, verdict.results
+        assert [build["tf32"] for build in fake.state.builds] == [False, False]
+    assert fake.cuda.allocations == {} and fake.cuda.streams == {}
+
+
+@pytest.mark.slow
+def test_engine_fixtures_hand_user_tests_a_runner_that_splits_large_batches(
+    project: pytest.Pytester, fake: Fake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_fake_for_tensorrt(monkeypatch, fake)
+    project.makepyfile(
+        test_engines="""
+        import numpy as np
+
+        from pytest_int8gate.backends.onnxruntime import OrtRunner
+
+
+        def test_seventy_samples_at_once(fp32_engine, int8_engine, int8_model):
+            import onnx
+
+            x = np.load("eval.npz")["input"][:70]
+            assert fp32_engine.describe().backend == "tensorrt"
+            assert fp32_engine.max_batch == 16
+            reference = OrtRunner(onnx.load(int8_model), precision="fp32", optimize=False).run({"input": x})
+            got = fp32_engine.run({"input": x})["logits"]
+            assert got.shape == (70, 10)
+            np.testing.assert_allclose(got, reference["logits"], rtol=1e-5, atol=1e-5)
+            assert int8_engine.run({"input": x})["logits"].shape == (70, 10)
+        """
+    )
+    result = project.runpytest_inprocess(
+        "test_engines.py",
+        "--int8-model",
+        "digits_cnn.onnx",
+        "--int8-calib-data",
+        "calib.npz",
+        "--int8-backend",
+        "tensorrt",
+        "--int8-batch-size",
+        "16",
+        "-p",
+        "no:cacheprovider",
+    )
+    result.assert_outcomes(passed=2)  # the user test, and the --int8-model gate itself
+    batches = [shapes["input"][0] for shapes in fake.state.executions]
+    assert max(batches) == 16
+    assert batches.count(6) == 2  # 70 = 16 * 4 + 6, on each engine; the gate's batches of 600 end in 8
