@@ -252,6 +252,13 @@ def test_a_record_that_says_fail_is_never_shown_as_a_pass(bisected: GateVerdict)
     assert summary_lines([record])[0].split()[1] == "FAIL"
 
 
+def test_an_unknown_verdict_word_is_refused(bisected: GateVerdict) -> None:
+    record = verdict_record(bisected, nodeid="n")
+    record["verdict"] = "passed"
+    with pytest.raises(DataError, match="verdict 'passed' is not pass, fail or error"):
+        decode_record(record)
+
+
 def test_a_wrongly_typed_field_is_one_sentence_naming_the_file_the_gate_and_the_field(
     bisected: GateVerdict, tmp_path: Path
 ) -> None:

@@ -299,6 +299,8 @@ def decode_record(data: object, where: str = "gate") -> GateRecord:
     """A report record back as typed results; a field of the wrong type is a DataError naming it."""
     fields = _Fields(data, where)
     declared = fields.text("verdict")
+    if declared not in ("", "pass", "fail", "error"):
+        raise DataError(f"{where}: verdict {declared!r} is not pass, fail or error.")
     where = f"{where} {fields.text('name')!r}" if fields.data.get("name") else where
     outcome: GateVerdict | GateError
     outcome = decode_error(data, where) if declared == "error" else decode_verdict(data, where)

@@ -92,8 +92,6 @@ class GateRecord:
     @property
     def status(self) -> str:
         """``pass``, ``fail`` or ``error``."""
-        if isinstance(self.outcome, GateError) or self.declared == "error":
+        if isinstance(self.outcome, GateError):
             return "error"
-        if not self.outcome.passed or self.declared == "fail":
-            return "fail"
-        return "pass"
+        return "fail" if not self.outcome.passed or self.declared == "fail" else "pass"
