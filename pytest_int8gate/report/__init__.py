@@ -1,6 +1,7 @@
 """What people and tools read about gates: one JSON codec, one view, and its renderings.
 
-- ``codec``: verdicts and errors to JSON report records and back, finite-safe, schema name and version;
+- ``codec``: verdicts and errors to JSON report records, finite-safe, schema name and version;
+- ``decode``: records back to the result types, and a stored report file read with its version checked;
 - ``records``: a gate that could not be judged, a gate against the baseline, one gate's record in a run;
 - ``view``: every word and number the reports show about a gate, computed once;
 - ``text``, ``markdown``, ``html`` (+ ``chart``): renderings of the view (failure text, terminal summary,
