@@ -1,14 +1,28 @@
 """The names users choose among (calibrators, bisection strategies, repair rungs, backends, ONNX Runtime
 modes) and the defaults several surfaces share, in a module that imports nothing heavy: option parsing,
-manifest validation and reports name them without loading an algorithm.
+manifest validation and reports name them without loading an algorithm (the pytest plugin imports this
+module in every pytest run).
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterable
 
 from .errors import Int8GateError
-from .results import RepairAction
+
+
+class RepairAction(str, enum.Enum):
+    """The rung of the repair ladder that settled an offending layer; all but FLOAT keep it in INT8."""
+
+    CALIBRATOR = "calibrator"  # another calibrator's amax for its activation inputs
+    EQUALIZE = "equalize"  # cross-layer equalization with the layer producing its input
+    BIAS_CORRECTION = "bias_correction"  # its bias absorbs the mean output error INT8 adds
+    FLOAT = "float"  # kept in float
+
+    def __str__(self) -> str:
+        return self.value
+
 
 #: Calibrators whose amax a plan may ask for (the names a calibration table stores amax under).
 CALIBRATORS: tuple[str, ...] = ("entropy", "max", "mse", "percentile")

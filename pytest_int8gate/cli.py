@@ -13,24 +13,24 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import onnx
 
 from . import __version__
 from .calibrate import CALIBRATORS as TABLE_CALIBRATORS
 from .calibrate import CalibrationTable, CalibratorSettings, calibrate, trt_version_number
-from .choices import BACKEND_NAMES, ORT_MODES, REPAIRS
-from .data import DEFAULT_BATCH_SIZE, batch_size_for, load_dataset
+from .data import batch_size_for, load_dataset
 from .equalize import RULES as EQUALIZATION_RULES
 from .equalize import activation_channel_ranges, equalize, fp32_difference, select_pairs
 from .errors import Int8GateError, bounded_text
 from .gate import Budget
 from .graph import load_model
 from .pipeline import GatePipeline, GateSpec
-from .quantize import CALIBRATORS as PLAN_CALIBRATORS
 from .quantize import QuantPlan, activation_tensors, quantize_model
 from .repair import FP32_TOLERANCE
 from .report import dumps, verdict_record, verdict_text
+from .settings import BY_NAME, Setting, SettingError, from_text, name_of, spec_value, surface
 
 PROG = "int8gate"
 #: How many tensors' amax ``calibrate`` prints (the table file has them all).
@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=TABLE_CALIBRATORS,
         help="calibrator shown in the summary and written to --trt-cache (default: entropy)",
     )
-    calib.add_argument("--percentile", type=float, default=99.99, help="percentile calibrator's p")
+    add_settings(calib, "percentile")
     calib.add_argument("--out", required=True, metavar="TABLE.json", help="where to write the table")
     calib.add_argument("--trt-cache", metavar="FILE", help="also write TensorRT's text calibration cache")
     calib.add_argument(
@@ -126,46 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
         "On failure the offending layers are found and a fix is verified.",
     )
     check.add_argument("model", metavar="MODEL", help="the FP32 ONNX model")
-    check.add_argument("--calib-data", required=True, metavar="CALIB", help="calibration data")
-    check.add_argument("--eval-data", metavar="DATA", help="evaluation data (default: the calibration data)")
-    check.add_argument("--labels", metavar="LABELS", help=".npy with one integer class per evaluation sample")
-    check.add_argument(
-        "--budget",
-        action="extend",
-        nargs="+",
-        default=[],
-        metavar="KEY=VALUE",
-        help="limits, e.g. top1_drop=0.01 cosine=0.98 (default: top1_drop=0.01 and cosine=0.98 with "
-        "labels, cosine=0.98 without)",
+    add_settings(
+        check, *(s.name for s in surface("cli") if s.name not in _RUN_OPTIONS), required=("calib_data",)
     )
-    _add_plan_options(check)
-    check.add_argument("--percentile", type=float, default=99.99, help="percentile calibrator's p")
-    check.add_argument("--backend", default="onnxruntime", choices=BACKEND_NAMES)
-    check.add_argument(
-        "--ort-mode",
-        default="simulated",
-        choices=ORT_MODES,
-        help="ONNX Runtime INT8: simulated Q/DQ in float (= TensorRT's arithmetic) or fused int8 kernels",
-    )
-    check.add_argument("--output", metavar="NAME", help="model output to compare (default: the first)")
-    check.add_argument("--no-bisect", action="store_true", help="do not search for offending layers")
-    check.add_argument(
-        "--equalize",
-        nargs="*",
-        metavar="NODE",
-        help="equalize these layers with their producers before calibration (no NODE: every pair)",
-    )
-    check.add_argument(
-        "--bias-correction", nargs="+", default=[], metavar="NODE", help="correct these layers' bias"
-    )
-    check.add_argument(
-        "--repair",
-        nargs="+",
-        choices=[*REPAIRS, "none"],
-        metavar="RUNG",
-        help=f"repairs tried on an offender before float (default: {' '.join(REPAIRS)}; none: float)",
-    )
-    check.add_argument("--cache-dir", type=Path, metavar="DIR", help="reuse calibration tables and models")
     check.add_argument("--json", type=Path, metavar="OUT", help="also write the verdict as JSON")
     check.add_argument("-v", "--verbose", action="store_true", help="print progress on stderr")
     _add_run_options(check)
@@ -195,59 +158,50 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Settings every subcommand that runs the model takes.
+_RUN_OPTIONS = ("batch_size", "threads")
+
+
 def _add_plan_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--calibrator", default="entropy", choices=PLAN_CALIBRATORS, help="default: entropy (TensorRT's)"
-    )
-    parser.add_argument(
-        "--exclude",
-        action="extend",
-        nargs="+",
-        default=[],
-        metavar="NODE",
-        help="layers (ONNX node names) to keep in float",
-    )
-    parser.add_argument(
-        "--override",
-        action="extend",
-        nargs="+",
-        default=[],
-        metavar="NODE=CALIB",
-        help="per-layer calibrator, e.g. /conv2/Conv=percentile",
-    )
+    add_settings(parser, "calibrator", "exclude", "overrides")
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--batch-size",
-        type=_positive_int,
-        default=DEFAULT_BATCH_SIZE,
-        help=f"samples per run (default {DEFAULT_BATCH_SIZE}; a model's fixed batch axis wins)",
-    )
-    parser.add_argument(
-        "--threads", type=_non_negative_int, default=0, help="ONNX Runtime intra-op threads (0 = auto)"
-    )
+    add_settings(parser, *_RUN_OPTIONS)
 
 
-def _positive_int(text: str) -> int:
-    value = _int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def add_settings(parser: argparse.ArgumentParser, *names: str, required: Sequence[str] = ()) -> None:
+    """The flags of these settings, as the settings table spells and checks them (dest: the name)."""
+    for name in names:
+        setting = BY_NAME[name]
+        kwargs: dict[str, Any] = {"dest": setting.name, "help": setting.help_text}
+        if setting.kind == "flag":
+            kwargs.update(action="store_false" if setting.default is True else "store_true")
+        elif setting.kind == "layers_or_all":  # the flag alone: every layer
+            kwargs.update(nargs="*", metavar=setting.metavar)
+        elif setting.repeatable or setting.kind == "layer_calibrators":
+            kwargs.update(action="extend", nargs="+", metavar=setting.metavar, choices=setting.text_choices)
+        elif setting.kind == "choice":
+            kwargs.update(default=setting.default, choices=setting.choices)
+        else:
+            kwargs.update(default=setting.default, type=_setting_type(setting), metavar=setting.metavar)
+        if name in required:
+            kwargs["required"] = True
+        parser.add_argument(name_of(setting.cli), **kwargs)
 
 
-def _non_negative_int(text: str) -> int:
-    value = _int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+def _setting_type(setting: Setting) -> Callable[[str], object]:
+    def convert(text: str) -> object:
+        try:
+            return from_text(setting, text)
+        except SettingError as exc:
+            problem = str(exc)
+            raise argparse.ArgumentTypeError(
+                f"{problem}, got {text!r}" if problem.startswith("must") else f"{text!r} {problem}"
+            ) from None
 
-
-def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    convert.__name__ = setting.kind  # argparse names the type in some messages
+    return convert
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, str]:
@@ -325,7 +279,9 @@ def run_quantize(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     plan = QuantPlan(
-        calibrator=args.calibrator, exclude=frozenset(args.exclude), overrides=parse_overrides(args.override)
+        calibrator=args.calibrator,
+        exclude=frozenset(args.exclude or ()),
+        overrides=parse_overrides(args.overrides or ()),
     )
     plan.validate(loaded.info)
     quantized = quantize_model(loaded, table, plan)
@@ -417,30 +373,27 @@ def run_equalize(args: argparse.Namespace) -> int:
 
 
 # ---- check ----------------------------------------------------------------------------------------
+def check_spec(args: argparse.Namespace) -> GateSpec:
+    """The gate spec ``int8gate check`` runs: every setting on the command line's surface."""
+    values: dict[str, Any] = {}
+    for setting in surface("cli"):
+        value = getattr(args, setting.name)
+        if value is None:
+            continue
+        if setting.kind == "budget":
+            value = Budget.parse(value, source=name_of(setting.cli))
+        elif setting.kind == "layer_calibrators":
+            value = parse_overrides(value)
+        elif setting.kind == "layers_or_all" and not value:
+            value = True  # --equalize without NODE: every pair
+        else:
+            value = spec_value(setting, value)
+        values[setting.name] = value
+    return GateSpec(model=Path(args.model), data_search_path=Path.cwd(), **values)
+
+
 def run_check(args: argparse.Namespace) -> int:
-    spec = GateSpec(
-        model=Path(args.model),
-        calib_data=args.calib_data,
-        eval_data=args.eval_data,
-        labels=args.labels,
-        budget=Budget.parse(args.budget, source="--budget"),
-        calibrator=args.calibrator,
-        percentile=args.percentile,
-        exclude=frozenset(args.exclude),
-        overrides=parse_overrides(args.override),
-        backend=args.backend,
-        ort_mode=args.ort_mode,
-        output=args.output,
-        batch_size=args.batch_size,
-        threads=args.threads,
-        cache_dir=args.cache_dir,
-        data_search_path=Path.cwd(),
-        bisect=not args.no_bisect,
-        equalize=frozenset() if args.equalize is None else (frozenset(args.equalize) or True),
-        bias_correction=frozenset(args.bias_correction),
-        repairs=REPAIRS if args.repair is None else tuple(r for r in REPAIRS if r in args.repair),
-    )
-    CalibratorSettings(percentile=spec.percentile)  # reject a bad percentile before any work
+    spec = check_spec(args)
 
     def progress(stage: str, message: str) -> None:
         print(f"{PROG}: {stage}: {message}", file=sys.stderr)

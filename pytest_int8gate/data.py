@@ -16,7 +16,6 @@ import importlib
 import math
 import os
 import queue
-import re
 import sys
 import threading
 import time
@@ -30,12 +29,14 @@ import numpy as np
 
 from .errors import DataError, bounded_repr, bounded_text
 from .graph import ModelInfo, TensorInfo
+from .settings import (
+    DEFAULT_BATCH_SIZE as DEFAULT_BATCH_SIZE,  # the setting's default; this path stays importable
+)
+from .settings import is_loader_spec as is_loader_spec
 
 Feeds = dict[str, np.ndarray]
 #: Receives one line about reading data (what is read, how many samples so far, what it waits for).
 DataProgress = Callable[[str], None]
-_LOADER_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-DEFAULT_BATCH_SIZE = 32
 #: Samples one data source may hold at most (the ``max_samples`` setting): a bound on memory and time.
 DEFAULT_MAX_SAMPLES = 100_000
 #: Seconds a ``module:function`` loader may take to yield one item (the ``data_timeout`` setting).
@@ -160,11 +161,6 @@ def _concat(parts: list[Feeds]) -> Feeds:
     if len(parts) == 1:
         return parts[0]
     return {k: np.concatenate([p[k] for p in parts], axis=0) for k in parts[0]}
-
-
-def is_loader_spec(spec: str) -> bool:
-    """True for ``package.module:function`` (and not an existing path)."""
-    return bool(_LOADER_SPEC.match(spec)) and not Path(spec).exists()
 
 
 def load_dataset(

@@ -16,7 +16,8 @@
         bias_correction: ["/fc2/Gemm"]
         repairs: [calibrator, equalize, bias_correction]   # the bisection's ladder before float
 
-Relative paths are relative to the manifest's folder.
+Relative paths are relative to the manifest's folder. The valid keys and what each must be come from the
+settings table (``settings.SETTINGS``; the README lists them).
 """
 
 from __future__ import annotations
@@ -31,47 +32,18 @@ from typing import Any
 import yaml
 
 from .budget import Budget
-from .choices import BACKEND_NAMES, CALIBRATORS, ORT_MODES, REPAIRS, STRATEGIES
-from .data import is_loader_spec
 from .errors import Int8GateError, bounded_repr, bounded_text
+from .settings import SETTINGS, Setting, SettingError, from_yaml, is_loader_spec, name_of, on
 
 
 class ManifestError(Int8GateError):
     """The manifest is unreadable or an entry has an unknown key or a wrong type."""
 
 
-#: key -> (type check, description) for one manifest entry.
-_STR = (str,)
-ENTRY_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
-    "name": (_STR, "a string"),
-    "model": (_STR, "a path"),
-    "calib_data": (_STR, "a path or module:function"),
-    "eval_data": (_STR, "a path or module:function"),
-    "labels": (_STR, "a path"),
-    "output": (_STR, "an output name"),
-    "budget": ((dict,), "a mapping of metric: limit"),
-    "calibrator": (_STR, f"one of {', '.join(CALIBRATORS)}"),
-    "percentile": ((int, float), "a number in (0, 100]"),
-    "exclude": ((list,), "a list of layer names"),
-    "calibrator_overrides": ((dict,), "a mapping of layer name: calibrator"),
-    "backend": (_STR, f"one of {', '.join(BACKEND_NAMES)}"),
-    "ort_mode": (_STR, f"one of {', '.join(ORT_MODES)}"),
-    "batch_size": ((int,), "a positive integer"),
-    "bisect": ((bool,), "true or false"),
-    "bisect_strategy": (_STR, f"one of {', '.join(STRATEGIES)}"),
-    "bisect_subset": ((int,), "a positive integer"),
-    "equalize": ((bool, list), "true, false or a list of layer names"),
-    "bias_correction": ((list,), "a list of layer names"),
-    "repairs": ((list,), f"a list of repairs from {', '.join(REPAIRS)}"),
-    "strict_ci": ((bool,), "true or false"),
-    "fp32_reference": (_STR, "a path to a .npz of FP32 reference outputs"),
-}
-_CHOICES = {
-    "calibrator": CALIBRATORS,
-    "backend": BACKEND_NAMES,
-    "ort_mode": ORT_MODES,
-    "bisect_strategy": STRATEGIES,
-}
+#: key -> its setting, for one manifest entry: every setting the table puts on the manifest.
+ENTRY_KEYS: dict[str, Setting] = {name_of(s.manifest): s for s in SETTINGS if on(s.manifest)}
+#: Keys naming a file or data, resolved against the manifest's folder.
+_PATH_KEYS = tuple(key for key, s in ENTRY_KEYS.items() if s.kind in ("path", "data"))
 _ID_SAFE = re.compile(r"[^\w.\-]+")
 
 
@@ -134,8 +106,8 @@ def load_manifest(path: str | os.PathLike[str]) -> tuple[ManifestEntry, ...]:
         for key in ("model", "calib_data"):
             if key not in merged:
                 raise ManifestError(f"{file}: {label} has no {key!r}.")
-        for key in ("model", "calib_data", "eval_data", "labels", "fp32_reference"):
-            if key in merged and not (key.endswith("data") and is_loader_spec(merged[key])):
+        for key in _PATH_KEYS:
+            if key in merged and not (ENTRY_KEYS[key].kind == "data" and is_loader_spec(merged[key])):
                 merged[key] = (
                     str((file.parent / merged[key]).resolve())
                     if not Path(merged[key]).is_absolute()
@@ -164,30 +136,13 @@ def _check_keys(file: Path, label: str, item: Mapping[str, Any], *, allow_model:
         if key not in ENTRY_KEYS or (not allow_model and key in ("name", "model")):
             valid = ", ".join(k for k in ENTRY_KEYS if allow_model or k not in ("name", "model"))
             raise ManifestError(f"{file}: {label}: unknown key {key!r}; valid keys are {valid}.")
-        types, meaning = ENTRY_KEYS[key]
-        wrong_bool = isinstance(value, bool) and bool not in types
-        if not isinstance(raw_value, types) or wrong_bool:
-            raise ManifestError(f"{file}: {label}: {key!r} must be {meaning}, not {value!r}.")
-        if key in _CHOICES and value not in _CHOICES[key]:
-            raise ManifestError(f"{file}: {label}: {key!r} must be {meaning}, not {value!r}.")
-        if key in ("batch_size", "bisect_subset") and value <= 0:
-            raise ManifestError(f"{file}: {label}: {key!r} must be {meaning}, not {value!r}.")
-        if key == "percentile" and not 0 < float(value) <= 100:
-            raise ManifestError(f"{file}: {label}: {key!r} must be {meaning}, not {value!r}.")
-        if key == "exclude" and not all(isinstance(v, str) for v in value):
-            raise ManifestError(f"{file}: {label}: 'exclude' must be a list of layer names (strings).")
-        names = value if key in ("equalize", "bias_correction") and isinstance(value, list) else []
-        if not all(isinstance(v, str) for v in names):
-            raise ManifestError(f"{file}: {label}: {key!r} must be a list of layer names (strings).")
-        if key == "repairs" and not all(isinstance(v, str) and v in REPAIRS for v in value):
-            raise ManifestError(f"{file}: {label}: 'repairs' must be {meaning}, not {value!r}.")
-        if key == "calibrator_overrides":
-            for layer, calib in value.items():
-                if not isinstance(layer, str) or calib not in CALIBRATORS:
-                    raise ManifestError(
-                        f"{file}: {label}: calibrator_overrides[{layer!r}] must be one of "
-                        f"{', '.join(CALIBRATORS)}, not {calib!r}."
-                    )
+        try:
+            from_yaml(ENTRY_KEYS[key], value)
+        except SettingError as exc:
+            problem = str(exc)
+            if problem.startswith("["):  # a mapping's value: name the item, e.g. calibrator_overrides['x']
+                raise ManifestError(f"{file}: {label}: {key}{problem}.") from None
+            raise ManifestError(f"{file}: {label}: {key!r} {problem}, not {bounded_repr(value)}.") from None
 
 
 class RefusedYaml(yaml.YAMLError):

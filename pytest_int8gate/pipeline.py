@@ -49,6 +49,7 @@ from .progress import counted_batches
 from .quantize import QuantizedModel, QuantPlan, activation_tensors, quantize_model
 from .repair import RewrittenModel, bias_corrected, equalized_variant
 from .results import BisectionReport, Comparison, Finding, GateVerdict, MetricResult, sort_findings
+from .settings import DEFAULT_PERCENTILE
 
 #: Data: a path or ``module:function`` spec, in-memory arrays (axis 0 = samples), a Dataset, or feed
 #: dicts (a list, or a generator: read once, into memory).
@@ -61,7 +62,11 @@ def _silent(stage: str, message: str) -> None:
 
 @dataclass(frozen=True)
 class GateSpec:
-    """Everything that defines one gate; every field has a sensible default but the model and data."""
+    """Everything that defines one gate; every field has a sensible default but the model and data.
+
+    Each field is a setting of ``settings.SETTINGS`` (its type, default, rule and spellings; a test keeps
+    the two in step).
+    """
 
     model: Path
     calib_data: DataSource
@@ -69,7 +74,7 @@ class GateSpec:
     labels: str | np.ndarray | None = None
     budget: Budget = field(default_factory=Budget)
     calibrator: str = "entropy"
-    percentile: float = 99.99
+    percentile: float = DEFAULT_PERCENTILE
     exclude: frozenset[str] = frozenset()
     overrides: Mapping[str, str] = field(default_factory=dict)
     backend: str = "onnxruntime"

@@ -7,7 +7,6 @@ budget): reports, the JSON codec and the plugin read these types without loading
 
 from __future__ import annotations
 
-import enum
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from typing import Literal
 import numpy as np
 
 from .budget import Budget
+from .choices import RepairAction as RepairAction  # the names live with the other choices
 from .errors import NonFiniteOutputError
 
 # ---- diagnostics' findings ------------------------------------------------------------------------
@@ -131,18 +131,6 @@ class MetricResult:
 
 
 # ---- the search: offenders, their repairs, the verified fix ----------------------------------------
-
-
-class RepairAction(str, enum.Enum):
-    """The rung of the repair ladder that settled an offending layer; all but FLOAT keep it in INT8."""
-
-    CALIBRATOR = "calibrator"  # another calibrator's amax for its activation inputs
-    EQUALIZE = "equalize"  # cross-layer equalization with the layer producing its input
-    BIAS_CORRECTION = "bias_correction"  # its bias absorbs the mean output error INT8 adds
-    FLOAT = "float"  # kept in float
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True)

@@ -126,7 +126,7 @@ def test_calibrate_bad_percentile_and_trt_version_exit_2_before_work(
 ) -> None:
     model, data, _ = mlp
     assert _calibrate(model, data, tmp_path / "t.json", "--percentile", "120") == 2
-    assert "percentile" in _error_line(capsys.readouterr().err)
+    assert "--percentile: must be in (0, 100], got '120'" in capsys.readouterr().err
     assert _calibrate(model, data, tmp_path / "t.json", "--trt-version", "ten") == 2
     assert "'ten'" in _error_line(capsys.readouterr().err)
     assert not (tmp_path / "t.json").exists()
@@ -316,7 +316,7 @@ def test_usage_errors_and_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == 2
     assert "COMMAND" in capsys.readouterr().err
     assert main(["calibrate", str(DIGITS), "--data", str(CALIB), "--out", "t.json", "--batch-size", "0"]) == 2
-    assert "--batch-size: must be >= 1" in capsys.readouterr().err
+    assert "--batch-size: must be at least 1" in capsys.readouterr().err
 
 
 def test_parse_overrides() -> None:

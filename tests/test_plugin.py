@@ -26,28 +26,17 @@ from onnx import TensorProto, helper, numpy_helper
 
 from pytest_int8gate.backends.tensorrt import unavailable_reason as tensorrt_unavailable_reason
 from pytest_int8gate.gate import valid_keys_text
+from pytest_int8gate.settings import name_of, negative_flag, surface
 
-# Every option with its ini twin (``--int8-bisect`` / ``--int8-no-bisect`` share ``int8_bisect``).
+# Every option with its ini twin, from the settings table (a flag on by default also has its off switch).
 OPTION_INI = {
-    "--int8-model": "int8_models",
-    "--int8-calib-data": "int8_calib_data",
-    "--int8-eval-data": "int8_eval_data",
-    "--int8-labels": "int8_labels",
-    "--int8-budget": "int8_budget",
-    "--int8-calibrator": "int8_calibrator",
-    "--int8-backend": "int8_backend",
-    "--int8-ort-mode": "int8_ort_mode",
-    "--int8-bisect": "int8_bisect",
-    "--int8-no-bisect": "int8_bisect",
-    "--int8-bisect-strategy": "int8_bisect_strategy",
-    "--int8-bisect-subset": "int8_bisect_subset",
-    "--int8-bisect-max-evals": "int8_bisect_max_evals",
-    "--int8-cache-dir": "int8_cache_dir",
-    "--int8-report-json": "int8_report_json",
-    "--int8-manifest": "int8_manifest",
-    "--int8-output": "int8_output",
-    "--int8-batch-size": "int8_batch_size",
-    "--int8-percentile": "int8_percentile",
+    flag: name_of(setting.ini)
+    for setting in surface("option")
+    for flag in (
+        [name_of(setting.option), negative_flag(name_of(setting.option))]
+        if setting.kind == "flag" and setting.default is True
+        else [name_of(setting.option)]
+    )
 }
 
 # An inner test that dumps the run's resolved options (command line over ini, paths made absolute).
@@ -94,7 +83,7 @@ def assert_rejected_before_running(result: pytest.RunResult, *fragments: str) ->
     assert not re.search(r"\b\d+ passed\b", text), text
     for fragment in fragments:
         assert fragment in text, (fragment, text)
-    assert "Traceback" not in text and "INTERNALERROR" not in text and "plugin.py" not in text
+    assert "Traceback" not in text and "INTERNALERROR" not in text and "int8gate/plugin/" not in text
 
 
 def save_model(path: Path, nodes: list[onnx.NodeProto], weight: np.ndarray) -> Path:
@@ -507,7 +496,7 @@ def test_tensorrt_backend_without_tensorrt_is_an_error_never_a_pass_or_skip(
     assert len(error_lines) == 1, section
     assert "tensorrt" in error_lines[0].lower() and "requested" in error_lines[0]
     assert error_lines[0].rstrip().endswith(".")
-    assert "plugin.py" not in result.stdout.str()
+    assert "int8gate/plugin/" not in result.stdout.str()
     result.stdout.fnmatch_lines(["int8gate: backend unavailable: *tensorrt*(requested: tensorrt)"])
     assert gates(project.path / "report.json")["digits_cnn.onnx"]["verdict"] == "error"
 
@@ -649,7 +638,7 @@ def test_overridden_fixtures_with_in_memory_data_and_the_marker_budget(project: 
     section = failure_section(result)
     assert "INT8 gate failed: test_command_line_budget_applies_without_a_marker[digits_cnn.onnx]" in section
     assert any(line.startswith("  cosine") and line.endswith("FAIL") for line in section.splitlines())
-    assert "Traceback" not in section and "plugin.py" not in section
+    assert "Traceback" not in section and "int8gate/plugin/" not in section
 
 
 def test_engines_are_session_scoped_and_run_a_batch(project: pytest.Pytester) -> None:
@@ -698,7 +687,7 @@ def test_missing_calibration_data_names_the_option_and_the_fixture(project: pyte
     result.stdout.fnmatch_lines(
         ["*no calibration data; pass --int8-calib-data*'int8_calibration_data' fixture*"]
     )
-    assert "plugin.py" not in result.stdout.str()
+    assert "int8gate/plugin/" not in result.stdout.str()
 
 
 def test_int8_model_fixture_needs_exactly_one_model(project: pytest.Pytester) -> None:
@@ -758,7 +747,7 @@ def test_kpi_callable_with_kpi_drop(project: pytest.Pytester) -> None:
     assert "INT8 gate failed: test_kpi_fails_on_the_outlier_model[digits_cnn_outlier.onnx]" in section
     assert any(line.strip().startswith("kpi_drop") and line.endswith("FAIL") for line in section.splitlines())
     assert "budget kpi_drop needs int8_gate.check(..., kpi=callable)" in section
-    assert "plugin.py" not in section
+    assert "int8gate/plugin/" not in section
 
 
 def test_int8_gate_check_applies_equalization_and_bias_correction(project: pytest.Pytester) -> None:
@@ -822,7 +811,7 @@ def test_failing_gate_shows_table_offending_layer_verified_fix_and_snippet(proje
         ]
     )
     text = output_of(result)
-    assert "plugin.py" not in text
+    assert "int8gate/plugin/" not in text
     assert "Traceback" not in text
     assert "pytest_int8gate" not in failure_section(result)
 
@@ -1074,7 +1063,7 @@ def test_corrupt_model_file_fails_with_a_gate_error_naming_it(project: pytest.Py
 
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["INT8 gate error: *broken.onnx*"])
-    assert "plugin.py" not in result.stdout.str()
+    assert "int8gate/plugin/" not in result.stdout.str()
 
 
 def test_data_with_the_wrong_input_name_fails_naming_the_input(project: pytest.Pytester) -> None:
