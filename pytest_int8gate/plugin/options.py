@@ -199,7 +199,7 @@ class _Resolver:
             if setting.kind == "budget":
                 return Budget.parse(items, source=name_of(setting.option))
             if setting.kind == "tolerances":
-                from ..baseline import parse_tolerances
+                from ..report.baseline import parse_tolerances
 
                 return parse_tolerances(items, source=name_of(setting.option))
         except Int8GateError as exc:

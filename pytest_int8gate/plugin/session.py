@@ -2,8 +2,7 @@
 workers too), the header, and at the end of the run the reports, written in one place and in one order:
 baseline comparison -> JSON -> Markdown -> HTML -> GitHub step summary -> terminal summary.
 
-Report rendering lives in ``report``, ``report_formats`` and ``baseline``, imported only when there is
-something to report.
+Report rendering lives in the ``report`` package, imported only when there is something to report.
 """
 
 from __future__ import annotations
@@ -20,8 +19,8 @@ from ..errors import Int8GateError
 from .options import Int8Options
 
 if TYPE_CHECKING:
-    from ..baseline import Baseline
     from ..pipeline import GatePipeline
+    from ..report.baseline import Baseline
 
 #: Per-item records (plain JSON data) of the gates a test ran.
 ITEM_RECORDS = pytest.StashKey[list[dict[str, Any]]]()
@@ -49,7 +48,7 @@ class Int8Session:
     def __post_init__(self) -> None:
         path = self.options.baseline
         if path is not None and not self.is_worker:
-            from ..baseline import load_baseline
+            from ..report.baseline import load_baseline
 
             try:
                 self.baseline = load_baseline(path)
@@ -110,7 +109,7 @@ class Int8Session:
                 terminalreporter.write_line(line)
         baseline = self.report_meta.get("baseline")
         if isinstance(baseline, Mapping) and self.records:
-            from ..baseline import baseline_lines
+            from ..report.text import baseline_lines
 
             for line in baseline_lines(self.records, baseline):
                 terminalreporter.write_line(line, red="FAILED" in line or "ERROR" in line)
@@ -124,12 +123,12 @@ class Int8Session:
 
     def write_reports(self) -> bool:
         """Baseline comparison, JSON, Markdown, HTML, step summary; True when one of them fails the run."""
-        from ..report import write_json_report
-        from ..report_formats import (
+        from ..report import (
             STEP_SUMMARY_VARIABLE,
             append_step_summary,
             html_report,
             markdown_report,
+            write_json_report,
             write_text_report,
         )
 
@@ -185,7 +184,7 @@ class Int8HtmlExtras:
         if records:
             from pytest_html import extras  # type: ignore[import-not-found,import-untyped,unused-ignore]
 
-            from ..report_formats import gate_extra_html
+            from ..report import gate_extra_html
 
             report.extras = [  # type: ignore[attr-defined]
                 *getattr(report, "extras", []),
