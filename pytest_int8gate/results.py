@@ -297,7 +297,7 @@ class GateVerdict:
     notes: tuple[str, ...] = ()
     cache_hits: tuple[str, ...] = ()
     bisection: BisectionReport | None = None
-    #: Findings of the INT8 debugging checks (diagnostics.py); one of severity "failure" fails the gate.
+    #: Findings of the INT8 debugging checks (diagnostics/); one of severity "failure" fails the gate.
     diagnostics: tuple[Finding, ...] = ()
 
     @property
