@@ -594,3 +594,23 @@ def test_engine_fixtures_hand_user_tests_a_runner_that_splits_large_batches(
     batches = [shapes["input"][0] for shapes in fake.state.executions]
     assert max(batches) == 16
     assert batches.count(6) == 2  # 70 = 16 * 4 + 6, on each engine; the gate's batches of 600 end in 8
+
+
+@pytest.mark.parametrize(
+    ("installed", "major"),
+    [
+        (["numpy", "tensorrt", "tensorrt-cu12", "tensorrt_cu12_libs", "tensorrt-cu12-bindings"], 12),
+        (["tensorrt_cu13", "tensorrt_cu13_bindings"], 13),
+        (["tensorrt-cu12", "tensorrt-cu13"], None),  # two builds side by side: nothing to compare with
+        (["tensorrt", "tensorrt-lean-cu12"], None),
+    ],
+)
+def test_the_tensorrt_wheels_cuda_major(
+    monkeypatch: pytest.MonkeyPatch, installed: list[str], major: int | None
+) -> None:
+    import importlib.metadata
+    from types import SimpleNamespace
+
+    distributions = [SimpleNamespace(name=name) for name in installed]
+    monkeypatch.setattr(importlib.metadata, "distributions", lambda: iter(distributions))
+    assert tensorrt_backend.tensorrt_wheel_cuda_major() == major

@@ -145,7 +145,7 @@ def tensorrt_wheel_cuda_major() -> int | None:
     """The CUDA major the installed TensorRT wheel is built for (tensorrt-cuNN); None when not known."""
     majors = set()
     for distribution in importlib.metadata.distributions():
-        match = _TENSORRT_WHEEL.match(str(distribution.metadata["Name"] or ""))
+        match = _TENSORRT_WHEEL.match(distribution.name or "")
         if match:
             majors.add(int(match.group(1)))
     return majors.pop() if len(majors) == 1 else None
