@@ -108,7 +108,11 @@ class DigitsMobileNet(nn.Module):
         self.stem = conv_bn(1, 16, 3)
         self.dw1, self.pw1 = conv_bn(16, 16, 3, groups=16), conv_bn(16, 32, 1)
         self.dw2, self.pw2 = conv_bn(32, 32, 3, stride=2, groups=32), conv_bn(32, 48, 1)
-        self.expand, self.dw3, self.project = conv_bn(48, 96, 1), conv_bn(96, 96, 3, groups=96), conv_bn(96, 48, 1)
+        self.expand, self.dw3, self.project = (
+            conv_bn(48, 96, 1),
+            conv_bn(96, 96, 3, groups=96),
+            conv_bn(96, 48, 1),
+        )
         self.head = nn.Linear(48, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -200,8 +204,10 @@ def vit_onnx(model: DigitsViT) -> onnx.ModelProto:
     head_shape = w.const("head_shape", np.array([-1, TOKENS, HEADS, HEAD_DIM]))
     merged_shape = w.const("merged_shape", np.array([-1, TOKENS, DIM]))
     scale = w.const("attention_scale", np.array(1.0 / math.sqrt(HEAD_DIM), dtype=np.float32))
-    sqrt2, one, half = (w.const(n, np.array(v, dtype=np.float32)) for n, v in
-                        (("gelu_sqrt2", math.sqrt(2.0)), ("gelu_one", 1.0), ("gelu_half", 0.5)))
+    sqrt2, one, half = (
+        w.const(n, np.array(v, dtype=np.float32))
+        for n, v in (("gelu_sqrt2", math.sqrt(2.0)), ("gelu_one", 1.0), ("gelu_half", 0.5))
+    )
     for index, block in enumerate(model.blocks):
         p = f"block{index}"
         h = layer_norm(w, f"{p}/ln1", x, block.ln1)
@@ -228,8 +234,12 @@ def vit_onnx(model: DigitsViT) -> onnx.ModelProto:
         x = w.node("Add", f"{p}/mlp/residual/Add", [x, linear(w, f"{p}/mlp/fc2", g, block.fc2)])
     x = layer_norm(w, "norm", x, model.norm)
     x = w.node("ReduceMean", "pool/ReduceMean", [x], axes=[1], keepdims=0)
-    w.node("Gemm", "head/Gemm", [x, w.const("head.weight", model.head.weight), w.const("head.bias", model.head.bias)],
-           transB=1)
+    w.node(
+        "Gemm",
+        "head/Gemm",
+        [x, w.const("head.weight", model.head.weight), w.const("head.bias", model.head.bias)],
+        transB=1,
+    )
     return w.model()
 
 
@@ -244,13 +254,18 @@ def conv_bn_onnx(w: GraphWriter, name: str, x: str, layers: nn.Sequential) -> st
         pads=[conv.padding[0]] * 4,
         group=conv.groups,
     )
-    inputs = [w.const(f"{name}.bn.{k}", getattr(bn, a)) for k, a in
-              (("scale", "weight"), ("bias", "bias"), ("mean", "running_mean"), ("var", "running_var"))]
+    inputs = [
+        w.const(f"{name}.bn.{k}", getattr(bn, a))
+        for k, a in (("scale", "weight"), ("bias", "bias"), ("mean", "running_mean"), ("var", "running_var"))
+    ]
     return w.node("BatchNormalization", f"{name}/BatchNormalization", [y, *inputs], epsilon=bn.eps)
 
 
 def relu6(w: GraphWriter, name: str, x: str) -> str:
-    bounds = [w.const(f"{name}.min", np.array(0.0, np.float32)), w.const(f"{name}.max", np.array(6.0, np.float32))]
+    bounds = [
+        w.const(f"{name}.min", np.array(0.0, np.float32)),
+        w.const(f"{name}.max", np.array(6.0, np.float32)),
+    ]
     return w.node("Clip", f"{name}/Clip", [x, *bounds])
 
 
@@ -265,12 +280,18 @@ def mobilenet_onnx(model: DigitsMobileNet) -> onnx.ModelProto:
     x = w.node("Add", "residual/Add", [x, h])
     x = w.node("GlobalAveragePool", "pool/GlobalAveragePool", [x])
     x = w.node("Flatten", "pool/Flatten", [x], axis=1)
-    w.node("Gemm", "head/Gemm", [x, w.const("head.weight", model.head.weight), w.const("head.bias", model.head.bias)],
-           transB=1)
+    w.node(
+        "Gemm",
+        "head/Gemm",
+        [x, w.const("head.weight", model.head.weight), w.const("head.bias", model.head.bias)],
+        transB=1,
+    )
     return w.model()
 
 
-def check_and_save(model: nn.Module, proto: onnx.ModelProto, path: Path, x: np.ndarray, y: np.ndarray) -> None:
+def check_and_save(
+    model: nn.Module, proto: onnx.ModelProto, path: Path, x: np.ndarray, y: np.ndarray
+) -> None:
     with torch.no_grad():
         expected = model(torch.from_numpy(x)).numpy()
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])

@@ -34,6 +34,9 @@ REPAIRS: tuple[str, ...] = tuple(action.value for action in RepairAction if acti
 BACKEND_NAMES: tuple[str, ...] = ("onnxruntime", "tensorrt", "auto")
 #: How ONNX Runtime runs a Q/DQ model: simulated (Q/DQ in float, what TensorRT computes) or fused kernels.
 ORT_MODES: tuple[str, ...] = ("simulated", "fused")
+#: Where Q/DQ pairs go (see placement.py): weighted layers' inputs, or TensorRT's fusion-aware rules.
+PLACEMENTS: tuple[str, ...] = ("minimal", "tensorrt")
+DEFAULT_PLACEMENT = "minimal"
 #: Fewer calibration samples than this is a warning (500, as NVIDIA's INT8 guides suggest; 0: no check).
 DEFAULT_MIN_CALIB_SAMPLES = 500
 

@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .batchnorm import fold_batchnorms
 from .errors import ModelError, bounded_repr, bounded_text
 
 #: Ops whose inputs get Q/DQ; residual ``Add`` nodes are added by :func:`quantizable_layers`.
@@ -254,6 +255,9 @@ def prepare_model(
     folded = fold_constant_nodes(model.graph)
     if folded:
         notes.append(f"folded {folded} Constant node(s) into initializers")
+    folded_bn = fold_batchnorms(model.graph)
+    if folded_bn:
+        notes.append(f"folded {len(folded_bn)} BatchNormalization node(s) into the preceding layer")
     renamed = name_nodes(model.graph)
     if renamed:
         notes.append(f"named {renamed} unnamed or duplicate node(s)")

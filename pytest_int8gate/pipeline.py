@@ -45,6 +45,7 @@ from .diagnostics import (
 from .errors import NonFiniteOutputError
 from .evaluate import KpiFunction
 from .graph import LoadedModel, load_model
+from .placement import with_placement
 from .progress import counted_batches
 from .quantize import QuantizedModel, QuantPlan, activation_tensors, quantize_model
 from .repair import RewrittenModel, bias_corrected, equalized_variant
@@ -141,7 +142,7 @@ class GatePipeline:
     # ---- inputs -------------------------------------------------------------------------------
     @functools.cached_property
     def model(self) -> LoadedModel:
-        return load_model(self.spec.model)
+        return with_placement(load_model(self.spec.model), self.spec.plan.placement)
 
     def _dataset(self, source: DataSource, role: str) -> Dataset:
         if isinstance(source, Dataset):
@@ -223,7 +224,7 @@ class GatePipeline:
             {
                 "model": model.info.model_hash,
                 "data": self.calibration_data.fingerprint,
-                "tensors": list(activation_tensors(model)),
+                "tensors": list(activation_tensors(model, self.plan.placement)),
                 "settings": self._settings.as_dict(),
                 "version": __version__,
             }
@@ -241,7 +242,7 @@ class GatePipeline:
 
     def _calibrated(self, model: LoadedModel) -> CalibrationTable:
         settings = self._settings
-        tensors = activation_tensors(model)
+        tensors = activation_tensors(model, self.plan.placement)
         data = self.calibration_data
         key = self._table_key_for(model)
         rewritten = model is not self.model

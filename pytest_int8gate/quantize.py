@@ -8,16 +8,14 @@ activations only). Weights are stored pre-quantized in [-127, 127] (round half t
 quantized at run time by QuantizeLinear, which both ONNX Runtime and TensorRT's IQuantizeLayer define
 as round-half-to-even clamped to [-128, 127], so a value below -amax reaches -128·scale.
 
-Placement follows TensorRT's guide to Q/DQ networks:
+Placement (which inputs of which layers get a pair) is a profile of placement.py: ``minimal`` (weighted
+layers' inputs and the skip input of a residual Add after a Conv) or ``tensorrt`` (TensorRT's fusion-aware
+rules, as NVIDIA ModelOpt places them); the plan names the profile.
 
-* **Quantizable ops** (Conv, ConvTranspose, Gemm, MatMul): a QuantizeLinear → DequantizeLinear pair on
-  each activation input, so that TensorRT fuses ``DQ → op → Q`` into one int8 kernel. Bias stays float.
+* **Activations**: a QuantizeLinear → DequantizeLinear pair per tensor, so that TensorRT fuses
+  ``DQ → op → Q`` into one int8 kernel. Bias stays float.
 * **Weights**: stored as an int8 initializer read by a DequantizeLinear with a per-output-channel scale
-  (``axis`` attribute): Conv axis 0, ConvTranspose axis 1 (group 1 only; grouped deconvolutions mix the
-  channels of several groups on that axis, so they get one per-tensor scale), Gemm axis 0 when
-  ``transB`` else 1, MatMul the last axis of a rank-2 weight (other ranks per tensor).
-* **Residual Add** after a Conv: a Q/DQ pair on the skip input only (the one not produced by a Conv),
-  so TensorRT can fuse the Add into the preceding Conv's int8 kernel.
+  (``axis`` attribute, chosen by :func:`placement.weight_axis`).
 
 A layer is quantized all or nothing: if one of its activations cannot be (excluded by the plan, skipped
 by calibration, amax 0 or non-finite), the layer keeps float inputs and the reason is recorded. One Q/DQ
@@ -33,7 +31,7 @@ import json
 import math
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
@@ -41,8 +39,16 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .choices import CALIBRATORS as CALIBRATORS  # the names a plan may ask for; this path stays importable
+from .choices import DEFAULT_PLACEMENT, PLACEMENTS
+from .coverage import Coverage, NotCovered
 from .errors import CalibrationError, ModelError
-from .graph import RESIDUAL_PRODUCERS, Layer, LoadedModel, ModelInfo
+from .graph import COMPUTE_OPS, Layer, LoadedModel, ModelInfo
+from .placement import (
+    InputSlot,
+    Placement,
+    model_macs,
+    place,
+)
 
 INT8_MAX = 127
 #: First opset with per-axis DequantizeLinear; float16 Q/DQ needs 19.
@@ -79,6 +85,8 @@ class QuantPlan:
     include: frozenset[str] | None = None
     equalize: frozenset[str] = frozenset()
     bias_correction: frozenset[str] = frozenset()
+    #: The placement profile (placement.py): which layers and inputs get Q/DQ.
+    placement: str = DEFAULT_PLACEMENT
 
     def __post_init__(self) -> None:
         # Normalise so that equal content gives equal plans whatever container the caller passed.
@@ -110,6 +118,8 @@ class QuantPlan:
             document["equalize"] = sorted(self.equalize)
         if self.bias_correction:
             document["bias_correction"] = sorted(self.bias_correction)
+        if self.placement != "minimal":
+            document["placement"] = self.placement
         return document
 
     def key(self) -> str:
@@ -129,7 +139,12 @@ class QuantPlan:
         return self.overrides.get(layer_name, self.calibrator)
 
     def validate(self, info: ModelInfo) -> None:
-        """Raise ModelError for a layer name the model lacks, CalibrationError for an unknown calibrator."""
+        """Raise ModelError for a layer name the model lacks or an unknown placement, CalibrationError for an
+        unknown calibrator."""
+        if self.placement not in PLACEMENTS:
+            raise ModelError(
+                f"Unknown placement {self.placement!r}; known placements: {', '.join(PLACEMENTS)}."
+            )
         known = [layer.name for layer in info.layers]
         known_set = set(known)
         for what, names in (
@@ -169,91 +184,19 @@ class QuantizedModel:
     layer_scales: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     #: Quantized layer -> remark on how it was quantized (per-tensor weight fallback and why).
     notes: Mapping[str, str] = field(default_factory=dict)
+    #: What runs in INT8: layers, share of MACs, and every quantizable-looking layer left in float.
+    coverage: Coverage = field(default_factory=lambda: Coverage.of(DEFAULT_PLACEMENT, 0, 0, 0, ()))
 
 
-@dataclass(frozen=True)
-class _InputSlot:
-    """One input of a layer that gets Q/DQ: an activation (per tensor) or a weight initializer."""
-
-    index: int
-    tensor: str
-    is_weight: bool
-    axis: int | None = None  # per-channel axis of a weight; None: per tensor
-    note: str = ""  # why a weight is per tensor
-
-
-def _input_slots(
-    node: onnx.NodeProto,
-    producers: Mapping[str, onnx.NodeProto],
-    initializers: Mapping[str, onnx.TensorProto],
-) -> tuple[_InputSlot, ...]:
-    if node.op_type == "Add":
-        first, second = node.input[0], node.input[1]
-        from_conv = [
-            producers[t].op_type in RESIDUAL_PRODUCERS if t in producers else False for t in (first, second)
-        ]
-        index = 0 if not from_conv[0] and from_conv[1] else 1
-        return (_InputSlot(index, node.input[index], is_weight=False),)
-    slots = []
-    for index in (0, 1):
-        if index >= len(node.input) or not node.input[index]:
-            continue
-        tensor = node.input[index]
-        if tensor not in initializers:
-            slots.append(_InputSlot(index, tensor, is_weight=False))
-            continue
-        axis, note = _weight_axis(node, index, len(initializers[tensor].dims))
-        slots.append(_InputSlot(index, tensor, is_weight=True, axis=axis, note=note))
-    return tuple(slots)
-
-
-def _weight_axis(node: onnx.NodeProto, index: int, rank: int) -> tuple[int | None, str]:
-    """Output-channel axis of a weight input, or None and the reason it is quantized per tensor."""
-    if index == 0:
-        return None, f"constant first input of {node.op_type}: per-tensor weight scale"
-    if rank == 0:
-        return None, "scalar weight: per-tensor weight scale"
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    if node.op_type == "Conv":
-        return 0, ""
-    if node.op_type == "ConvTranspose":
-        group = int(attrs.get("group", 1))
-        if group == 1:
-            return 1, ""
-        return None, (
-            f"ConvTranspose with group={group}: its output channels do not lie on one weight axis, "
-            "so the weight uses a per-tensor scale"
-        )
-    if node.op_type == "Gemm":
-        return (0 if attrs.get("transB", 0) else 1), ""
-    if rank == 2:  # MatMul: (K, N) weight, N output channels
-        return 1, ""
-    return None, f"MatMul weight of rank {rank}: per-tensor weight scale"
-
-
-def activation_tensors(loaded: LoadedModel) -> tuple[str, ...]:
-    """Every activation some plan could put Q/DQ on: what calibration must measure, in layer order."""
-    graph = loaded.proto.graph
-    initializers = {init.name: init for init in graph.initializer}
-    producers = {out: node for node in graph.node for out in node.output}
-    nodes = {node.name: node for node in graph.node}
+def activation_tensors(loaded: LoadedModel, placement: str = DEFAULT_PLACEMENT) -> tuple[str, ...]:
+    """Every activation a plan with ``placement`` could put Q/DQ on: what calibration must measure, in
+    layer order."""
     tensors: dict[str, None] = {}
-    for layer in loaded.info.layers:
-        node = _layer_node(nodes, layer, loaded.info)
-        for slot in _input_slots(node, producers, initializers):
+    for placed in place(loaded.proto.graph, placement).layers:
+        for slot in placed.slots:
             if not slot.is_weight:
                 tensors.setdefault(slot.tensor)
     return tuple(tensors)
-
-
-def _layer_node(nodes: Mapping[str, onnx.NodeProto], layer: Layer, info: ModelInfo) -> onnx.NodeProto:
-    node = nodes.get(layer.name)
-    if node is None or tuple(node.input) != layer.inputs:
-        raise ModelError(
-            f"{info.source}: layer {layer.name!r} of the model description does not match the model proto; "
-            "prepare the model with graph.prepare_model and use its LoadedModel unchanged."
-        )
-    return node
 
 
 @dataclass
@@ -268,16 +211,20 @@ class _Insertion:
 
 @dataclass
 class _LayerDecision:
-    activations: list[tuple[_InputSlot, np.ndarray, str]]  # slot, scale, calibrator
-    weights: list[_InputSlot]
+    activations: list[tuple[InputSlot, np.ndarray, str]]  # slot, scale, calibrator
+    weights: list[InputSlot]
     note: str
 
 
 def quantize_model(loaded: LoadedModel, table: AmaxSource, plan: QuantPlan) -> QuantizedModel:
     """A new model with Q/DQ on the layers ``plan`` quantizes; ``loaded.proto`` is left untouched."""
-    info = loaded.info
-    plan.validate(info)
     source = loaded.proto.graph
+    placement = place(source, plan.placement) if plan.placement in PLACEMENTS else None
+    if placement is None:
+        plan.validate(loaded.info)  # raises: unknown placement
+        raise AssertionError("unreachable")
+    info = replace(loaded.info, layers=tuple(p.layer for p in placement.layers))
+    plan.validate(info)
     opset = _default_opset(loaded.proto)
     if opset < MIN_QDQ_OPSET:
         raise ModelError(
@@ -292,7 +239,6 @@ def quantize_model(loaded: LoadedModel, table: AmaxSource, plan: QuantPlan) -> Q
         )
 
     initializers = {init.name: init for init in source.initializer}
-    producers = {out: node for node in source.node for out in node.output}
     nodes = {node.name: node for node in source.node}
     elem_types = _elem_types(source)
     allowed = {layer.name for layer in plan.quantized_layers(info)}
@@ -300,16 +246,19 @@ def quantize_model(loaded: LoadedModel, table: AmaxSource, plan: QuantPlan) -> Q
     skipped: dict[str, str] = {}
     notes: dict[str, str] = {}
     decisions: dict[str, _LayerDecision] = {}
-    for layer in info.layers:
+    for placed in placement.layers:
+        layer = placed.layer
+        if placed.float_reason:
+            skipped[layer.name] = placed.float_reason
+            continue
         if layer.name in plan.exclude:
             skipped[layer.name] = "excluded by the plan"
             continue
         if layer.name not in allowed:
             skipped[layer.name] = "not in the plan's include list"
             continue
-        node = _layer_node(nodes, layer, info)
         decision = _decide_layer(
-            node, _input_slots(node, producers, initializers), table, plan, initializers, elem_types, opset
+            nodes[layer.name], placed.slots, table, plan, initializers, elem_types, opset
         )
         if isinstance(decision, str):
             skipped[layer.name] = decision
@@ -375,12 +324,31 @@ def quantize_model(loaded: LoadedModel, table: AmaxSource, plan: QuantPlan) -> Q
         activation_scales=activation_scales,
         layer_scales=layer_scales,
         notes=notes,
+        coverage=coverage_of(loaded, placement, tuple(decisions), skipped),
+    )
+
+
+def coverage_of(
+    loaded: LoadedModel, placement: Placement, quantized: tuple[str, ...], skipped: Mapping[str, str]
+) -> Coverage:
+    """The coverage facts of a Q/DQ model: its layers in INT8, its MACs in INT8, and what stays float."""
+    ops = {p.layer.name: p.layer.op_type for p in placement.layers}
+    not_covered = [NotCovered(name, ops[name], reason) for name, reason in skipped.items()]
+    not_covered += [NotCovered(name, op, reason) for name, op, reason in placement.not_placed]
+    macs = model_macs(loaded.proto.graph)
+    int8_macs = sum(macs.get(name, 0) for name in quantized if ops.get(name) in COMPUTE_OPS)
+    return Coverage.of(
+        placement=placement.profile,
+        quantized=len(quantized),
+        int8_macs=int8_macs,
+        total_macs=sum(macs.values()),
+        not_covered=tuple(not_covered),
     )
 
 
 def _decide_layer(
     node: onnx.NodeProto,
-    slots: tuple[_InputSlot, ...],
+    slots: tuple[InputSlot, ...],
     table: AmaxSource,
     plan: QuantPlan,
     initializers: Mapping[str, onnx.TensorProto],
@@ -389,8 +357,8 @@ def _decide_layer(
 ) -> _LayerDecision | str:
     """The scales of a layer's inputs, or the reason the layer stays in float."""
     method = plan.calibrator_for(node.name)
-    activations: list[tuple[_InputSlot, np.ndarray, str]] = []
-    weights: list[_InputSlot] = []
+    activations: list[tuple[InputSlot, np.ndarray, str]] = []
+    weights: list[InputSlot] = []
     notes: list[str] = []
     for slot in slots:
         if slot.is_weight:
