@@ -158,7 +158,7 @@ class GraphWriter:
 
     def const(self, name: str, value: np.ndarray | torch.Tensor) -> str:
         array = value.detach().numpy() if isinstance(value, torch.Tensor) else value
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        self.initializers.append(numpy_helper.from_array(np.array(array, copy=True, order="C"), name))
         return name
 
     def node(self, op: str, name: str, inputs: list[str], **attrs: object) -> str:

@@ -27,10 +27,20 @@ Ops accepted between the two layers, because ``op(s z) = s op(z)`` holds channel
 Relu, LeakyRelu, PRelu (any slope), Identity; for channels on axis 1 (a Conv producer) also MaxPool,
 AveragePool, GlobalMaxPool, GlobalAveragePool (they pool inside a channel); and one Flatten(axis=1), from
 a Conv producer into a Gemm/MatMul consumer (channel ``c`` becomes a block of ``K / C`` consecutive
-features) or after a Gemm (a 2-D output, which it leaves as is). Anything else is refused with the
-reason: a bounded op (Clip, i.e. ReLU6), a saturating one (Sigmoid, Tanh, ...), an offset
-(BatchNormalization, Add), a tensor that other nodes also read or that is a graph output, a shared or
-non-float32 weight, a grouped consumer.
+features) or after a Gemm (a 2-D output, which it leaves as is).
+
+Depthwise-separable networks (MobileNets): a depthwise Conv (``group`` = channels, one input channel per
+group) is a consumer whose input channel ``c`` is its weight row ``c``, and a producer like any Conv, so
+``conv → depthwise → conv`` gives two pairs that share the depthwise layer, re-balanced in sweeps (the
+paper's setting). ReLU6 (``Clip(0, 6)``) is not homogeneous: ``clip(s z, 0, 6) = s clip(z, 0, 6 / s)``.
+Nagel et al. replace ReLU6 by ReLU, which changes the FP32 function a little; here the bound is rescaled
+instead: the Clip becomes ``Relu`` (or ``Max`` with a per-channel lower bound) then ``Min`` with the
+per-channel upper bound ``6 / s_c``, so the FP32 function stays exact. BatchNormalization is folded into
+its layer when the model is prepared (batchnorm.py), so it no longer stands between the layers.
+
+Anything else is refused with the reason: a saturating op (Sigmoid, Tanh, ...), a squeeze-excite Mul or a
+residual Add (a second operand that is not rescaled), a tensor that other nodes also read or that is a
+graph output, a shared or non-float32 weight, a grouped consumer that is not depthwise.
 """
 
 from __future__ import annotations
@@ -49,12 +59,13 @@ from .graph import LoadedModel, graph_consumers, model_hash
 RULES = ("weights", "activations")
 #: Ops with op(s·z) = s·op(z) elementwise for s > 0: any channel layout.
 ELEMENTWISE_HOMOGENEOUS = ("Relu", "LeakyRelu", "PRelu", "Identity")
+#: Bounded ops accepted between two layers by rescaling their bounds per channel (a ReLU6 is a Clip).
+CLIPPING = ("Clip",)
 #: Ops that work inside each channel of an NC... tensor: homogeneous when channels are on axis 1.
 POOLING_HOMOGENEOUS = ("MaxPool", "AveragePool", "GlobalMaxPool", "GlobalAveragePool")
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 #: Why common ops between two layers break the rescaling.
 NOT_HOMOGENEOUS = {
-    "Clip": "clips at fixed bounds (ReLU6 and the like): clip(s·x) != s·clip(x)",
     "Sigmoid": "saturates: sigmoid(s·x) != s·sigmoid(x)",
     "HardSigmoid": "saturates: hard_sigmoid(s·x) != s·hard_sigmoid(x)",
     "Tanh": "saturates: tanh(s·x) != s·tanh(x)",
@@ -95,6 +106,8 @@ class EqualizationPair:
     consumer_axis: int  # input-channel axis of the consumer's weight
     block: int = 1  # consecutive consumer features per channel (Flatten: H*W)
     activation_axis: int = 1  # the channel axis of ``tensor``: 1 (NC...) or -1 (features last)
+    #: Clip nodes between the layers whose bounds are rescaled per channel: (node name, activation rank).
+    clips: tuple[tuple[str, int], ...] = ()
 
     def describe(self) -> str:
         middle = "".join(f" -> {op}" for op in self.between)
@@ -263,8 +276,16 @@ def _pair_for(consumer: onnx.NodeProto, context: _GraphContext) -> EqualizationP
     except _Refused as refused:
         raise _Refused(refused.reason, producer=name) from None
     channels = int(context.initializers[producer_weight].dims[producer_axis])
+    rank = len(context.initializers[producer_weight].dims) if layout == "channel" else 0
+    clips: list[tuple[str, int]] = []
     # Follow the channel axis from the producer to the consumer, in graph order.
     for node in chain:
+        if node.op_type in CLIPPING:
+            if layout == "flat":
+                raise _Refused(
+                    f"Clip {node.name!r} after a Flatten: its bounds cannot be set per channel", name
+                )
+            clips.append((node.name, rank))
         if node.op_type in POOLING_HOMOGENEOUS and layout != "channel":
             raise _Refused(f"{node.op_type} {node.name!r} would pool across {name!r}'s channels", name)
         if node.op_type == "Flatten":
@@ -309,6 +330,7 @@ def _pair_for(consumer: onnx.NodeProto, context: _GraphContext) -> EqualizationP
         consumer_axis=consumer_axis,
         block=block,
         activation_axis=1 if consumer_reads == "channel" else -1,
+        clips=tuple(clips),
     )
 
 
@@ -343,14 +365,48 @@ def _walk_to_producer(
         if node.op_type == "Flatten":
             if int(_attrs(node).get("axis", 1)) != 1:  # type: ignore[call-overload]
                 raise _Refused(f"Flatten {node.name!r} with axis != 1 moves channels")
+        elif node.op_type in CLIPPING:
+            bounds = [b for b in node.input[1:] if b]
+            initializers = context.initializers
+            if any(b not in initializers or math.prod(initializers[b].dims) != 1 for b in bounds):
+                raise _Refused(
+                    f"Clip {node.name!r} between the layers has bounds that are not constant scalars"
+                )
         elif node.op_type not in (*ELEMENTWISE_HOMOGENEOUS, *POOLING_HOMOGENEOUS):
-            reason = NOT_HOMOGENEOUS.get(
-                node.op_type, "is not known to be positively homogeneous per channel"
-            )
-            raise _Refused(f"{node.op_type} {node.name!r} between the layers {reason}")
+            raise _Refused(_barrier_reason(node, context))
         chain.append(node)
         reader = node
         current = node.input[0]
+
+
+def _barrier_reason(node: onnx.NodeProto, context: _GraphContext) -> str:
+    """Why ``node`` between two layers stops equalization, naming squeeze-excite and residual patterns."""
+    if node.op_type == "Mul" and _is_squeeze_excite(node, context):
+        return (
+            f"squeeze-excite Mul {node.name!r} between the layers gates each channel by a value computed "
+            "from the same activation (GlobalAveragePool → … → Sigmoid); rescaling channel c would change "
+            "the gate's input, so the pair is not equalized"
+        )
+    if node.op_type == "Add" and not any(i in context.initializers for i in node.input):
+        return (
+            f"residual Add {node.name!r} between the layers adds a second operand (the skip path) that is "
+            "not rescaled: channel c of the sum would mix scaled and unscaled values"
+        )
+    reason = NOT_HOMOGENEOUS.get(node.op_type, "is not known to be positively homogeneous per channel")
+    return f"{node.op_type} {node.name!r} between the layers {reason}"
+
+
+def _is_squeeze_excite(node: onnx.NodeProto, context: _GraphContext) -> bool:
+    """A Mul whose operand comes from Sigmoid/HardSigmoid behind a global pool (within a few nodes)."""
+    for tensor in node.input:
+        current = context.producers.get(tensor)
+        for _ in range(8):
+            if current is None:
+                break
+            if current.op_type in ("GlobalAveragePool", "ReduceMean"):
+                return True
+            current = context.producers.get(current.input[0]) if current.input else None
+    return False
 
 
 def _consumer_layout(node: onnx.NodeProto, context: _GraphContext) -> tuple[str, int, str]:
@@ -360,9 +416,14 @@ def _consumer_layout(node: onnx.NodeProto, context: _GraphContext) -> tuple[str,
         raise _Refused(f"the first input of {node.name!r} is a constant, not an activation")
     if node.op_type in ("Conv", "ConvTranspose"):
         group = int(attrs.get("group", 1))  # type: ignore[call-overload]
-        if group != 1:
-            raise _Refused(f"{node.op_type} {node.name!r} has group={group}: its input channels are split")
         weight = context.weight(node, 1, "weight")
+        if group != 1 and node.op_type == "Conv" and weight.dims[0] == group and weight.dims[1] == 1:
+            return weight.name, 0, "channel"  # depthwise: input channel c is weight row c
+        if group != 1:
+            raise _Refused(
+                f"{node.op_type} {node.name!r} has group={group} and is not depthwise (one input and output "
+                "channel per group): its input channels are split"
+            )
         return weight.name, 1 if node.op_type == "Conv" else 0, "channel"
     if node.op_type == "Gemm":
         if int(attrs.get("transA", 0)):  # type: ignore[call-overload]
@@ -491,6 +552,9 @@ def equalize(
     for init in rewritten.graph.initializer:
         if init.name in replaced:
             init.CopyFrom(numpy_helper.from_array(replaced[init.name], init.name))
+    for pair in pairs:
+        for clip, rank in pair.clips:
+            _rescale_clip(rewritten.graph, clip, totals[pair.consumer], rank)
     equalized = []
     for pair in pairs:
         producer_before, consumer_before = before[pair.consumer]
@@ -539,6 +603,58 @@ def _rescaled(
         if name == pair.consumer_weight:
             values = values * _broadcast(np.repeat(total, pair.block), pair.consumer_axis, values.ndim)
     return values.astype(original.dtype)
+
+
+def _rescale_clip(graph: onnx.GraphProto, name: str, scales: np.ndarray, rank: int) -> None:
+    """Replace Clip ``name`` by Relu/Max then Min with per-channel bounds divided by ``scales``.
+
+    ``clip(s·z, lo, hi) = s·clip(z, lo / s, hi / s)`` per channel; Clip takes scalar bounds only, so the
+    per-channel bounds need Max and Min (broadcast on axis 1 for rank > 0, on the last axis otherwise).
+    """
+    position = next(i for i, node in enumerate(graph.node) if node.name == name)
+    clip = graph.node[position]
+    initializers = {init.name: init for init in graph.initializer}
+    names = [clip.input[i] if len(clip.input) > i else "" for i in (1, 2)]
+    bounds = [float(numpy_helper.to_array(initializers[b]).reshape(())) if b else None for b in names]
+    shape = [1, -1] + [1] * (rank - 2) if rank >= 2 else [-1]
+    taken = {init.name for init in graph.initializer} | {n.name for n in graph.node}
+    taken |= {t for n in graph.node for t in (*n.input, *n.output)}
+
+    def fresh(wanted: str) -> str:
+        candidate, suffix = wanted, 1
+        while candidate in taken:
+            candidate = f"{wanted}_{suffix}"
+            suffix += 1
+        taken.add(candidate)
+        return candidate
+
+    nodes: list[onnx.NodeProto] = []
+    current = clip.input[0]
+    low, high = bounds
+    if low is not None:
+        lowered = fresh(f"{name}/lower_output")
+        if low == 0.0:
+            nodes.append(helper.make_node("Relu", [current], [lowered], name=fresh(f"{name}/Relu")))
+        else:
+            bound = fresh(f"{name}/lower_bound")
+            graph.initializer.append(
+                numpy_helper.from_array((low / scales).reshape(shape).astype(np.float32), bound)
+            )
+            nodes.append(helper.make_node("Max", [current, bound], [lowered], name=fresh(f"{name}/Max")))
+        current = lowered
+    if high is not None:
+        bound = fresh(f"{name}/upper_bound")
+        graph.initializer.append(
+            numpy_helper.from_array((high / scales).reshape(shape).astype(np.float32), bound)
+        )
+        nodes.append(helper.make_node("Min", [current, bound], [clip.output[0]], name=name))
+    elif nodes:
+        nodes[-1].output[0] = clip.output[0]
+    else:
+        nodes.append(helper.make_node("Identity", [current], [clip.output[0]], name=name))
+    del graph.node[position]
+    for offset, node in enumerate(nodes):
+        graph.node.insert(position + offset, node)
 
 
 def equalized_model(

@@ -303,10 +303,10 @@ _MASKED_ATTENTION = (
 
 def is_fused_epilogue(node: onnx.NodeProto, g: PlacementGraph) -> bool:
     """An op TensorRT runs inside the preceding Conv/GEMM kernel: an activation, BatchNormalization, or
-    an Add/Mul/Sub/Div with one constant operand (bias, scale)."""
+    an Add/Mul/Sub/Div/Min/Max with one constant operand (bias, scale, an equalized ReLU6's bound)."""
     if node.op_type in EPILOGUE_OPS:
         return True
-    return node.op_type in ("Add", "Mul", "Sub", "Div") and len(g.activations(node)) == 1
+    return node.op_type in ("Add", "Mul", "Sub", "Div", "Min", "Max") and len(g.activations(node)) == 1
 
 
 def follows_weighted_layer(tensor: str, g: PlacementGraph, layers: frozenset[str]) -> bool:
@@ -337,7 +337,7 @@ def fusible_backbone(node: onnx.NodeProto | None, g: PlacementGraph) -> onnx.Nod
         if node.op_type in RESIDUAL_PRODUCERS:
             return node
         fused = node.op_type in ("BatchNormalization", "Relu", "Clip") or (
-            node.op_type in ("Add", "Mul") and len(g.activations(node)) == 1
+            node.op_type in ("Add", "Mul", "Min", "Max") and len(g.activations(node)) == 1
         )
         if not (fused or node.op_type in COPY_OPS):
             return None

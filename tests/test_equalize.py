@@ -215,18 +215,13 @@ def clip_chain(op: str) -> LoadedModel:
     return build(nodes, {"x": ["N", 2, 3, 3]}, ["out"], init)
 
 
-def test_relu6_between_the_layers_is_refused_with_the_reason() -> None:
+def test_relu6_between_the_layers_is_paired_with_its_bounds_rescaled_and_sigmoid_is_refused() -> None:
     loaded = clip_chain("Clip")
-    assert pairs_of(loaded) == []
-    reason = refusals_of(loaded)["conv2"]
-    assert reason == (
-        "Clip 'relu6' between the layers clips at fixed bounds (ReLU6 and the like): clip(s·x) != s·clip(x)"
-    )
-    with pytest.raises(
-        ModelError, match=r"cannot equalize 'conv2': Clip 'relu6' .* clip\(s·x\) != s·clip\(x\)"
-    ):
-        select_pairs(loaded, ["conv2"])
+    (pair,) = pairs_of(loaded)
+    assert (pair.producer, pair.consumer, pair.clips) == ("conv1", "conv2", (("relu6", 4),))
     assert "saturates" in refusals_of(clip_chain("Sigmoid"))["conv2"]
+    with pytest.raises(ModelError, match=r"cannot equalize 'conv2': Sigmoid 'act' .* saturates"):
+        select_pairs(clip_chain("Sigmoid"), ["conv2"])
 
 
 def test_a_tensor_read_elsewhere_a_graph_output_or_a_shared_weight_is_refused() -> None:
@@ -266,17 +261,20 @@ def test_a_grouped_consumer_and_mismatched_channel_axes_are_refused() -> None:
     nodes = [
         helper.make_node("Conv", ["x", "w1"], ["y1"], name="conv1"),
         helper.make_node("Relu", ["y1"], ["r1"], name="relu1"),
-        helper.make_node("Conv", ["r1", "w2"], ["y2"], name="depthwise", group=4),
+        helper.make_node("Conv", ["r1", "w2"], ["y2"], name="grouped", group=2),
         helper.make_node("Relu", ["y2"], ["r2"], name="relu2"),
         helper.make_node("MatMul", ["r2", "m"], ["out"], name="matmul"),
     ]
     init = {
         "w1": rng.standard_normal((4, 2, 1, 1)),
-        "w2": rng.standard_normal((4, 1, 1, 1)),
+        "w2": rng.standard_normal((4, 2, 1, 1)),
         "m": rng.standard_normal((3, 5)),
     }
     refusals = refusals_of(build(nodes, {"x": ["N", 2, 3, 3]}, ["out"], init))
-    assert refusals["depthwise"] == "Conv 'depthwise' has group=4: its input channels are split"
+    assert refusals["grouped"] == (
+        "Conv 'grouped' has group=2 and is not depthwise (one input and output channel per group): its input "
+        "channels are split"
+    )
     assert "reads the last axis (no Flatten between)" in refusals["matmul"]
 
 
