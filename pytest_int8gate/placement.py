@@ -536,15 +536,24 @@ def pooling_slots(node: onnx.NodeProto, g: PlacementGraph, layers: frozenset[str
     return ()
 
 
-def resize_slots(node: onnx.NodeProto, g: PlacementGraph, weighted: frozenset[str]) -> tuple[InputSlot, ...]:
-    """``tensorrt``'s Resize/Upsample reading a quantized Conv's output: its data input.
+def resize_slots(
+    node: onnx.NodeProto,
+    g: PlacementGraph,
+    weighted: frozenset[str],
+    fused_adds: frozenset[str] = frozenset(),
+) -> tuple[InputSlot, ...]:
+    """``tensorrt``'s Resize/Upsample reading a quantized Conv's output: its data input. The output of a
+    residual Add fused into its Conv (``fused_adds``) counts as that Conv's output.
 
     Why: ModelOpt prefers quantized input for Resize after a Conv partition (int8 upsampling in FPN/UNet
     decoders) — ``_find_quantizable_kgen_partitions``.
     """
     if node.op_type not in RESIZE_OPS or not node.input or g.is_constant(node.input[0]):
         return ()
-    if follows_weighted_layer(node.input[0], g, weighted):
+    producer = g.producer(node.input[0])
+    if follows_weighted_layer(node.input[0], g, weighted) or (
+        producer is not None and producer.name in fused_adds
+    ):
         return (InputSlot(0, node.input[0], is_weight=False),)
     return ()
 
@@ -598,6 +607,19 @@ def _minimal(g: PlacementGraph) -> list[LayerPlacement]:
     return placed
 
 
+_ADD_RULE = "Add (common ancestor rule)"
+
+
+def _has_backbone(placed: LayerPlacement, g: PlacementGraph) -> bool:
+    """Whether an Add's unquantized input comes from a Conv backbone (the Add is fused into that Conv)."""
+    quantized = {slot.index for slot in placed.slots}
+    return any(
+        fusible_backbone(g.producer(tensor), g) is not None
+        for index, tensor in enumerate(placed.layer.inputs)
+        if index not in quantized
+    )
+
+
 def _tensorrt(g: PlacementGraph) -> list[LayerPlacement]:
     nodes = [n for n in g.graph.node if n.domain in ("", "ai.onnx")]
     placed: dict[str, LayerPlacement] = {}
@@ -613,11 +635,16 @@ def _tensorrt(g: PlacementGraph) -> list[LayerPlacement]:
     for node in nodes:
         slots: tuple[InputSlot, ...] = ()
         if node.op_type == "Add":
-            slots, rule = residual_add_slots(node, g, weighted), "Add (common ancestor rule)"
+            slots, rule = residual_add_slots(node, g, weighted), _ADD_RULE
         elif node.op_type == "Mul":
             slots, rule = two_activation_mul_slots(node, g, weighted, gelu), "Mul of two activations"
         elif node.op_type in RESIZE_OPS:
-            slots, rule = resize_slots(node, g, weighted), "Resize after a quantized Conv"
+            fused_adds = frozenset(
+                name
+                for name, p in placed.items()
+                if p.rule == _ADD_RULE and len(p.slots) == 1 and _has_backbone(p, g)
+            )
+            slots, rule = resize_slots(node, g, weighted, fused_adds), "Resize after a quantized Conv"
         elif node.op_type == "LayerNormalization":
             slots, rule = conv_layernorm_slots(node, g, weighted), "LayerNormalization after a quantized Conv"
         if slots:

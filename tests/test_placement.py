@@ -484,3 +484,17 @@ def test_example_models_pass_the_default_budget_with_both_placements(model: str)
     results = judge(Budget().with_defaults(has_labels=True), comparison)
     assert all(r.passed for r in results), results
     assert quantized.coverage.int8_mac_share > 0.95
+
+
+def test_resize_after_a_residual_add_fused_into_its_conv_is_quantized() -> None:
+    nodes = [
+        conv("conv_a", "x", "a", "Wa"),
+        helper.make_node("Relu", ["a"], ["r"], name="relu"),
+        conv("conv_b", "r", "b", "Wb"),
+        helper.make_node("Add", ["r", "b"], ["s"], name="add"),  # fused into conv_b; r gets the pair
+        helper.make_node("Resize", ["s", "", "scales"], ["y"], name="upsample", mode="nearest"),
+    ]
+    inits = {"Wa": w(8, 8, 3, 3), "Wb": w(8, 8, 3, 3), "scales": np.array([1, 1, 2, 2], dtype=np.float32)}
+    placement = place(build(nodes, {"x": (1, 8, 4, 4)}, ["y"], inits).proto.graph, "tensorrt")
+    assert slots(placement, "add") == ("r",)
+    assert slots(placement, "upsample") == ("s",)
