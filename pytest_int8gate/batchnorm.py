@@ -44,7 +44,8 @@ def fold_batchnorms(graph: onnx.GraphProto) -> list[str]:
             or not _foldable(bn, layer, initializers, readers, outputs)
         ):
             continue
-        _fold(bn, layer, graph, initializers)
+        if not _fold(bn, layer, graph, initializers):
+            continue
         removed.add(id(bn))
         folded.append(bn.name)
     if removed:
@@ -91,7 +92,16 @@ def _foldable(
         return False
     layer_attrs = _attrs(layer)
     weight = initializers[layer.input[1]]
-    channels = int(initializers[bn.input[1]].dims[0]) if initializers[bn.input[1]].dims else -1
+    shapes = {tuple(initializers[name].dims) for name in bn.input[1:]}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 1:
+        return False  # parameters of different or non-vector shapes: leave it to the checker and runtime
+    channels = int(next(iter(shapes))[0])
+    if (
+        len(layer.input) > 2
+        and layer.input[2]
+        and tuple(initializers[layer.input[2]].dims) not in ((channels,),)
+    ):
+        return False
     if layer.op_type == "Conv":
         return len(weight.dims) >= 3 and weight.dims[0] == channels
     if layer.op_type == "ConvTranspose":
@@ -108,10 +118,10 @@ def _fold(
     layer: onnx.NodeProto,
     graph: onnx.GraphProto,
     initializers: dict[str, onnx.TensorProto],
-) -> None:
+) -> bool:
+    """Fold ``bn`` into ``layer``; False (nothing changed) when the folded values would not be finite."""
     gamma, beta, mean, var = (numpy_helper.to_array(initializers[n]).astype(np.float64) for n in bn.input[1:])
     epsilon = float(_attrs(bn).get("epsilon", 1e-5))  # type: ignore[arg-type]
-    scale = gamma / np.sqrt(var + epsilon)
     weight_init = initializers[layer.input[1]]
     weight = numpy_helper.to_array(weight_init).astype(np.float64)
     if layer.op_type == "Conv":
@@ -122,23 +132,26 @@ def _fold(
         axis = 0 if _attrs(layer).get("transB", 0) else 1
     shape = [1] * weight.ndim
     shape[axis] = -1
-    weight_init.CopyFrom(
-        numpy_helper.from_array((weight * scale.reshape(shape)).astype(np.float32), weight_init.name)
-    )
-    if len(layer.input) > 2 and layer.input[2]:
-        bias_init = initializers[layer.input[2]]
-        bias = numpy_helper.to_array(bias_init).astype(np.float64).reshape(-1)
+    has_bias = len(layer.input) > 2 and bool(layer.input[2])
+    bias = numpy_helper.to_array(initializers[layer.input[2]]).astype(np.float64) if has_bias else 0.0
+    with np.errstate(all="ignore"):
+        scale = gamma / np.sqrt(var + epsilon)
+        new_weight = (weight * scale.reshape(shape)).astype(np.float32)
         new_bias = (scale * (bias - mean) + beta).astype(np.float32)
-        bias_init.CopyFrom(numpy_helper.from_array(new_bias, bias_init.name))
+    if not (np.isfinite(new_weight).all() and np.isfinite(new_bias).all()):
+        return False  # a variance below -epsilon, an overflow: the model keeps its BatchNormalization
+    weight_init.CopyFrom(numpy_helper.from_array(new_weight, weight_init.name))
+    if has_bias:
+        initializers[layer.input[2]].CopyFrom(numpy_helper.from_array(new_bias, layer.input[2]))
     else:
         name = _unused_name(graph, f"{layer.name}_folded_bias")
-        new_bias = (beta - scale * mean).astype(np.float32)
         graph.initializer.append(numpy_helper.from_array(new_bias, name))
         initializers[name] = graph.initializer[-1]
         while len(layer.input) < 3:
             layer.input.append("")
         layer.input[2] = name
     layer.output[0] = bn.output[0]
+    return True
 
 
 def _unused_name(graph: onnx.GraphProto, wanted: str) -> str:

@@ -142,3 +142,12 @@ def test_the_mobilenet_example_folds_every_batchnorm_and_keeps_its_function() ->
     expected, actual = run(original, {"input": x}), run(prepared.proto, {"input": x})
     np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4 * float(np.abs(expected).max()))
     assert (actual.argmax(1) == expected.argmax(1)).all()
+
+
+def test_batchnorm_with_a_negative_variance_is_left_to_the_runtime_not_folded_into_nan() -> None:
+    weights = {"W": RNG.normal(size=(4, 3, 1, 1)).astype(np.float32), **bn_params("bn", 4)}
+    weights["bn_var"] = np.array([1.0, -5.0, 1.0, 1.0], np.float32)  # sqrt of a negative number
+    nodes = [helper.make_node("Conv", ["x", "W"], ["c"], name="layer"), bn("c", "y")]
+    prepared = prepare_model(model(nodes, (1, 3, 4, 4), weights))
+    assert [n.op_type for n in prepared.proto.graph.node] == ["Conv", "BatchNormalization"]
+    assert np.isfinite(numpy_helper.to_array(prepared.proto.graph.initializer[0])).all()
