@@ -295,6 +295,8 @@ def quantize_model(loaded: LoadedModel, table: AmaxSource, plan: QuantPlan) -> Q
                 variant = _build_weight_dequantize(slot.tensor, slot.axis, int8_values, weight_scale, names)
                 variants[variant_key] = variant
             node_rewires[slot.index] = variant
+    if placement.profile == "tensorrt":
+        _share_pairs_with_other_readers(source, placement, pairs, rewires)
 
     model = onnx.ModelProto()
     model.CopyFrom(loaded.proto)
@@ -326,6 +328,30 @@ def quantize_model(loaded: LoadedModel, table: AmaxSource, plan: QuantPlan) -> Q
         notes=notes,
         coverage=coverage_of(loaded, placement, tuple(decisions), skipped),
     )
+
+
+def _share_pairs_with_other_readers(
+    graph: onnx.GraphProto,
+    placement: Placement,
+    pairs: Mapping[tuple[str, bytes], _Insertion],
+    rewires: dict[str, dict[int, _Insertion]],
+) -> None:
+    """``tensorrt``: every reader of a quantized tensor that is not a layer reads its dequantized value.
+
+    ModelOpt quantizes through ONNX Runtime with one pair per tensor that all readers share
+    (``DedicatedQDQPair: False``), so that TensorRT produces the tensor once, in int8, for every reader;
+    a layer's own inputs are its rule's choice (a residual Add's fused input, an excluded layer stay float).
+    """
+    shared: dict[str, _Insertion] = {}
+    for (tensor, _), pair in pairs.items():
+        shared.setdefault(tensor, pair)
+    layers = set(placement.layer_names())
+    for node in graph.node:
+        if node.name in layers:
+            continue
+        for index, tensor in enumerate(node.input):
+            if tensor in shared:
+                rewires.setdefault(node.name, {})[index] = shared[tensor]
 
 
 def coverage_of(

@@ -498,3 +498,23 @@ def test_resize_after_a_residual_add_fused_into_its_conv_is_quantized() -> None:
     placement = place(build(nodes, {"x": (1, 8, 4, 4)}, ["y"], inits).proto.graph, "tensorrt")
     assert slots(placement, "add") == ("r",)
     assert slots(placement, "upsample") == ("s",)
+
+
+def test_tensorrt_lets_every_other_reader_of_a_quantized_tensor_share_its_pair() -> None:
+    # hard-swish after a Conv, as exporters write it: c * clip(c + 3, 0, 6) / 6
+    nodes = [
+        conv("conv", "x", "c", "Wc"),
+        helper.make_node("Add", ["c", "three"], ["c3"], name="hs_add"),
+        helper.make_node("Clip", ["c3", "zero", "six"], ["cl"], name="hs_clip"),
+        helper.make_node("Div", ["cl", "six"], ["hs"], name="hs_div"),
+        helper.make_node("Mul", ["c", "hs"], ["m"], name="hs_mul"),
+        conv("out", "m", "y", "Wo"),
+    ]
+    scalars = {name: np.float32(v) for name, v in (("three", 3.0), ("zero", 0.0), ("six", 6.0))}
+    loaded = build(nodes, {"x": (1, 8, 4, 4)}, ["y"], {"Wc": w(8, 8, 3, 3), "Wo": w(8, 8, 3, 3), **scalars})
+    trt = quantize_model(loaded, UniformTable(), QuantPlan(placement="tensorrt"))
+    assert set(trt.quantized_layers) == {"conv", "hs_mul", "out"}
+    readers = {n.name: n.input[0] for n in trt.proto.graph.node if n.name in ("hs_add", "hs_mul")}
+    assert readers["hs_add"] == readers["hs_mul"] == "c_dequantized"  # one pair, read by the Add too
+    minimal = quantize_model(loaded, UniformTable(), QuantPlan(placement="minimal"))
+    assert {n.name: n.input[0] for n in minimal.proto.graph.node}["hs_add"] == "c"
