@@ -518,3 +518,37 @@ def test_tensorrt_lets_every_other_reader_of_a_quantized_tensor_share_its_pair()
     assert readers["hs_add"] == readers["hs_mul"] == "c_dequantized"  # one pair, read by the Add too
     minimal = quantize_model(loaded, UniformTable(), QuantPlan(placement="minimal"))
     assert {n.name: n.input[0] for n in minimal.proto.graph.node}["hs_add"] == "c"
+
+
+def qdq_edges(model: onnx.ModelProto) -> set[tuple[str, int, str]]:
+    """(reader, input index, float tensor) for every activation input that reads a DequantizeLinear."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    edges = set()
+    for node in model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        for index, tensor in enumerate(node.input):
+            dq = producers.get(tensor)
+            q = producers.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+            if q is not None and q.op_type == "QuantizeLinear":
+                edges.add((node.name, index, q.input[0]))
+    return edges
+
+
+def test_tensorrt_placement_of_the_mobilenet_is_modelopts() -> None:
+    # Recorded from NVIDIA ModelOpt 0.47.0 (modelopt.onnx.quantization.quantize, int8, max) on this model:
+    # the activation inputs that read a DequantizeLinear (docs/placement.md, "Checked against ModelOpt").
+    modelopt = {
+        ("stem/Conv", 0, "input"),
+        ("dw1/Conv", 0, "stem/Clip_output"),
+        ("pw1/Conv", 0, "dw1/Clip_output"),
+        ("dw2/Conv", 0, "pw1/Clip_output"),
+        ("pw2/Conv", 0, "dw2/Clip_output"),
+        ("expand/Conv", 0, "pw2/Clip_output"),
+        ("residual/Add", 0, "pw2/Clip_output"),
+        ("dw3/Conv", 0, "expand/Clip_output"),
+        ("project/Conv", 0, "dw3/Clip_output"),
+        ("pool/GlobalAveragePool", 0, "residual/Add_output"),
+    }
+    result = quantize_model(load_model(MOBILENET), UniformTable(), QuantPlan(placement="tensorrt"))
+    assert qdq_edges(result.proto) == modelopt
