@@ -27,6 +27,7 @@ from .errors import Int8GateError, bounded_text
 from .gate import Budget
 from .graph import load_model
 from .pipeline import GatePipeline, GateSpec
+from .placement import with_placement
 from .quantize import QuantPlan, activation_tensors, quantize_model
 from .repair import FP32_TOLERANCE
 from .report import dumps, verdict_record, verdict_text
@@ -101,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     calib.add_argument(
         "--trt-version", default="10.13", help="TensorRT version in the cache header (default: 10.13)"
     )
+    add_settings(calib, "placement")  # which activations the table measures
     _add_run_options(calib)
     calib.set_defaults(run=run_calibrate)
 
@@ -163,7 +165,7 @@ _RUN_OPTIONS = ("batch_size", "threads")
 
 
 def _add_plan_options(parser: argparse.ArgumentParser) -> None:
-    add_settings(parser, "calibrator", "exclude", "overrides")
+    add_settings(parser, "calibrator", "placement", "exclude", "overrides")
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -222,7 +224,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     loaded = load_model(args.model)
     # A console script's sys.path does not hold the working directory; module:function data lives there.
     dataset = load_dataset(args.data, loaded.info, role="calibration", search_path=Path.cwd())
-    tensors = activation_tensors(loaded)
+    tensors = activation_tensors(loaded, args.placement)
     batch_size = batch_size_for(loaded.info, args.batch_size)
 
     started = time.perf_counter()
@@ -282,7 +284,9 @@ def run_quantize(args: argparse.Namespace) -> int:
         calibrator=args.calibrator,
         exclude=frozenset(args.exclude or ()),
         overrides=parse_overrides(args.overrides or ()),
+        placement=args.placement,
     )
+    loaded = with_placement(loaded, plan.placement)
     plan.validate(loaded.info)
     quantized = quantize_model(loaded, table, plan)
     _save_model(quantized.proto, args.out)

@@ -26,7 +26,7 @@ from .bisect import bisect_failure
 from .budget import Budget
 from .cache import ArtifactCache, content_key
 from .calibrate import CalibrationTable, CalibratorSettings, calibrate
-from .choices import DEFAULT_MIN_CALIB_SAMPLES, REPAIRS
+from .choices import DEFAULT_MIN_CALIB_SAMPLES, DEFAULT_PLACEMENT, REPAIRS
 from .context import GateContext, PlanEvaluator, Progress, SearchSettings
 from .data import (
     DEFAULT_BATCH_SIZE,
@@ -75,6 +75,8 @@ class GateSpec:
     labels: str | np.ndarray | None = None
     budget: Budget = field(default_factory=Budget)
     calibrator: str = "entropy"
+    #: Where Q/DQ pairs go (placement.py): ``minimal`` or ``tensorrt``.
+    placement: str = DEFAULT_PLACEMENT
     percentile: float = DEFAULT_PERCENTILE
     exclude: frozenset[str] = frozenset()
     overrides: Mapping[str, str] = field(default_factory=dict)
@@ -118,6 +120,7 @@ class GateSpec:
             overrides=dict(self.overrides),
             equalize=frozenset() if isinstance(self.equalize, bool) else self.equalize,
             bias_correction=self.bias_correction,
+            placement=self.placement,
         )
 
 

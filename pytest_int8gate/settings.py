@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Literal
 
 from .budget import valid_keys_text
-from .choices import BACKEND_NAMES, CALIBRATORS, DEFAULT_MIN_CALIB_SAMPLES, ORT_MODES, REPAIRS
+from .choices import (
+    BACKEND_NAMES,
+    CALIBRATORS,
+    DEFAULT_MIN_CALIB_SAMPLES,
+    DEFAULT_PLACEMENT,
+    ORT_MODES,
+    PLACEMENTS,
+    REPAIRS,
+)
 from .choices import STRATEGIES as BISECT_STRATEGIES
 
 # ---- defaults several layers share (their one home; the names users choose among are choices.py's) ---
@@ -264,6 +272,19 @@ SETTINGS: tuple[Setting, ...] = (
         "--calibrator",
         choices=CALIBRATORS,
         example="percentile",
+    ),
+    Setting(
+        "placement",
+        "choice",
+        DEFAULT_PLACEMENT,
+        "where Q/DQ pairs go: minimal (weighted layers' inputs) or tensorrt (TensorRT's fusion-aware "
+        "placement, as NVIDIA ModelOpt places it); docs/placement.md",
+        "--int8-placement",
+        "int8_placement",
+        "placement",
+        "--placement",
+        choices=PLACEMENTS,
+        example="tensorrt",
     ),
     Setting(
         "percentile",

@@ -552,3 +552,25 @@ def test_tensorrt_placement_of_the_mobilenet_is_modelopts() -> None:
     }
     result = quantize_model(load_model(MOBILENET), UniformTable(), QuantPlan(placement="tensorrt"))
     assert qdq_edges(result.proto) == modelopt
+
+
+def test_the_placement_setting_reaches_the_pipeline_and_its_verdict() -> None:
+    from example_files import CALIB, EVAL, LABELS
+
+    from pytest_int8gate.pipeline import GatePipeline, GateSpec
+
+    spec = GateSpec(
+        model=MOBILENET,
+        calib_data=CALIB,
+        eval_data=EVAL,
+        labels=str(LABELS),
+        placement="tensorrt",
+        bisect=False,
+    )
+    pipeline = GatePipeline(spec)
+    verdict = pipeline.run()
+    assert verdict.passed
+    assert (verdict.quantized_layers, verdict.total_layers) == (10, 11)  # + the Add and the pool; head float
+    assert any(note.startswith("head/Gemm not quantized: N=10 below 16") for note in verdict.notes)
+    coverage = pipeline.quantized().coverage
+    assert coverage.placement == "tensorrt" and coverage.quantized == 10

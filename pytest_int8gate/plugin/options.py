@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import pytest
 
 from ..budget import Budget
-from ..choices import DEFAULT_MIN_CALIB_SAMPLES, REPAIRS
+from ..choices import DEFAULT_MIN_CALIB_SAMPLES, DEFAULT_PLACEMENT, REPAIRS
 from ..errors import Int8GateError
 from ..settings import (
     DEFAULT_BATCH_SIZE,
@@ -51,6 +51,7 @@ class Int8Options:
     labels: str | None = None
     budget: Budget = field(default_factory=Budget)
     calibrator: str = "entropy"
+    placement: str = DEFAULT_PLACEMENT
     backend: str = "onnxruntime"
     ort_mode: str = "simulated"
     bisect: bool = True
