@@ -13,6 +13,8 @@ measured in the same run, with the issue's target and whether it is met.
    (``bench_bisect.py``).
 4. A warm re-run of a gate (every cache hit) against a cold run of the same gate.
 5. Gate overhead: the gate's evaluation loop against a bare ONNX Runtime loop over the same batches.
+6. Plugin import: ``pytest -q`` on a one-test project with the plugin against ``-p no:int8gate``, alternating
+   fresh processes (``bench_plugin_import.py``).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import bench_bisect  # noqa: E402
 import bench_calibrate  # noqa: E402
+import bench_plugin_import  # noqa: E402
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
@@ -541,6 +544,7 @@ class Plan:
     bisect_sizes: tuple[int, ...]
     bisect_repeats: int
     rounds: int
+    import_runs: int  # runs of each variant of the plugin-import benchmark
 
 
 FULL = Plan(
@@ -561,6 +565,7 @@ FULL = Plan(
     bisect_sizes=(8, 16, 32, 64),
     bisect_repeats=3,
     rounds=5,
+    import_runs=15,
 )
 SMOKE = Plan(
     trials=1,
@@ -573,6 +578,7 @@ SMOKE = Plan(
     bisect_sizes=(8,),
     bisect_repeats=1,
     rounds=1,
+    import_runs=1,
 )
 
 
@@ -672,6 +678,22 @@ def run(plan: Plan, workdir: Path) -> tuple[list[str], list[Figure]]:
     print("  gate overhead", file=sys.stderr)
     cost = {name: overhead(spec, plan.rounds) for name, spec in specs.items()}
     sections += ["## 5. Gate overhead", "", *overhead_section(cost, plan.rounds, figures)]
+    print("  plugin import", file=sys.stderr)
+    project = workdir / "one_test_project"
+    project.mkdir()
+    times = bench_plugin_import.measure(plan.import_runs, bench_plugin_import.one_test_project(project))
+    sections += ["## 6. Plugin import", "", *bench_plugin_import.table(times)]
+    figure = bench_plugin_import.ratio(times)
+    figures.append(
+        Figure(
+            "6 plugin import",
+            "pytest -q, one-test project, with the plugin",
+            figure,
+            "-p no:int8gate",
+            f"<= {bench_plugin_import.TARGET}x",
+            figure <= bench_plugin_import.TARGET,
+        )
+    )
     return sections, figures
 
 

@@ -184,7 +184,7 @@ def add_settings(parser: argparse.ArgumentParser, *names: str, required: Sequenc
         elif setting.repeatable or setting.kind == "layer_calibrators":
             kwargs.update(action="extend", nargs="+", metavar=setting.metavar, choices=setting.text_choices)
         elif setting.kind == "choice":
-            kwargs.update(default=setting.default, choices=setting.choices)
+            kwargs.update(default=setting.default, choices=setting.choices, metavar=setting.metavar)
         else:
             kwargs.update(default=setting.default, type=_setting_type(setting), metavar=setting.metavar)
         if name in required:

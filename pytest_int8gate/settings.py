@@ -123,18 +123,21 @@ class Setting:
 
     @property
     def help_text(self) -> str:
-        """The help line: what it does and its default."""
+        """The help line: what it does, the values it takes when they are a list of names, its default."""
+        notes = [f"one of {', '.join(self.text_choices)}"] if self.text_choices else []
         if self.default_text is not None:
-            default = self.default_text
-        elif self.default in (None, False, (), frozenset()):
-            return self.help
+            notes.append(f"default: {self.default_text}")
+        elif self.default in (None, False, (), frozenset(), {}):
+            pass
         elif self.kind == "flag":
-            default = "on"
+            notes.append("default: on")
         elif isinstance(self.default, tuple):
-            default = ", ".join(str(v) for v in self.default)
+            notes.append(f"default: {', '.join(str(v) for v in self.default)}")
+        elif isinstance(self.default, float):
+            notes.append(f"default: {self.default:g}")
         else:
-            default = f"{self.default:g}" if isinstance(self.default, float) else str(self.default)
-        return f"{self.help} (default: {default})"
+            notes.append(f"default: {self.default}")
+        return f"{self.help} ({'; '.join(notes)})" if notes else self.help
 
     @property
     def repeatable(self) -> bool:
@@ -271,6 +274,7 @@ SETTINGS: tuple[Setting, ...] = (
         "calibrator",
         "--calibrator",
         choices=CALIBRATORS,
+        metavar="NAME",
         example="percentile",
     ),
     Setting(
@@ -334,6 +338,7 @@ SETTINGS: tuple[Setting, ...] = (
         "backend",
         "--backend",
         choices=BACKEND_NAMES,
+        metavar="NAME",
         example="auto",
     ),
     Setting(
@@ -346,6 +351,7 @@ SETTINGS: tuple[Setting, ...] = (
         "ort_mode",
         "--ort-mode",
         choices=ORT_MODES,
+        metavar="MODE",
         example="fused",
     ),
     Setting(
@@ -433,6 +439,7 @@ SETTINGS: tuple[Setting, ...] = (
         "bisect_strategy",
         "--bisect-strategy",
         choices=BISECT_STRATEGIES,
+        metavar="NAME",
         example="linear",
     ),
     Setting(
@@ -784,10 +791,9 @@ def markdown_table() -> str:
     for s in SETTINGS:
         if not any(on(sp) for sp in (s.option, s.ini, s.manifest, s.cli)):
             continue
-        choices = f"; one of {', '.join(s.text_choices)}" if s.text_choices else ""
         rows.append(
             f"| {cell(s.option, s, flag=True)} | {cell(s.ini, s, flag=False)} "
             f"| {cell(s.manifest, s, flag=False)} | {cell(s.cli, s, flag=True)} "
-            f"| {s.help_text.replace('|', '/')}{choices} |"
+            f"| {s.help_text.replace('|', '/')} |"
         )
     return "\n".join(rows) + "\n"

@@ -34,7 +34,7 @@ def test_run_all_smoke_writes_every_section(tmp_path: Path) -> None:
         assert field in text, field
     summary = text.split("## Summary", 1)[1].split("\n## ", 1)[0]
     rows = [line for line in summary.splitlines() if re.match(r"\| \d ", line)]
-    assert {row.split("|")[1].strip()[0] for row in rows} == {"1", "2", "3", "4", "5"}
+    assert {row.split("|")[1].strip()[0] for row in rows} == {"1", "2", "3", "4", "5", "6"}
     for row in rows:
         cells = [cell.strip() for cell in row.split("|")[1:-1]]
         assert float(cells[2]) > 0 and cells[5] in ("met", "**not met**"), row
@@ -44,6 +44,7 @@ def test_run_all_smoke_writes_every_section(tmp_path: Path) -> None:
         "## 3. Bisection",
         "## 4. Warm re-run",
         "## 5. Gate overhead",
+        "## 6. Plugin import",
     ):
         assert section in text, section
     assert "| bare FP32 pass (ONNX Runtime session + run) |" in text

@@ -25,6 +25,7 @@ from pytest_int8gate.settings import (
     Absent,
     Setting,
     gate_settings,
+    markdown_table,
     name_of,
     negative_flag,
     on,
@@ -111,6 +112,20 @@ def test_the_settings_that_had_drifted_are_on_the_manifest_and_the_command_line(
         "bisect_subset",
         "bisect_max_evaluations",
     } <= cli
+
+
+def test_the_readme_table_is_the_settings_table() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    begin = readme.index("<!-- generated from pytest_int8gate/settings.py")
+    end = readme.index("<!-- end of the generated table -->")
+    table = readme[readme.index("\n", begin) + 1 : end]
+
+    assert table == markdown_table(), "regenerate it with pytest_int8gate.settings.markdown_table()"
+    for setting in SETTINGS:
+        for where in SURFACES:
+            spelling = getattr(setting, where)
+            if on(spelling):
+                assert f"`{name_of(spelling)}" in table, (setting.name, where)
 
 
 def test_gate_spec_fields_and_defaults_agree_with_the_table() -> None:
