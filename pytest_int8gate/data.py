@@ -251,8 +251,14 @@ def read_numpy_file(path: Path, *, max_rows: int | None = None) -> dict[str, np.
     except MemoryError as exc:
         raise DataError(f"{path}: does not fit in memory; give fewer samples per file.") from exc
     except ValueError as exc:
-        if "pickle" in str(exc).lower():
+        if "Object arrays cannot be loaded" in str(exc):
             raise DataError(f"{path}: holds pickled objects, which are refused; save plain arrays.") from exc
+        header = re.search(r"Header info length \((\d+)\) is large", str(exc))
+        if header:
+            raise DataError(
+                f"{path}: not a readable numpy file (its header is {header.group(1)} bytes, more than numpy "
+                "reads safely)."
+            ) from exc
         raise DataError(f"{path}: not a readable numpy file ({bounded_text(str(exc))}).") from exc
     except (OSError, EOFError, zipfile.BadZipFile, NotImplementedError, RuntimeError) as exc:
         # RuntimeError: an encrypted member; NotImplementedError: an unknown compression method
@@ -320,7 +326,7 @@ def _check_npy_header(stream: IO[bytes], size: int, path: Path, key: str, max_ro
 def _bytes_text(count: int) -> str:
     for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("kB", 1000)):
         if count >= size:
-            return f"{count / size:.1f} {unit}"
+            return f"{count / size:.3g} {unit}"
     return f"{count} bytes"
 
 

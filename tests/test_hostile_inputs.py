@@ -168,6 +168,9 @@ def build_project(root: Path) -> None:
     (root / "forged.npy").write_bytes(forged_npy_bytes(TIB_SHAPE))
     with zipfile.ZipFile(root / "forged.npz", "w") as archive:
         archive.writestr("x.npy", forged_npy_bytes(TIB_SHAPE))
+    (root / "long_header.npy").write_bytes(
+        b"\x93NUMPY\x01\x00" + (60_000).to_bytes(2, "little") + b"{" + b" " * 59_998 + b"\n"
+    )
     with zipfile.ZipFile(root / "no_suffix.npz", "w") as archive:
         archive.writestr("x", npy_bytes(x))
     with zipfile.ZipFile(root / "suffix.npz", "w") as archive:  # the twin: written by hand, with .npy
@@ -269,10 +272,15 @@ GATE_CASES: dict[str, tuple[str, str, str]] = {
     "npy_declares_3_tib": (
         "good.onnx",
         "forged.npy",
-        "forged.npy: the array declares shape [206158430208, 4] of float32 (3.0 TiB) but the file holds "
+        "forged.npy: the array declares shape [206158430208, 4] of float32 (3 TiB) but the file holds "
         "only 4.1 kB of it; the file is truncated or forged.",
     ),
     "npz_declares_3_tib": ("good.onnx", "forged.npz", "forged.npz: array 'x' declares shape"),
+    "npy_header_of_60000_bytes": (
+        "good.onnx",
+        "long_header.npy",
+        "long_header.npy: not a readable numpy file (its header is 60000 bytes, more than numpy reads safely",
+    ),
     "npz_member_without_npy_suffix": (
         "good.onnx",
         "no_suffix.npz",
