@@ -16,6 +16,7 @@ import importlib
 import math
 import os
 import queue
+import re
 import sys
 import threading
 import time
@@ -29,24 +30,30 @@ import numpy as np
 
 from .errors import DataError, bounded_repr, bounded_text
 from .graph import ModelInfo, TensorInfo
-from .settings import (
-    DEFAULT_BATCH_SIZE as DEFAULT_BATCH_SIZE,  # the setting's default; this path stays importable
-)
+
+# the settings' defaults (their home is the settings table); these import paths stay
+from .settings import DEFAULT_BATCH_SIZE as DEFAULT_BATCH_SIZE
+from .settings import DEFAULT_DATA_TIMEOUT_S as DEFAULT_DATA_TIMEOUT_S
+from .settings import DEFAULT_MAX_SAMPLES as DEFAULT_MAX_SAMPLES
+from .settings import SETTINGS, name_of
 from .settings import is_loader_spec as is_loader_spec
 
 Feeds = dict[str, np.ndarray]
 #: Receives one line about reading data (what is read, how many samples so far, what it waits for).
 DataProgress = Callable[[str], None]
-#: Samples one data source may hold at most (the ``max_samples`` setting): a bound on memory and time.
-DEFAULT_MAX_SAMPLES = 100_000
-#: Seconds a ``module:function`` loader may take to yield one item (the ``data_timeout`` setting).
-DEFAULT_DATA_TIMEOUT_S = 300.0
 #: How often a wait for a loader item is reported, and samples read at most (seconds).
 PROGRESS_INTERVAL_S = 5.0
 #: Deflate expands at most ~1032x: a .npz member that claims more than this is forged (a zip bomb).
 _DEFLATE_MAX_RATIO = 1100
-_MAX_SAMPLES_HINT = "the max_samples setting (--int8-max-samples)"
-_TIMEOUT_HINT = "the data_timeout setting (--int8-data-timeout)"
+
+
+def _setting_hint(name: str) -> str:
+    option = next(setting.option for setting in SETTINGS if setting.name == name)
+    return f"the {name} setting ({name_of(option)})"
+
+
+_MAX_SAMPLES_HINT = _setting_hint("max_samples")
+_TIMEOUT_HINT = _setting_hint("data_timeout")
 
 
 @dataclass(frozen=True)

@@ -135,7 +135,9 @@ def _check_keys(file: Path, label: str, item: Mapping[str, Any], *, allow_model:
         value: Any = raw_value
         if key not in ENTRY_KEYS or (not allow_model and key in ("name", "model")):
             valid = ", ".join(k for k in ENTRY_KEYS if allow_model or k not in ("name", "model"))
-            raise ManifestError(f"{file}: {label}: unknown key {key!r}; valid keys are {valid}.")
+            raise ManifestError(
+                f"{file}: {label}: unknown key {bounded_repr(key)}; valid keys are {valid}."
+            )
         try:
             from_yaml(ENTRY_KEYS[key], value)
         except SettingError as exc:

@@ -30,6 +30,8 @@ from .choices import DEFAULT_MIN_CALIB_SAMPLES, DEFAULT_PLACEMENT, REPAIRS
 from .context import GateContext, PlanEvaluator, Progress, SearchSettings
 from .data import (
     DEFAULT_BATCH_SIZE,
+    DEFAULT_DATA_TIMEOUT_S,
+    DEFAULT_MAX_SAMPLES,
     Dataset,
     batch_size_for,
     check_dataset,
@@ -84,6 +86,10 @@ class GateSpec:
     ort_mode: str = "simulated"
     output: str | None = None
     batch_size: int = DEFAULT_BATCH_SIZE
+    #: Samples one data source may hold at most (a loader that never ends stops there).
+    max_samples: int = DEFAULT_MAX_SAMPLES
+    #: Seconds a ``module:function`` loader may take to yield one item.
+    data_timeout: float = DEFAULT_DATA_TIMEOUT_S
     threads: int = 0
     cache_dir: Path | None = None
     data_search_path: Path | None = None
@@ -160,9 +166,11 @@ class GatePipeline:
                 self.model.info,
                 role=role,
                 search_path=self.spec.data_search_path,
+                max_samples=self.spec.max_samples,
+                timeout_s=self.spec.data_timeout,
                 progress=lambda message: self.progress("data", message),
             )
-        feeds = Dataset.from_feeds(source, source=f"<{role} feed dicts>")
+        feeds = Dataset.from_feeds(source, source=f"<{role} feed dicts>", max_samples=self.spec.max_samples)
         return check_dataset(feeds, self.model.info, role=role)
 
     @functools.cached_property

@@ -26,6 +26,7 @@ from .choices import (
     REPAIRS,
 )
 from .choices import STRATEGIES as BISECT_STRATEGIES
+from .errors import bounded_repr
 
 # ---- defaults several layers share (their one home; the names users choose among are choices.py's) ---
 
@@ -33,6 +34,10 @@ from .choices import STRATEGIES as BISECT_STRATEGIES
 NO_REPAIR = "none"
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_PERCENTILE = 99.99
+#: Samples one data source may hold at most: a bound on memory and time (a loader that never ends stops).
+DEFAULT_MAX_SAMPLES = 100_000
+#: Seconds a ``module:function`` loader may take to yield one item before it is abandoned.
+DEFAULT_DATA_TIMEOUT_S = 300.0
 MANIFEST_NAME = "int8gate.yaml"
 
 _LOADER_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -382,6 +387,33 @@ SETTINGS: tuple[Setting, ...] = (
         example=16,
     ),
     Setting(
+        "max_samples",
+        "int",
+        DEFAULT_MAX_SAMPLES,
+        "samples one data source may hold at most (a loader that never ends stops there)",
+        "--int8-max-samples",
+        "int8_max_samples",
+        "max_samples",
+        "--max-samples",
+        minimum=1,
+        metavar="N",
+        example=5000,
+    ),
+    Setting(
+        "data_timeout",
+        "float",
+        DEFAULT_DATA_TIMEOUT_S,
+        "seconds a module:function loader may take to yield one item before it is abandoned",
+        "--int8-data-timeout",
+        "int8_data_timeout",
+        "data_timeout",
+        "--data-timeout",
+        minimum=0.0,
+        maximum=86_400.0,
+        metavar="SECONDS",
+        example=60.0,
+    ),
+    Setting(
         "threads",
         "int",
         0,
@@ -728,7 +760,10 @@ def from_yaml(setting: Setting, value: object) -> object:
         assert isinstance(value, dict)
         for layer, calibrator in value.items():
             if not isinstance(layer, str) or calibrator not in CALIBRATORS:
-                raise SettingError(f"[{layer!r}] must be one of {', '.join(CALIBRATORS)}, not {calibrator!r}")
+                raise SettingError(
+                    f"[{bounded_repr(layer)}] must be one of {', '.join(CALIBRATORS)}, not "
+                    f"{bounded_repr(calibrator)}"
+                )
     return value
 
 

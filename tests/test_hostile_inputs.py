@@ -254,6 +254,17 @@ GATE_CASES: dict[str, tuple[str, str, str]] = {
         "loaders:forever",
         "holds more than 100000 samples, the cap set by the max_samples setting (--int8-max-samples)",
     ),
+    "loader_that_blocks": (
+        "good.onnx",
+        "loaders:blocks",
+        "loaders:blocks: the data loader yielded no item for 1.5 s (waiting for item 1), the limit set by "
+        "the data_timeout setting (--int8-data-timeout); it was abandoned.",
+    ),
+    "loader_over_max_samples": (
+        "good.onnx",
+        "loaders:good",
+        "loaders:good: the calibration data holds more than 48 samples, the cap set by the max_samples",
+    ),
     "loader_calls_sys_exit": (
         "good.onnx",
         "loaders:exits",
@@ -325,10 +336,19 @@ GATE_TWINS: dict[str, tuple[str, str]] = {
 }
 
 
+#: Settings some entries set: a loader that blocks is abandoned after the entry's data_timeout.
+ENTRY_SETTINGS = {
+    "loader_that_blocks": "    data_timeout: 1.5",
+    "loader_over_max_samples": "    max_samples: 48",
+}
+
+
 def manifest(entries: dict[str, tuple[str, str]]) -> str:
     lines = ["defaults:", "  budget: {cosine: 0.5}", "models:"]
     for name, (model, calib) in entries.items():
         lines += [f"  - name: {name}", f"    model: {model}", f"    calib_data: '{calib}'"]
+        if name in ENTRY_SETTINGS:
+            lines.append(ENTRY_SETTINGS[name])
     return "\n".join(lines) + "\n"
 
 
@@ -898,6 +918,16 @@ MANIFEST_CASES = {
         "models: " + "[" * 100_000 + "]" * 100_000 + "\n",
         "int8gate.yaml: not valid YAML (nested too deeply).",
     ),
+    "wrong_type_value_of_5000_characters": (
+        "models:\n  - {name: m, model: good.onnx, calib_data: x.npz, batch_size: '" + "9" * 5000 + "'}\n",
+        "int8gate.yaml: entry 1 (m): 'batch_size' must be a positive integer, not '99999",
+    ),
+    "unknown_key_of_5000_characters": (
+        "models:\n  - name: m\n    model: good.onnx\n    calib_data: x.npz\n    ? "
+        + "k" * 5000
+        + "\n    : 1\n",
+        "int8gate.yaml: entry 1 (m): unknown key 'kkkk",
+    ),
 }
 MANIFEST_TWIN = "models:\n  - {name: m, model: good.onnx, calib_data: x.npz, budget: {cosine: 0.5}}\n"
 
@@ -935,3 +965,144 @@ def test_a_billion_laughs_manifest_is_a_collection_error_in_bounded_time_and_mem
     assert done.returncode == pytest.ExitCode.INTERRUPTED, done.stdout + done.stderr
     assert "line 6: the alias *a is not allowed in a manifest" in done.stdout, done.stdout
     assert "Traceback" not in done.stdout + done.stderr
+
+
+# ---- the pytest plugin ---------------------------------------------------------------------------------
+
+README_CONFTEST = """
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="session")
+def int8_model():
+    return "two_layers.onnx"  # a str, as the README's example returns
+
+
+@pytest.fixture(scope="session")
+def int8_calibration_data():
+    return {"x": np.load("x.npz")["x"]}
+"""
+
+README_TESTS = """
+import numpy as np
+import pytest
+
+X = np.load("x.npz")["x"]
+
+
+def batches():
+    for start in range(0, 64, 16):
+        yield {"x": X[start : start + 16]}
+
+
+@pytest.mark.int8_budget(cosine=0.5)
+def test_evaluate_a_generator(int8_gate):
+    assert int8_gate.evaluate(batches()).eval_samples == 64
+
+
+@pytest.mark.int8_budget(cosine=0.5)
+def test_evaluate_a_list_of_feed_dicts(int8_gate):
+    assert int8_gate.evaluate(list(batches())).eval_samples == 64
+
+
+@pytest.mark.int8_budget(cosine=0.5)
+def test_exclude_one_layer_by_name(int8_gate):
+    assert int8_gate.check(exclude="fc1").plan["exclude"] == ["fc1"]
+
+
+@pytest.mark.int8_budget(cosine=0.5)
+def test_exclude_a_layer_that_does_not_exist(int8_gate):
+    int8_gate.check(exclude="fc9")
+
+
+def test_a_kpi_that_crashes(int8_gate):
+    int8_gate.check(budget={"kpi_drop": 0.5}, kpi=lambda outputs, labels: outputs[0, 99])
+"""
+
+
+def two_layers(path: Path) -> None:
+    rng = np.random.default_rng(0)
+    chain(
+        path,
+        nodes=[
+            helper.make_node("MatMul", ["x", "W1"], ["h"], name="fc1"),
+            helper.make_node("Relu", ["h"], ["r"], name="relu"),
+            helper.make_node("MatMul", ["r", "W2"], ["y"], name="fc2"),
+        ],
+        initializers=[
+            numpy_helper.from_array(rng.normal(size=(4, 8)).astype(np.float32), "W1"),
+            numpy_helper.from_array(rng.normal(size=(8, 3)).astype(np.float32), "W2"),
+        ],
+    )
+
+
+def test_the_readme_example_str_model_feed_dicts_and_one_layer_name(project: pytest.Pytester) -> None:
+    two_layers(project.path / "two_layers.onnx")
+    project.makeconftest(README_CONFTEST)
+    project.makepyfile(test_readme=README_TESTS)
+
+    result = project.runpytest("--int8-report-json", "report.json", "--int8-report-md", "report.md")
+
+    result.assert_outcomes(passed=3, failed=2)
+    text = result.stdout.str()
+    assert "AttributeError: 'str' object" not in text and "TypeError" not in text, text
+    records = {
+        gate["nodeid"].split("::")[1]: gate
+        for gate in json.loads((project.path / "report.json").read_text())["gates"]
+    }
+    unknown = one_sentence(str(records["test_exclude_a_layer_that_does_not_exist"]["error"]))
+    assert (
+        "plan exclude names layer 'fc9', which is not a quantizable layer of the model; did you mean"
+        in unknown
+    )
+    log_message("marker", "exclude_a_layer_that_does_not_exist", unknown)
+    crashed = records["test_a_kpi_that_crashes"]  # a crash is an ERROR in the reports, never missing
+    assert crashed["verdict"] == "error" and "IndexError" in str(crashed["error"]), crashed
+    assert "test_a_kpi_that_crashes" in (project.path / "report.md").read_text()
+
+
+def test_a_report_path_that_is_a_directory_is_a_usage_error(project: pytest.Pytester) -> None:
+    (project.path / "reports").mkdir()
+    args = ("--int8-model", "good.onnx", "--int8-calib-data", "x.npz")
+
+    result = project.runpytest(*args, "--int8-report-json", "reports")
+
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    text = result.stdout.str() + result.stderr.str()
+    assert "Traceback" not in text and "INTERNALERROR" not in text, text
+    (line,) = [line for line in text.splitlines() if "--int8-report-json" in line]
+    assert line.endswith(f"{project.path / 'reports'} is a directory; name a file to write the report to."), (
+        line
+    )
+    log_message("--int8-model", "report_json_is_a_directory", line)
+    project.runpytest(*args, "--int8-report-json", "reports/report.json").assert_outcomes(passed=1)
+    assert json.loads((project.path / "reports" / "report.json").read_text())["gates"]
+
+
+def test_a_model_reachable_through_symlinked_folders_is_collected_once(project: pytest.Pytester) -> None:
+    models = project.path / "models"
+    models.mkdir()
+    shutil.move(project.path / "good.onnx", models / "good.onnx")
+    for alias in ("alias", "another_alias", "models/loop"):
+        (project.path / alias).symlink_to(models, target_is_directory=True)
+
+    result = project.runpytest(
+        "--int8-model", "models/good.onnx", "--int8-calib-data", "x.npz", "--collect-only", "-q"
+    )
+
+    items = [line for line in result.stdout.lines if "::int8_gate" in line]
+    assert items == ["models/good.onnx::int8_gate"], result.stdout.str()
+    # the twin: two different models are two items
+    shutil.copy(models / "good.onnx", models / "other.onnx")
+    result = project.runpytest(
+        "--int8-model",
+        "models/good.onnx",
+        "--int8-model",
+        "models/other.onnx",
+        "--int8-calib-data",
+        "x.npz",
+        "--collect-only",
+        "-q",
+    )
+    assert len([line for line in result.stdout.lines if "::int8_gate" in line]) == 2, result.stdout.str()

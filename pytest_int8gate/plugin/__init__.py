@@ -27,7 +27,16 @@ from .fixtures import (
     int8_labels,
     int8_model,
 )
-from .items import MARKER, STATE, GateFailed, Int8GateItem, collect_file, marker_problem, run_gate
+from .items import (
+    MARKER,
+    STATE,
+    GateFailed,
+    Int8GateItem,
+    collect_file,
+    marker_problem,
+    one_item_per_real_file,
+    run_gate,
+)
 from .options import Int8Options, add_options, resolve_options
 from .session import ITEM_RECORDS, Int8HtmlExtras, Int8Session
 
@@ -93,6 +102,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
     return collect_file(file_path, parent)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    one_item_per_real_file(items)
 
 
 @pytest.hookimpl(wrapper=True)

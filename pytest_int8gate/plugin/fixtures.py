@@ -162,10 +162,10 @@ class Int8Gate:
         budget: Mapping[str, float] | None = None,
         output: str | None = None,
         calibrator: str | None = None,
-        exclude: Sequence[str] = (),
+        exclude: str | Sequence[str] = (),
         overrides: Mapping[str, str] | None = None,
-        equalize: bool | Sequence[str] = (),
-        bias_correction: Sequence[str] = (),
+        equalize: bool | str | Sequence[str] = (),
+        bias_correction: str | Sequence[str] = (),
         kpi: KpiFunction | None = None,
         name: str | None = None,
         raise_on_failure: bool = True,
@@ -188,7 +188,8 @@ class Int8Gate:
             pytest.fail(
                 "INT8 gate error: budget kpi_drop needs int8_gate.check(..., kpi=callable).", pytrace=False
             )
-        path = Path(model) if model is not None else self.model
+        # a str or PathLike model (the README's fixture returns a str), and one layer name given as a str
+        path = Path(os.fspath(model if model is not None else self.model))
         label_source = self.labels if labels is None else labels
         fields: dict[str, Any] = {
             "calib_data": self.calib if calib_data is None else calib_data,
@@ -197,10 +198,10 @@ class Int8Gate:
             if isinstance(label_source, (np.ndarray, type(None)))
             else os.fspath(label_source),
             "budget": gate_budget,
-            "exclude": frozenset(exclude),
+            "exclude": _layer_names(exclude),
             "overrides": dict(overrides or {}),
-            "equalize": equalize if isinstance(equalize, bool) else frozenset(equalize),
-            "bias_correction": frozenset(bias_correction),
+            "equalize": equalize if isinstance(equalize, bool) else _layer_names(equalize),
+            "bias_correction": _layer_names(bias_correction),
             "name": name or f"{self.item.name}[{path.name}]",
         }
         if output is not None:
@@ -221,6 +222,11 @@ class Int8Gate:
     ) -> GateVerdict:
         """Gate the fixture's model on ``eval_data`` (e.g. ``int8_gate.evaluate(batches, labels=y)``)."""
         return self.check(eval_data=eval_data, labels=labels, **kwargs)
+
+
+def _layer_names(names: str | Sequence[str]) -> frozenset[str]:
+    """Layer names; a single str is one name (``exclude="fc1"``), not its characters."""
+    return frozenset([names] if isinstance(names, str) else names)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from ..budget import Budget
-from ..errors import Int8GateError
+from ..errors import Int8GateError, bounded_text
 from ..settings import SETTINGS, on, spec_value
 from .options import Int8Options
 from .session import ITEM_RECORDS, Int8Session
@@ -42,6 +42,22 @@ def collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector 
     else:
         return None
     return file_type.from_parent(parent, path=file_path, nodeid=_nodeid_outside_rootdir(parent, file_path))
+
+
+def one_item_per_real_file(items: list[pytest.Item]) -> None:
+    """Keep one gate item per real file and entry: a model or manifest reachable through several
+    (symlinked) folders is gated once, at its real path when the walk reached it there, else at the first
+    path found (a folder linked to itself would otherwise give one item per level, 40 of them)."""
+    found: dict[tuple[Path, str], list[pytest.Item]] = {}
+    for item in items:
+        if isinstance(item, Int8GateItem):
+            found.setdefault((item.path.resolve(), item.name), []).append(item)
+    dropped: set[int] = set()
+    for (real, _), same in found.items():
+        keep = next((item for item in same if item.path == real), same[0])
+        dropped.update(id(item) for item in same if item is not keep)
+    if dropped:
+        items[:] = [item for item in items if id(item) not in dropped]
 
 
 def _nodeid_outside_rootdir(parent: pytest.Collector, path: Path) -> str | None:
@@ -152,13 +168,18 @@ def run_gate(
     records = item.stash.setdefault(ITEM_RECORDS, [])
     try:
         verdict = pipeline.run()
-    except Int8GateError as exc:
+    except Exception as exc:  # every gate that ran is in the reports: a crash too is an error record
+        message = (
+            str(exc)
+            if isinstance(exc, Int8GateError)
+            else f"{type(exc).__name__} raised inside the gate: {bounded_text(str(exc))}"
+        )
         records.append(
             error_record(
                 model=str(spec.model),
                 name=spec.display_name,
                 nodeid=item.nodeid,
-                message=str(exc),
+                message=message,
                 duration_s=time.perf_counter() - started,
                 backend=spec.backend,
                 calibrator=spec.calibrator,

@@ -15,9 +15,11 @@ import pytest
 
 from ..budget import Budget
 from ..choices import DEFAULT_MIN_CALIB_SAMPLES, DEFAULT_PLACEMENT, REPAIRS
-from ..errors import Int8GateError
+from ..errors import Int8GateError, bounded_repr
 from ..settings import (
     DEFAULT_BATCH_SIZE,
+    DEFAULT_DATA_TIMEOUT_S,
+    DEFAULT_MAX_SAMPLES,
     DEFAULT_PERCENTILE,
     MANIFEST_NAME,
     Setting,
@@ -67,6 +69,8 @@ class Int8Options:
     manifest: Path | None = None
     output: str | None = None
     batch_size: int = DEFAULT_BATCH_SIZE
+    max_samples: int = DEFAULT_MAX_SAMPLES
+    data_timeout: float = DEFAULT_DATA_TIMEOUT_S
     percentile: float = DEFAULT_PERCENTILE
     rootdir: Path = Path(".")
     fp32_reference: str | None = None
@@ -132,6 +136,13 @@ def resolve_options(config: pytest.Config) -> tuple[Int8Options, bool]:
         raise pytest.UsageError(f"--int8-manifest: {values['manifest']} not found.")
     if values["cache_dir"] is None:
         values["cache_dir"] = _default_cache_dir(config)
+    for setting in surface("option"):
+        target = values.get(setting.name)
+        if setting.name.startswith("report_") and isinstance(target, Path) and target.is_dir():
+            # found now, not after the run: the report is the artefact the run exists for
+            raise pytest.UsageError(
+                f"{name_of(setting.option)}: {target} is a directory; name a file to write the report to."
+            )
     configured = resolver.configured or values["manifest"] is not None
     return Int8Options(rootdir=config.rootpath, **values), configured
 
@@ -168,8 +179,8 @@ class _Resolver:
 
         def fail(value: object, problem: str) -> pytest.UsageError:
             if where == "option":
-                return pytest.UsageError(f"{flag}: {value!r} {problem}.")
-            return pytest.UsageError(f"{ini} = {value!r} in the ini file {problem} ({flag}).")
+                return pytest.UsageError(f"{flag}: {bounded_repr(value)} {problem}.")
+            return pytest.UsageError(f"{ini} = {bounded_repr(value)} in the ini file {problem} ({flag}).")
 
         if setting.repeatable:
             items = [str(v) for v in given]
