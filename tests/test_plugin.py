@@ -149,6 +149,8 @@ def test_defaults_without_any_option(project: pytest.Pytester) -> None:
         "manifest": None,
         "output": None,
         "batch_size": 32,
+        "max_samples": 100_000,
+        "data_timeout": 300.0,
         "percentile": 99.99,
         "rootdir": str(root),
         "repairs": ["calibrator", "equalize", "bias_correction"],
@@ -191,6 +193,8 @@ def configured(project: pytest.Pytester) -> pytest.Pytester:
         int8_manifest = gates/models.yaml
         int8_output = logits
         int8_batch_size = 16
+        int8_max_samples = 5000
+        int8_data_timeout = 60
         int8_percentile = 99.9
         int8_repair =
             calibrator
@@ -241,6 +245,8 @@ def test_ini_keys_resolve_paths_against_the_ini_files_folder(
         "manifest": str(root / "gates" / "models.yaml"),
         "output": "logits",
         "batch_size": 16,
+        "max_samples": 5000,
+        "data_timeout": 60.0,
         "percentile": 99.9,
         "rootdir": str(root),
         "repairs": ["calibrator", "bias_correction"],
@@ -274,6 +280,8 @@ def test_command_line_wins_over_ini_and_resolves_paths_against_the_invocation_di
         "--int8-manifest", "alt.yaml",
         "--int8-output", "out",
         "--int8-batch-size", "8",
+        "--int8-max-samples", "1000",
+        "--int8-data-timeout", "2.5",
         "--int8-percentile", "99.5",
         "--int8-repair", "none",
     ).assert_outcomes(passed=1)  # fmt: skip
@@ -306,6 +314,8 @@ def test_command_line_wins_over_ini_and_resolves_paths_against_the_invocation_di
         "manifest": str(sub / "alt.yaml"),
         "output": "out",
         "batch_size": 8,
+        "max_samples": 1000,
+        "data_timeout": 2.5,
         "percentile": 99.5,
         "rootdir": str(root),
         "repairs": [],
