@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 from .choices import STRATEGIES as STRATEGIES  # the names; this path stays importable
 from .equalize import fp32_difference
 from .evaluate import Comparison
-from .gate import MetricResult, judge
+from .gate import MetricResult
 from .graph import Layer
 from .ladder import RepairLadder, Rung, plan_with, rung_of
 from .quantize import QuantPlan
@@ -89,6 +89,8 @@ def margin_of(results: Sequence[MetricResult]) -> float:
     slacks = []
     for r in results:
         observed = r.observed
+        if r.strict_ci and r.ci95 is not None:  # a strict gate judges the interval's far bound
+            observed = r.ci95[1] if r.upper else r.ci95[0]
         slack = (r.limit - observed) if r.upper else (observed - r.limit)
         scale = max(abs(r.limit), 1e-6) if r.name in ("sqnr_db", "max_abs_error") else 1.0
         slacks.append(slack / scale)
@@ -270,7 +272,7 @@ class SubsetOracle:
         quantized = [*accepted, *trial]
         results = self.evaluator.judge(self.plan_for(quantized, overrides))
         passed = all(r.passed for r in results)
-        last = f"up to {self.layers[max(trial)].name}" if trial else "the whole plan"
+        last = f"up to {self.layers[max(trial)].name}" if trial else "the whole plan" if quantized else "none"
         repairs = [f"{self.layers[i].name} with {overrides[i].text}" for i in trial if i in overrides]
         if repairs:
             last += ", trying " + ", ".join(repairs)
@@ -297,7 +299,29 @@ def bisect_failure(context: GateContext, evaluator: PlanEvaluator, failing: Comp
             f"search used all {context.eval_data.num_samples} (raise --int8-bisect-subset to speed it up)"
         )
         oracle = SubsetOracle(context, evaluator, candidates, context.eval_data.num_samples)
-        first = probe_of(len(candidates), judge(context.budget, failing))
+        first = probe_of(len(candidates), evaluator.judge(failing))
+    unresolvable = False
+    if evaluator.strict_ci:
+        # A strict interval can be too wide to pass on few samples whatever is quantized, and then every
+        # layer would look guilty: the plan with nothing quantized (INT8 equal to FP32) tells.
+        empty = oracle([], [], {})
+        baseline_evaluations += 1
+        if not empty.passed and oracle.subset_size < context.eval_data.num_samples:
+            notes.append(
+                f"with --int8-strict-ci, {oracle.subset_size} samples cannot show the budget is met even "
+                f"with no layer quantized; the search used all {context.eval_data.num_samples}"
+            )
+            oracle = SubsetOracle(context, evaluator, candidates, context.eval_data.num_samples)
+            first = probe_of(len(candidates), evaluator.judge(failing))
+            empty = oracle([], [], {})
+            baseline_evaluations += 1
+        unresolvable = not empty.passed
+        if unresolvable:
+            notes.append(
+                f"with --int8-strict-ci, the {oracle.subset_size} evaluation samples cannot show the budget "
+                "is met even with no layer quantized, so no layer was searched: no plan can pass on this "
+                "set; evaluate on more samples"
+            )
     ladder = RepairLadder(context.model, base, search.repairs)
 
     def repair(index: int, state: SearchState[Rung]) -> Rung | None:
@@ -309,15 +333,19 @@ def bisect_failure(context: GateContext, evaluator: PlanEvaluator, failing: Comp
 
         return ladder.climb(candidates[index].name, attempt)
 
-    state = find_offenders(
-        len(candidates),
-        oracle,
-        strategy=search.strategy,
-        repair=repair,
-        max_evaluations=search.max_evaluations,
-        first=first if search.strategy == "binary" else None,
+    state = (
+        SearchState()
+        if unresolvable
+        else find_offenders(
+            len(candidates),
+            oracle,
+            strategy=search.strategy,
+            repair=repair,
+            max_evaluations=search.max_evaluations,
+            first=first if search.strategy == "binary" else None,
+        )
     )
-    if search.strategy == "binary":
+    if search.strategy == "binary" and not unresolvable:
         baseline_evaluations -= 1  # the search counted the whole-plan probe as its first evaluation
     notes.extend(state.notes)
     offenders: list[OffendingLayer] = []
@@ -353,7 +381,7 @@ def bisect_failure(context: GateContext, evaluator: PlanEvaluator, failing: Comp
                     f"{fix.fp32_max_abs_difference:.3g} "
                     f"({relative:.2g} of the largest output), more than float rounding explains"
                 )
-    elif not offenders and not state.capped:
+    elif not offenders and not state.capped and not unresolvable:
         notes.append(
             "no single layer is to blame: every prefix passes on the search subset, yet the full plan fails"
         )
@@ -385,7 +413,7 @@ def _verify(
     exclude = tuple(o.name for o in offenders if o.action is RepairAction.FLOAT)
     overrides = {o.name: o.calibrator for o in offenders if o.calibrator}
     plan = plan_with(context.plan, {o.name: rung_of(o) for o in offenders})
-    results = judge(context.budget, evaluator.compare(plan))
+    results = evaluator.judge(evaluator.compare(plan))  # with the gate's strict intervals
     fix = VerifiedFix(
         exclude,
         overrides,

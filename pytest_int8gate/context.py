@@ -158,6 +158,6 @@ class SubsetEvaluator:
             return self.reference.compare(runner, self.parent.kpi)
 
     def judge(self, plan: QuantPlan) -> tuple[MetricResult, ...]:
-        """``plan`` evaluated on the subset and judged against the budget (no strict interval: the subset
-        only ranks plans; the fix is verified on the full set)."""
-        return judge(self.parent.context.budget, self.compare(plan))
+        """``plan`` evaluated on the subset and judged as the gate judges (with its strict-interval setting:
+        a search that judged more leniently would blame no layer for a strict failure)."""
+        return judge(self.parent.context.budget, self.compare(plan), strict_ci=self.parent.strict_ci)

@@ -280,12 +280,24 @@ def test_check_fails_on_the_outlier_model_and_names_the_offender(
     assert table_row.split()[-1] == "FAIL"
     assert "Offending layers" in out
     assert "/conv2/Conv" in out
+    # another calibrator repairs /conv2/Conv on the 200-sample search subset but misses the budget on all
+    # 500 (top-1 drop 0.0120): the verification rejects it, and only keeping the layer in float is offered
+    assert (
+        "Note: the repair of /conv2/Conv met the budget on 200 samples but not on all 500; "
+        "kept in float instead" in out.splitlines()
+    )
+    assert "Verified fix on all 500 evaluation samples: exclude [/conv2/Conv] -> top1_drop 0.0000  PASS" in (
+        out.splitlines()
+    )
 
     verdict = json.loads(report.read_text())
     assert verdict["verdict"] == "fail"
     assert verdict["metrics"]["top1_drop"]["int8"] < 0.5  # max calibration ruins the outlier model
     offenders = verdict["bisection"]["offending_layers"]
     assert [o["name"] for o in offenders] == ["/conv2/Conv"]
+    assert offenders[0]["action"] == "float"
+    assert verdict["bisection"]["fix"]["exclude"] == ["/conv2/Conv"]
+    assert verdict["bisection"]["fix"]["calibrator_overrides"] == {}
 
 
 def test_check_without_bisection_and_with_exclusion(
