@@ -6,6 +6,7 @@ import json
 import math
 import random
 import struct
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -104,13 +105,25 @@ def test_histogram_invariance_with_growing_range(batch_size: int) -> None:
 
 
 def test_memory_does_not_grow_with_updates() -> None:
+    """The statistics keep a fixed-size histogram, not the values: 400 more batches (400 KB of float32) add
+    nothing that stays allocated."""
     rng = np.random.default_rng(2)
+    batches = [rng.standard_normal(257).astype(np.float32) * (1 + step) for step in range(410)]
     stats = TensorStatistics()
-    for step in range(400):
-        stats.update(rng.standard_normal(257).astype(np.float32) * (1 + step))
-        counts, _ = stats.histogram()
-        assert counts.shape == (HIST_BINS,)
-    assert counts.sum() == stats.count == 400 * 257
+    tracemalloc.start()
+    try:
+        for batch in batches[:10]:
+            stats.update(batch)
+        settled, _ = tracemalloc.get_traced_memory()
+        for batch in batches[10:]:
+            stats.update(batch)
+        after, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert after - settled < 16_384, f"{after - settled} bytes retained after 400 updates"
+    counts, _ = stats.histogram()
+    assert counts.shape == (HIST_BINS,)
+    assert counts.sum() == stats.count == 410 * 257
 
 
 def test_float64_float16_and_tiny_values_are_binned_exactly() -> None:
@@ -154,6 +167,15 @@ def test_percentile_of_uniform_distribution(percentile: float) -> None:
     amax = compute_amax(stats, "percentile", CalibratorSettings(percentile=percentile))
     _, width = stats.histogram()
     assert abs(amax - percentile / 100 * 3.0) <= 2 * width + 0.01 * (1 - percentile / 100) * 3.0 + 3e-3
+
+
+def test_percentile_lands_in_the_bin_that_reaches_the_target_not_the_next_one() -> None:
+    """99 values in [0, 1] and one at 100: the 99th percentile is the 99th value, about 1.0. The bin whose
+    cumulative count first reaches 99 % holds it; the next occupied bin holds the outlier at 100."""
+    stats = stats_of(np.append(np.linspace(0.01, 1.0, 99), 100.0).astype(np.float32))
+    _, width = stats.histogram()
+    amax = compute_amax(stats, "percentile", CalibratorSettings(percentile=99.0))
+    assert 1.0 - width <= amax <= 1.0 + width, (amax, width)
 
 
 def test_percentile_100_is_absmax() -> None:

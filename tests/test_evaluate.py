@@ -122,6 +122,19 @@ def test_metrics_match_hand_computed_values() -> None:
     assert result.metric("top1") == 0.25
 
 
+def test_top5_counts_a_label_ranked_fifth_and_not_one_ranked_sixth() -> None:
+    """Ten classes with scores 9, 8, ..., 0; sample i's label is the class ranked i+1: top-5 hits the first
+    five samples exactly, top-1 only the first."""
+    scores = np.tile(np.arange(9, -1, -1, dtype=np.float32), (10, 1))
+    labels = np.arange(10)  # class i has score 9 - i: rank i + 1
+    acc = MetricAccumulator(labels=True)
+    acc.add(scores, scores, labels)
+    result = acc.result("logits")
+    assert result.hits["fp32_top5"].tolist() == [True] * 5 + [False] * 5
+    assert result.hits["int8_top1"].tolist() == [True] + [False] * 9
+    assert result.fp32["top5"] == result.int8["top5"] == 0.5
+
+
 def test_identical_outputs_are_perfect() -> None:
     acc = MetricAccumulator(labels=False)
     acc.add(FP32, FP32.copy())

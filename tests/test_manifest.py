@@ -278,7 +278,7 @@ def test_bad_entry_is_a_collection_error_without_a_traceback(
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*ERROR collecting int8gate.yaml*"])
     text = result.stdout.str()
-    assert f"{manifest.resolve()}: " in text or f"{manifest}: " in text
+    assert f"{manifest.resolve()}: " in text
     for fragment in fragments:
         assert fragment in text, fragment
     assert "Traceback" not in text and "int8gate/plugin/" not in text and "manifest.py" not in text

@@ -9,7 +9,6 @@ chain, run the same ways in the same session, passes: each failure is the model'
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 import textwrap
@@ -21,14 +20,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from pytest_int8gate.pipeline import GateSpec
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import planted
 
 pytestmark = pytest.mark.slow
 
-HAS_FP32_REFERENCE = "fp32_reference" in {f.name for f in dataclasses.fields(GateSpec)}
 LAYERS, PLANTED_AT, SAMPLES = 6, 3, 300
 
 
@@ -166,7 +162,6 @@ def test_models_that_must_fail_fail_through_every_entry_point(project: pytest.Py
     assert "Traceback" not in text and "INTERNALERROR" not in text
 
 
-@pytest.mark.skipif(not HAS_FP32_REFERENCE, reason="this version has no FP32 reference option")
 def test_an_fp32_mismatch_fails_through_every_entry_point(project: pytest.Pytester) -> None:
     project.makepyfile(test_marker=marker_tests("good.onnx"))
     (project.path / "int8gate.yaml").write_text(

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from example_files import CALIB, DIGITS, EVAL, LABELS, OUTLIER
 
+from pytest_int8gate.backends.onnxruntime import device_text
 from pytest_int8gate.cache import write_checksum
 from pytest_int8gate.errors import CalibrationError, DataError
 from pytest_int8gate.gate import Budget, GateVerdict
@@ -54,7 +55,7 @@ def test_entropy_calibration_passes_a_one_point_top1_budget(tmp_path: Path) -> N
     assert verdict.quantized_layers == 5
     assert verdict.backend["backend"] == "onnxruntime"
     assert verdict.backend["mode"] == "simulated"
-    assert "VNNI" in verdict.backend_text
+    assert f" {device_text()} " in verdict.backend_text  # the CPU and its int8 flags
     assert verdict.evaluations == 1
     assert verdict.cache_hits == ()
     assert verdict.bisection is None

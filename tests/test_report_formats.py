@@ -83,16 +83,16 @@ def with_ci_and_diagnostics(record: dict[str, Any]) -> dict[str, Any]:
     record["metrics"]["top1_drop"]["ci95"] = [0.851, 0.897]
     record["diagnostics"] = [
         {
-            "code": "calibration_size",
+            "code": "calibration-size",
             "severity": "warning",
-            "message": "600 calibration samples",
-            "fix": "use 500+",
+            "message": "calibration used 600 samples, fewer than the 1000",
+            "fix": "calibrate on 1000+",
         },
         {
-            "code": "preprocessing",
+            "code": "fp32-parity",
             "severity": "failure",
-            "message": "eval data is x255",
-            "fix": "scale to 0..1",
+            "message": "FP32 parity failed: output differs",
+            "fix": "compare with the right reference",
         },
     ]
     return record
@@ -203,8 +203,8 @@ def test_markdown_shows_the_interval_column_and_diagnostics_when_records_have_th
     assert "| top1_drop | 0.9740 | 0.1000 | -0.8740 | <= 0.01 | [0.8510, 0.8970] | **FAIL** |" in text
     diagnostics = text.split("**Diagnostics**", 1)[1]
     assert diagnostics.index(
-        "| failure | preprocessing | eval data is x255 | scale to 0..1 |"
-    ) < diagnostics.index("| warning | calibration_size |")  # most severe first
+        "| failure | fp32-parity | FP32 parity failed: output differs | compare with the right reference |"
+    ) < diagnostics.index("| warning | calibration-size |")  # most severe first
 
 
 def test_markdown_escapes_names_and_messages(real_records: list[dict[str, Any]]) -> None:
@@ -313,8 +313,9 @@ def test_html_is_well_formed_self_contained_and_escaped(real_records: list[dict[
     assert "<script>" not in page and "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
     text = " ".join(markup.text)
     assert HOSTILE in text  # shown as text, exactly
-    for expected in ("top1_drop [0.8510, 0.8970]", "eval data is x255", "scale to 0..1", "/conv2/Conv",
-                     "Verified fix", "3 gates: 1 passed, 1 failed, 1 error"):  # fmt: skip
+    for expected in ("top1_drop [0.8510, 0.8970]", "FP32 parity failed: output differs",
+                     "compare with the right reference", "/conv2/Conv", "Verified fix",
+                     "3 gates: 1 passed, 1 failed, 1 error"):  # fmt: skip
         assert expected in text, expected
     assert records[0]["bisection"]["fix"]["manifest"] in text  # the manifest snippet, unescaped as text
 

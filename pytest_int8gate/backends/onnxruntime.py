@@ -26,29 +26,39 @@ from .base import BackendInfo, ClosingRunner
 INT8_CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
 
 
-@functools.cache
-def cpu_features() -> tuple[str, ...]:
-    """The int8-relevant instruction-set flags of this CPU (Linux /proc/cpuinfo; empty elsewhere)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ()
+#: Flags of int8 dot-product instructions, with which fused int8 kernels are exact.
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp")
+
+
+def int8_flags(cpuinfo: str) -> tuple[str, ...]:
+    """The :data:`INT8_CPU_FLAGS` listed in a /proc/cpuinfo text (x86 ``flags``, Arm ``Features`` lines)."""
     flags: set[str] = set()
-    for line in text.splitlines():
+    for line in cpuinfo.splitlines():
         key, _, value = line.partition(":")
         if key.strip() in ("flags", "Features"):
             flags.update(value.split())
     return tuple(f for f in INT8_CPU_FLAGS if f in flags)
 
 
-def has_vnni() -> bool:
-    return any(f in cpu_features() for f in ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp"))
+@functools.cache
+def cpu_features() -> tuple[str, ...]:
+    """The int8-relevant instruction-set flags of this CPU (Linux /proc/cpuinfo; empty elsewhere)."""
+    try:
+        return int8_flags(Path("/proc/cpuinfo").read_text())
+    except OSError:
+        return ()
 
 
-def device_text() -> str:
-    features = " ".join(cpu_features()) or "no int8 flags known"
-    vnni = "VNNI" if has_vnni() else "no VNNI"
-    return f"cpu {platform.machine()} ({vnni}: {features})"
+def has_vnni(features: tuple[str, ...] | None = None) -> bool:
+    """Whether ``features`` (default: this CPU's) include an int8 dot-product instruction."""
+    return any(f in (cpu_features() if features is None else features) for f in VNNI_FLAGS)
+
+
+def device_text(features: tuple[str, ...] | None = None) -> str:
+    """``cpu <machine> (VNNI: <flags>)`` or ``(no VNNI: ...)`` for ``features`` (default: this CPU's)."""
+    features = cpu_features() if features is None else features
+    vnni = "VNNI" if has_vnni(features) else "no VNNI"
+    return f"cpu {platform.machine()} ({vnni}: {' '.join(features) or 'no int8 flags known'})"
 
 
 _NO_KERNEL = re.compile(r"Could not find an implementation for (\w+)\((\d+)\)")
