@@ -4,7 +4,9 @@ Two set-ups, both through real ``pytest`` processes: ``pytest -n 4`` with severa
 same model, and two separate ``pytest`` processes started together on the same cache directory. Builds are
 counted from the JSON report: a gate that found the calibration table cached lists ``calibration table``
 in its ``cache_hits``, so the gates without it are the ones that calibrated. The calibration data comes
-from a ``module:function`` loader that sleeps, so that the gates really overlap while one of them builds.
+from a ``module:function`` loader that sleeps, so that the gates really overlap while one of them builds; the
+loader logs each call with its process and whether the calibration table existed yet, and each race test
+first proves that at least two processes were reading before any table was written (the race happened).
 """
 
 from __future__ import annotations
@@ -29,22 +31,35 @@ pytestmark = pytest.mark.slow
 HAS_XDIST = importlib.util.find_spec("xdist") is not None
 TIMEOUT = 240
 SLOW_DATA = """
+import os
 import time
+from pathlib import Path
 
 import numpy as np
 
+ROOT = Path({root!r})
+
 
 def calib():
+    built = any((ROOT / "cache" / "calibration").glob("*.json"))
+    with open(ROOT / "loader.log", "a") as log:
+        log.write(f"{{os.getpid()}} {{int(built)}}\\n")
     time.sleep(0.3)  # a slow data source: every gate is still reading while the first one calibrates
-    yield {"x": np.random.default_rng(1).standard_normal((256, 16)).astype(np.float32)}
+    yield {{"x": np.random.default_rng(1).standard_normal((256, 16)).astype(np.float32)}}
 """
 
 
 @pytest.fixture
 def project(empty_project: pytest.Pytester) -> pytest.Pytester:
     planted.save_chain(planted.chain_weights(8), empty_project.path / "chain.onnx")
-    (empty_project.path / "slowdata.py").write_text(SLOW_DATA)
+    (empty_project.path / "slowdata.py").write_text(SLOW_DATA.format(root=str(empty_project.path)))
     return empty_project
+
+
+def racing_processes(root: Path) -> int:
+    """How many processes read the calibration data before any calibration table was in the cache."""
+    calls = [line.split() for line in (root / "loader.log").read_text().splitlines()]
+    return len({pid for pid, built in calls if built == "0"})
 
 
 def write_manifest(root: Path, gates: int) -> None:
@@ -91,6 +106,7 @@ def test_four_xdist_workers_gating_one_model_build_its_table_once_and_agree(proj
 
     result.assert_outcomes(passed=6)
     result.stdout.fnmatch_lines(["created: 4/4 workers*"])
+    assert racing_processes(project.path) >= 2  # workers really raced for the table
     gates = records(project.path / "report.json")
     assert len(gates) == 6
     assert builds(gates) == 1, [gate["cache_hits"] for gate in gates]
@@ -126,6 +142,7 @@ def test_two_pytest_processes_started_together_on_one_cache_neither_corrupt_nor_
 
     for run, output in zip(runs, outputs, strict=True):
         assert run.returncode == 0, output
+    assert racing_processes(project.path) == 2  # both started reading before either had built the table
     gates = records(project.path / "report0.json") + records(project.path / "report1.json")
     assert len(gates) == 4
     assert builds(gates) == 1, [gate["cache_hits"] for gate in gates]
