@@ -1,14 +1,21 @@
 """Bisection cost: ``binary`` against ``linear`` (the seed method) on chains with 2 planted offenders.
 
-Run from anywhere: ``python benchmarks/bench_bisect.py``. Prints a Markdown table and writes it to
-``benchmarks/results/bisect.md``. Models are the Gemm+ReLU chains of ``tests/planted.py`` (16 channels)
-with N layers and offenders planted at N/2 and 3N/4; every run goes through the real GatePipeline
-and ONNX Runtime, both strategies in the same process, on the same data.
+Run from anywhere: ``python benchmarks/bench_bisect.py``. Prints two Markdown tables and writes them to
+``benchmarks/results/bisect.md``:
+
+- on real models: the Gemm+ReLU chains of ``tests/planted.py`` (16 channels) with N layers and offenders
+  planted at N/2 and 3N/4 (one placement per N); every run goes through the real GatePipeline and ONNX
+  Runtime, both strategies in the same process, on the same data;
+- over every placement: the binary search's evaluation count for each of the C(N, k) placements of k = 2
+  offenders, on a synthetic monotone oracle (a prefix fails exactly when it holds an undecided offender).
+  The count depends only on where the offenders sit, so this is exact: it says in how many placements the
+  target ``k*ceil(log2 N) + 2`` holds and what the worst case is.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import statistics
 import sys
@@ -23,7 +30,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from planted import chain_weights, inputs, layer_name, plant, save_chain  # noqa: E402
 
-from pytest_int8gate.bisect import BisectionReport, SubsetOracle, find_offenders  # noqa: E402
+from pytest_int8gate.bisect import BisectionReport, Probe, SubsetOracle, find_offenders  # noqa: E402
 from pytest_int8gate.data import Feeds  # noqa: E402
 from pytest_int8gate.gate import Budget  # noqa: E402
 from pytest_int8gate.pipeline import GatePipeline, GateSpec  # noqa: E402
@@ -45,6 +52,79 @@ def documented_cost(n_layers: int, offenders: tuple[int, ...]) -> int:
         cost += 1 + math.ceil(math.log2(n_layers - position))
         position = offender + 1
     return cost
+
+
+def target_bound(n_layers: int, k: int) -> int:
+    """The target: ``k*ceil(log2 N) + 2`` search evaluations."""
+    return k * math.ceil(math.log2(n_layers)) + 2
+
+
+def worst_case_bound(n_layers: int, k: int) -> int:
+    """bisect.py's worst case ``k*ceil(log2 N) + k + 1``: offenders early, each costing its search over
+    almost all N layers plus one "does everything after it pass?" probe."""
+    return k * math.ceil(math.log2(n_layers)) + k + 1
+
+
+def search_cost(n_layers: int, offenders: tuple[int, ...]) -> int:
+    """Search evaluations of the binary strategy with ``offenders`` on a monotone synthetic oracle."""
+    planted = set(offenders)
+
+    def oracle(accepted: object, trial: list[int], overrides: object) -> Probe:
+        failed = any(layer in planted for layer in trial)
+        return Probe(len(trial), -1.0 if failed else 1.0, not failed)
+
+    state = find_offenders(n_layers, oracle)
+    if state.offenders != sorted(offenders):
+        raise SystemExit(f"N={n_layers}: the search found {state.offenders}, planted {sorted(offenders)}")
+    return state.search_evaluations
+
+
+@dataclass(frozen=True)
+class Placements:
+    """The binary search's cost over every placement of ``k`` offenders among ``n_layers`` layers."""
+
+    n_layers: int
+    k: int
+    count: int
+    within_target: int  # placements costing at most target_bound
+    worst: int
+    worst_placement: tuple[int, ...]
+    mean: float
+
+    @property
+    def target(self) -> int:
+        return target_bound(self.n_layers, self.k)
+
+
+def placements(n_layers: int, k: int = 2) -> Placements:
+    costs = {p: search_cost(n_layers, p) for p in itertools.combinations(range(n_layers), k)}
+    worst = max(costs, key=lambda p: costs[p])
+    target = target_bound(n_layers, k)
+    return Placements(
+        n_layers,
+        k,
+        len(costs),
+        sum(cost <= target for cost in costs.values()),
+        costs[worst],
+        worst,
+        statistics.fmean(costs.values()),
+    )
+
+
+def placements_table(rows: list[Placements]) -> str:
+    lines = [
+        "| N | k | placements | within k·⌈log2 N⌉+2 | worst evals | a worst placement | "
+        "k·⌈log2 N⌉+k+1 (bisect.py's worst case) | mean evals | linear evals |",
+        "|---:|---:|---:|---:|---:|---|---:|---:|---:|",
+    ]
+    for row in rows:
+        worst_at = ", ".join(layer_name(p) for p in row.worst_placement)
+        lines.append(
+            f"| {row.n_layers} | {row.k} | {row.count} | {row.within_target} of {row.count} "
+            f"(target {row.target}) | {row.worst} | {worst_at} | "
+            f"{worst_case_bound(row.n_layers, row.k)} | {row.mean:.2f} | {row.n_layers} |"
+        )
+    return "\n".join(lines)
 
 
 @dataclass(frozen=True)
@@ -134,7 +214,7 @@ def table(results: dict[int, dict[str, Run]]) -> str:
         binary, linear = runs["binary"], runs["linear"]
         positions = planted_positions(n_layers)
         b_evals, l_evals = binary.report.search_evaluations, linear.report.search_evaluations
-        issue = 2 * math.ceil(math.log2(n_layers)) + 2
+        issue = target_bound(n_layers, 2)
         notes = "; ".join(binary.report.notes) or "-"
         lines.append(
             f"| {n_layers} | {', '.join(layer_name(p) for p in positions)} | {b_evals} | "
@@ -154,6 +234,7 @@ def main() -> None:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         results = {n: measure(n, Path(tmp), args.repeats) for n in SIZES}
+    every = [placements(n) for n in SIZES]
     header = "\n".join(
         [
             "# Bisection benchmark: binary vs linear",
@@ -167,12 +248,19 @@ def main() -> None:
             "strategies share: the reproduction probe, repair (3 evaluations per offender), the verified "
             "fix on the full set and the sensitivity pass. Times are medians of "
             f"{args.repeats} runs after one warm-up run, on a shared machine: the evaluation counts are "
-            "exact, the seconds are indicative.",
+            "exact, the seconds are indicative. This is one placement per N: the next table gives every "
+            "placement.",
             "",
             "",
         ]
     )
-    text = header + table(results) + "\n"
+    text = (
+        header
+        + table(results)
+        + "\n\n## Every placement of the 2 offenders (synthetic monotone oracle, exact counts)\n\n"
+        + placements_table(every)
+        + "\n"
+    )
     print(text)
     print(f"(benchmark took {time.perf_counter() - started:.0f} s)")
     args.output.parent.mkdir(parents=True, exist_ok=True)
