@@ -19,7 +19,7 @@ def test_run_all_smoke_writes_every_section(tmp_path: Path) -> None:
 
     result = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--smoke", "--out", str(out)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
 
     assert result.returncode == 0, result.stderr[-3000:]
