@@ -160,6 +160,14 @@ def test_nonfinite_values_are_counted_not_histogrammed() -> None:
 # ---- calibrators --------------------------------------------------------------------------------------
 
 
+def test_entropy_ties_go_to_the_largest_threshold() -> None:
+    """Two magnitudes, each alone in its bin, twice each: clipping everything into the lower bin and
+    keeping both bins both give P == Q, a divergence of exactly 0. NVIDIA's tools take the largest such
+    threshold, so nothing is clipped (the smallest would clip 0.97 to 0.40)."""
+    stats = stats_of(np.array([0.4, 0.4, 0.97, 0.97], np.float32))
+    assert compute_amax(stats, "entropy", CalibratorSettings()) == stats.absmax
+
+
 @pytest.mark.parametrize("percentile", [50.0, 90.0, 99.0, 99.99])
 def test_percentile_of_uniform_distribution(percentile: float) -> None:
     rng = np.random.default_rng(3)
