@@ -29,6 +29,8 @@ from pytest_int8gate.calibrate import (
     collect_statistics,
     compute_amax,
     entropy_amax,
+    mse_amax,
+    percentile_amax,
     read_trt_cache,
     trt_version_number,
 )
@@ -158,6 +160,23 @@ def test_nonfinite_values_are_counted_not_histogrammed() -> None:
 
 
 # ---- calibrators --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("percentile", "expected"), [(25.0, 4.25 * 0.25), (50.0, 4.5 * 0.25), (90.0, 4.9 * 0.25)]
+)
+def test_percentile_is_interpolated_inside_its_bin(percentile: float, expected: float) -> None:
+    """100 values in bin 4 of width 0.25 ([1.0, 1.25)): the p-th percentile is p % of the way into it."""
+    counts = np.zeros(16, np.int64)
+    counts[4] = 100
+    assert percentile_amax(counts, 0.25, 10.0, percentile) == pytest.approx(expected, abs=1e-12)
+
+
+def test_mse_ties_go_to_the_larger_threshold() -> None:
+    """Every value at 0.25 with amax 1.0: thresholds 127/256 (0.25 is level 64) and 254/256 (level 32) both
+    represent it exactly, an error of exactly 0; the larger threshold is chosen (less clipping)."""
+    counts = np.array([7, 0], np.int64)  # bin 0 of width 0.5: centre 0.25
+    assert mse_amax(counts, 0.5, 1.0) == 254 / 256
 
 
 def test_entropy_ties_go_to_the_largest_threshold() -> None:
