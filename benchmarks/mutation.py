@@ -301,20 +301,20 @@ MUTANTS: tuple[Mutant, ...] = (
         [f"{T}/test_cli.py"], "a repair that fails on the full set falls back to float",
     ),
     m(
-        "text-fix-always-pass", "verified fix", f"{PKG}/report.py",
-        'outcome = "PASS" if fix.passed else "FAIL - not a fix"', 'outcome = "PASS"',
-        [f"{T}/test_search_judgement.py"], "the terminal text says FAIL for a failing fix",
+        "fix-view-always-pass", "verified fix", f"{PKG}/report/view.py",
+        'outcome="PASS" if f.passed else "FAIL",', 'outcome="PASS",',
+        [f"{T}/test_search_judgement.py"], "text, Markdown and HTML say FAIL for a failing fix",
     ),
     m(
-        "markdown-fix-always-pass", "verified fix", f"{PKG}/report_formats.py",
-        'outcome = "**PASS**" if fix.get("passed") else "**FAIL** (not a fix)"', 'outcome = "**PASS**"',
-        [f"{T}/test_search_judgement.py"], "the Markdown report says FAIL for a failing fix",
+        "fix-view-no-note", "verified fix", f"{PKG}/report/view.py",
+        'outcome_note="" if f.passed else "(not a fix)",', 'outcome_note="",',
+        [f"{T}/test_search_judgement.py"], "a failing fix is called not a fix",
     ),
     m(
-        "html-fix-always-pass", "verified fix", f"{PKG}/report_formats.py",
-        "            if fix.get(\"passed\")\n            else '<span class=\"bad\">FAIL (not a fix)</span>'",
-        "            if True\n            else '<span class=\"bad\">FAIL (not a fix)</span>'",
-        [f"{T}/test_search_judgement.py"], "the HTML report says FAIL for a failing fix",
+        "html-fix-shown-green", "verified fix", f"{PKG}/report/html.py",
+        """return f'<span class="{"ok" if passed else "bad"}">{esc(word)}</span>'""",
+        """return f'<span class="ok">{esc(word)}</span>'""",
+        [f"{T}/test_search_judgement.py", f"{T}/test_report_formats.py"], "the HTML shows a FAIL in red",
     ),
     # ---- metrics -------------------------------------------------------------------------------------------
     m(

@@ -169,7 +169,7 @@ def test_the_failing_fix_is_measured_above_the_limit(failing_fix: GateVerdict) -
 def test_a_failing_fix_reads_fail_in_the_terminal_text(failing_fix: GateVerdict) -> None:
     text = failure_text(failing_fix)
     (line,) = [line for line in text.splitlines() if line.startswith("Verified fix on all 256 evaluation")]
-    assert line.endswith(f" -> {fix_figures(failing_fix)}  FAIL - not a fix"), line
+    assert line.endswith(f" -> {fix_figures(failing_fix)}  FAIL (not a fix)"), line
     assert "Apply it in int8gate.yaml" not in text  # a failing fix is not offered for the manifest
 
 
@@ -188,7 +188,7 @@ def test_a_failing_fix_reads_fail_in_html(failing_fix: GateVerdict) -> None:
     page = html_report([record])
     (paragraph,) = re.findall(r"<p><strong>Verified fix</strong>.*?</p>", page)
     assert unescape(paragraph).endswith(
-        f' → {fix_figures(failing_fix)} <span class="bad">FAIL (not a fix)</span></p>'
+        f' → {fix_figures(failing_fix)} <span class="bad">FAIL</span> (not a fix)</p>'
     ), paragraph
     assert "Apply it in <code>int8gate.yaml</code>" not in page
 
