@@ -11,6 +11,7 @@ touched. Not part of CI: a full run takes several minutes (one pytest process pe
     python benchmarks/mutation.py --write docs/mutation-testing.md
     python benchmarks/mutation.py --only verified-fix-passed-forced --only percentile-side-right
     python benchmarks/mutation.py --check             # only that every patch still applies
+    python benchmarks/mutation.py --jobs 3            # three mutants at a time, each in its own copy
 
 A survivor is either a gap in the tests or an *equivalent* mutant (a change that cannot alter behaviour);
 equivalent mutants carry the reason in ``equivalent`` and the written table explains them.
@@ -19,6 +20,7 @@ equivalent mutants carry the reason in ``equivalent`` and the written table expl
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import datetime as dt
 import os
 import shutil
@@ -360,15 +362,17 @@ MUTANTS: tuple[Mutant, ...] = (
         [f"{T}/test_manifest.py"], "a misspelt manifest key is an error naming it",
     ),
     m(
-        "manifest-bool-for-number", "manifest validation", f"{PKG}/manifest.py",
-        "if not isinstance(raw_value, types) or wrong_bool:", "if not isinstance(raw_value, types):",
-        [f"{T}/test_manifest.py"], "true is not a number",
+        "manifest-bool-for-number", "manifest validation", f"{PKG}/settings.py",
+        "        ok = isinstance(value, (int, float)) and not isinstance(value, bool)\n",
+        "        ok = isinstance(value, (int, float))\n",
+        [f"{T}/test_manifest.py", f"{T}/test_settings.py"], "true is not a number",
     ),
     m(
-        "manifest-repairs-unchecked", "manifest validation", f"{PKG}/manifest.py",
-        'if key == "repairs" and not all(isinstance(v, str) and v in REPAIRS for v in value):',
-        'if key == "repairs" and False:',
-        [f"{T}/test_manifest.py", f"{T}/test_plugin.py"], "an unknown repair rung is an error",
+        "manifest-repairs-unchecked", "manifest validation", f"{PKG}/settings.py",
+        '        if kind == "repairs" and not all(v in REPAIRS for v in value):\n',
+        '        if kind == "repairs" and False:\n',
+        [f"{T}/test_manifest.py", f"{T}/test_settings.py", f"{T}/test_plugin.py"],
+        "an unknown repair rung is an error",
     ),
     # ---- the backend's description -------------------------------------------------------------------------
     m(
@@ -426,7 +430,14 @@ def failed_tests(output: str) -> list[str]:
     return [line.split(" ", 1)[1].split(" - ")[0] for line in failed]
 
 
-def run(mutants: Sequence[Mutant], *, baseline: bool = True) -> list[Outcome]:
+def run(mutants: Sequence[Mutant], *, baseline: bool = True, jobs: int = 1) -> list[Outcome]:
+    """Every mutant, ``jobs`` at a time (each job in its own scratch copy); outcomes in ``mutants`` order."""
+    if jobs > 1:
+        shares = [list(mutants[i::jobs]) for i in range(jobs)]
+        with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+            done = list(pool.map(lambda share: run(share, baseline=baseline), shares))
+        by_name = {o.mutant.name: o for outcomes in done for o in outcomes}
+        return [by_name[mutant.name] for mutant in mutants]
     copy = scratch_copy()
     try:
         tests = sorted({t for mutant in mutants for t in mutant.tests})
@@ -521,6 +532,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="only check that every patch applies")
     parser.add_argument("--list", action="store_true", help="list the mutants")
     parser.add_argument("--write", type=Path, help="write the Markdown table to this file")
+    parser.add_argument("--jobs", type=int, default=1, help="mutants run at the same time (default 1)")
     parser.add_argument(
         "--skip-baseline",
         action="store_true",
@@ -545,7 +557,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1 if any(o.status == "stale" for o in outcomes) else 0
     started = time.perf_counter()
     commit = source_version()  # before the copy is made: the code the mutants were planted in
-    outcomes = run(mutants, baseline=not args.skip_baseline)
+    outcomes = run(mutants, baseline=not args.skip_baseline, jobs=max(1, args.jobs))
     text = table(outcomes, commit, time.perf_counter() - started)
     if args.write:
         args.write.write_text(text)
