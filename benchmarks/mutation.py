@@ -211,18 +211,19 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     # ---- quantization --------------------------------------------------------------------------------------
     m(
-        "conv-axis-1", "per-channel axis", f"{PKG}/quantize.py",
+        "conv-axis-1", "per-channel axis", f"{PKG}/placement.py",
         '    if node.op_type == "Conv":\n        return 0, ""',
         '    if node.op_type == "Conv":\n        return 1, ""',
         [f"{T}/test_quantize.py"], "Conv weights are scaled per output channel (axis 0)",
     ),
     m(
-        "gemm-transb-axis", "per-channel axis", f"{PKG}/quantize.py",
-        'return (0 if attrs.get("transB", 0) else 1), ""', 'return (1 if attrs.get("transB", 0) else 0), ""',
+        "gemm-transb-axis", "per-channel axis", f"{PKG}/placement.py",
+        'return (0 if _int_attr(node, "transB", 0) else 1), ""',
+        'return (1 if _int_attr(node, "transB", 0) else 0), ""',
         [f"{T}/test_quantize.py"], "Gemm's output-channel axis follows transB",
     ),
     m(
-        "convtranspose-axis-0", "per-channel axis", f"{PKG}/quantize.py",
+        "convtranspose-axis-0", "per-channel axis", f"{PKG}/placement.py",
         '        if group == 1:\n            return 1, ""',
         '        if group == 1:\n            return 0, ""',
         [f"{T}/test_quantize.py"], "ConvTranspose weights are scaled on axis 1",
