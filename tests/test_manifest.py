@@ -128,6 +128,7 @@ BAD_MANIFESTS = {
     ),
     "wrong_type": (f"models:\n{ENTRY}    batch_size: x\n", ["entry 1 (a)", "'batch_size'", "'x'"]),
     "bool_for_int": (f"models:\n{ENTRY}    batch_size: true\n", ["entry 1 (a)", "'batch_size'", "True"]),
+    "bool_for_float": (f"models:\n{ENTRY}    percentile: true\n", ["entry 1 (a)", "'percentile'", "True"]),
     "zero_batch": (f"models:\n{ENTRY}    batch_size: 0\n", ["entry 1 (a)", "'batch_size'", "positive"]),
     "exclude_string": (f"models:\n{ENTRY}    exclude: /conv2/Conv\n", ["entry 1 (a)", "'exclude'", "list"]),
     "exclude_numbers": (f"models:\n{ENTRY}    exclude: [1, 2]\n", ["entry 1 (a)", "'exclude'", "strings"]),
