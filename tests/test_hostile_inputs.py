@@ -1106,3 +1106,31 @@ def test_a_model_reachable_through_symlinked_folders_is_collected_once(project: 
         "-q",
     )
     assert len([line for line in result.stdout.lines if "::int8_gate" in line]) == 2, result.stdout.str()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[" * 100_000 + "]" * 100_000, "not a readable JSON report (nested too deeply)."),
+        ('{"schema": ' + "9" * 5000 + "}", "not a readable JSON report (Exceeds the limit (4300 digits)"),
+    ],
+    ids=["nested_100000_deep", "integer_of_5000_digits"],
+)
+def test_a_hostile_baseline_report_is_a_usage_error_of_one_line(
+    project: pytest.Pytester, text: str, expected: str
+) -> None:
+    (project.path / "baseline.json").write_text(text)
+    args = ("--int8-model", "good.onnx", "--int8-calib-data", "x.npz", "--int8-report-json", "report.json")
+
+    result = project.runpytest(*args, "--int8-baseline", "baseline.json")
+
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    output = result.stdout.str() + result.stderr.str()
+    assert "Traceback" not in output and "INTERNALERROR" not in output, output
+    (line,) = [line for line in output.splitlines() if "--int8-baseline" in line]
+    assert f"{project.path / 'baseline.json'}: {expected}" in one_sentence(line), line
+    log_message("--int8-baseline", "baseline_" + expected[:20], line)
+    # the twin: a report this run wrote is a valid baseline
+    project.runpytest(*args).assert_outcomes(passed=1)
+    shutil.copy(project.path / "report.json", project.path / "baseline.json")
+    project.runpytest(*args, "--int8-baseline", "baseline.json").assert_outcomes(passed=1)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..budget import BUDGET_METRICS, Budget
-from ..errors import DataError
+from ..errors import DataError, bounded_repr, bounded_text
 from ..results import (
     SEVERITIES,
     BisectionReport,
@@ -334,8 +334,10 @@ def read_report(path: str | os.PathLike[str]) -> StoredReport:
         payload = json.loads(source.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise DataError(f"{source}: baseline report not found.") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"{source}: not a readable JSON report ({exc}).") from None
+    except RecursionError:  # [[[[... nested deeper than the parser's stack
+        raise DataError(f"{source}: not a readable JSON report (nested too deeply).") from None
+    except (OSError, ValueError) as exc:  # ValueError: invalid JSON, undecodable text, a 5,000-digit integer
+        raise DataError(f"{source}: not a readable JSON report ({bounded_text(str(exc))}).") from None
     if not isinstance(payload, Mapping) or not isinstance(payload.get("gates"), list):
         raise DataError(f"{source}: not a pytest-int8gate JSON report (no list of 'gates').")
     schema = payload.get("schema")
@@ -343,11 +345,11 @@ def read_report(path: str | os.PathLike[str]) -> StoredReport:
     if schema is None:  # reports from before the schema field: version 1's fields
         version = 1
     elif schema != REPORT_SCHEMA:
-        raise DataError(f"{source}: schema {schema!r} is not {REPORT_SCHEMA!r}.")
+        raise DataError(f"{source}: schema {bounded_repr(schema)} is not {REPORT_SCHEMA!r}.")
     elif not isinstance(version, int) or isinstance(version, bool) or version not in READABLE_VERSIONS:
         newer = isinstance(version, int) and version > REPORT_SCHEMA_VERSION
         raise DataError(
-            f"{source}: report schema version {version!r} is "
+            f"{source}: report schema version {bounded_repr(version)} is "
             + ("newer than this pytest-int8gate reads" if newer else "not one this pytest-int8gate reads")
             + f" ({', '.join(map(str, READABLE_VERSIONS))})."
         )
