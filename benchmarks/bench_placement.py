@@ -1,10 +1,12 @@
-"""Placement profiles side by side: Q/DQ pairs, INT8 coverage and accuracy of ``minimal`` and ``tensorrt``.
+"""Placement profiles side by side: Q/DQ pairs, INT8 coverage and accuracy of ``minimal`` and ``tensorrt``;
+and depthwise-separable equalization on the example MobileNet, before and after.
 
-Run from anywhere: ``python benchmarks/bench_placement.py``. Prints a Markdown table and writes it to
+Run from anywhere: ``python benchmarks/bench_placement.py``. Prints Markdown tables and writes them to
 ``benchmarks/results/placement.md``. Every model of ``example_project/models`` is calibrated once (one
 FP32 pass, this project's statistics; the table serves both profiles), quantized with each profile and
 the entropy and max calibrators, and evaluated against FP32 by ONNX Runtime (simulated Q/DQ) on the
-example project's 500 held-out samples.
+example project's 500 held-out samples. The MobileNet is then gated through GatePipeline with and without
+``equalize: true`` (every conv → depthwise → conv pair), once per calibrator.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pytest_int8gate.choices import PLACEMENTS  # noqa: E402
 from pytest_int8gate.data import load_dataset, load_labels  # noqa: E402
 from pytest_int8gate.evaluate import compare  # noqa: E402
 from pytest_int8gate.graph import load_model  # noqa: E402
+from pytest_int8gate.pipeline import GatePipeline, GateSpec  # noqa: E402
 from pytest_int8gate.placement import place, placement_counts  # noqa: E402
 from pytest_int8gate.quantize import QuantPlan, activation_tensors, quantize_model  # noqa: E402
 
@@ -99,12 +102,42 @@ def render(rows: list[dict[str, object]]) -> str:
     return "\n".join(lines)
 
 
+def equalization_rows(calibrators: tuple[str, ...] = ("entropy", "max", "percentile", "mse")) -> str:
+    lines = [
+        "| model | calibrator | equalized pairs | INT8 top-1 before → after | SQNR dB before → after | "
+        "cosine before → after |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    data = EXAMPLE / "data"
+    for calibrator in calibrators:
+        results = []
+        for equalize in (False, True):
+            spec = GateSpec(
+                model=EXAMPLE / "models" / "digits_mobilenet.onnx",
+                calib_data=data / "calib.npz",
+                eval_data=data / "eval.npz",
+                labels=str(data / "eval_labels.npy"),
+                calibrator=calibrator,
+                equalize=equalize,
+                bisect=False,
+            )
+            pipeline = GatePipeline(spec)
+            results.append((pipeline.run().int8, len(pipeline.plan.equalize)))
+        (b, _), (a, pairs) = results
+        lines.append(
+            f"| digits_mobilenet.onnx | {calibrator} | {pairs} | {b['top1']:.3f} → {a['top1']:.3f} | "
+            f"{b['sqnr_db']:.1f} → {a['sqnr_db']:.1f} | {b['cosine']:.4f} → {a['cosine']:.4f} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="one model, one calibrator; nothing written")
     args = parser.parse_args()
     if args.smoke:
         print(render(measure("digits_mobilenet.onnx", ("max",))))
+        print(equalization_rows(("max",)))
         return
     rows = [row for model in MODELS for row in measure(model)]
     text = "\n".join(
@@ -115,6 +148,10 @@ def main() -> None:
             "- command: `python benchmarks/bench_placement.py`",
             "",
             render(rows),
+            "",
+            "## Depthwise-separable equalization (BatchNorm folded at load)",
+            "",
+            equalization_rows(),
             "",
         ]
     )

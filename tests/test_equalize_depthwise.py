@@ -143,7 +143,7 @@ def test_equalizing_the_mobilenet_improves_its_int8_output_and_passes_the_defaul
         return dict(verdict.int8)
 
     before, after = gate(False), gate(True)
-    # Measured: SQNR 26.4 -> 29.1 dB, cosine 0.9989 -> 0.9994 (entropy); top-1 moves by at most 2 of 500.
+    # Measured: SQNR 26.4 -> 29.1 dB, cosine 0.9989 -> 0.9994 (entropy); top-1 0.980 -> 0.976 (2 of 500).
     assert after["sqnr_db"] > before["sqnr_db"] + 1.0
     assert after["cosine"] > before["cosine"]
-    assert after["top1"] >= before["top1"] - 0.005
+    assert after["top1"] >= before["top1"] - 0.005  # the decisions move by at most 2 samples of 500
