@@ -68,6 +68,8 @@ class Dataset:
     chunks: Callable[[], Iterator[Feeds]] = field(repr=False, compare=False)
     #: A model with a fixed batch axis runs whole batches only: subsets keep a multiple of it.
     batch_multiple: int = 1
+    #: Samples that differ from every other one (all inputs' bytes compared); 0 when not counted.
+    distinct_samples: int = 0
 
     def batches(self, batch_size: int) -> Iterator[Feeds]:
         """Feeds of ``batch_size`` samples (the last one may be smaller), in the source's order."""
@@ -502,11 +504,14 @@ def _scan(
     total = 0
     names: tuple[str, ...] | None = None
     shapes: dict[str, tuple[int, ...]] = {}
+    # one 16-byte digest per distinct sample: a set bounded by the sample count, never by the data's size
+    distinct: set[bytes] = set()
     reported = time.monotonic()
     stream = chunks()
     try:
         for index, chunk in enumerate(stream):
             total += _scan_chunk(chunk, index, source, model, role, total, names, shapes, digest)
+            distinct.update(_sample_digests(chunk, tuple(sorted(chunk))))
             names = names or tuple(sorted(chunk))
             if max_samples is not None and total > max_samples:
                 raise DataError(_too_many(source, f"the {role} data holds", max_samples))
@@ -532,6 +537,7 @@ def _scan(
         sample_shapes=shapes,
         chunks=chunks,
         batch_multiple=multiple,
+        distinct_samples=len(distinct),
     )
 
 
@@ -594,6 +600,18 @@ def _whole_batches(source: str, role: str, model: ModelInfo, total: int) -> int:
         f"model input {tensor.name!r} {tensor.shape_text()}; give a multiple of {fixed} samples ({example}) "
         "or export the model with a dynamic batch axis."
     )
+
+
+def _sample_digests(chunk: Mapping[str, np.ndarray], keys: tuple[str, ...]) -> list[bytes]:
+    """One digest per sample of ``chunk`` over every input's bytes of that sample."""
+    rows = [np.ascontiguousarray(chunk[key]).reshape(chunk[key].shape[0], -1).view(np.uint8) for key in keys]
+    digests = []
+    for index in range(rows[0].shape[0]):
+        sample = hashlib.blake2b(digest_size=16)
+        for row in rows:
+            sample.update(row[index].tobytes())
+        digests.append(sample.digest())
+    return digests
 
 
 def check_dataset(dataset: Dataset, model: ModelInfo, *, role: str = "calibration") -> Dataset:

@@ -15,6 +15,7 @@ import numpy as np
 from .backends import Runner
 from .data import Dataset, Feeds
 from .errors import DataError, ModelError, NonFiniteOutputError
+from .output_kinds import MULTI_LABEL_THRESHOLD, OutputKind, OutputProfile, class_view, classify_output
 from .results import Comparison as Comparison  # its home is results.py; this path stays importable
 
 #: A user KPI: (outputs [N, ...], labels or None) -> score, higher is better.
@@ -70,13 +71,29 @@ class MetricAccumulator:
         self.classes: int | None = None
         self.kept: tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]] = ([], [], [])
         self.hits: dict[str, list[np.ndarray]] = {}
+        self.kind: OutputKind | None = None
+        # per-element mean and sum of squared deviations of FP32 across samples (Chan et al.'s merge)
+        self.mean: np.ndarray | None = None
+        self.m2: np.ndarray | None = None
+        self.decisions = 0
+        self.decisions_agreed = 0
+        self.exact = 0
 
     def add(self, fp32: np.ndarray, int8: np.ndarray, labels: np.ndarray | None = None) -> None:
         if fp32.shape != int8.shape:
             raise DataError(f"FP32 output shape {fp32.shape} differs from INT8 output shape {int8.shape}.")
         n = fp32.shape[0]
+        if self.kind is None:
+            self.kind = classify_output(fp32)
         a = fp32.reshape(n, -1).astype(np.float64)
         b = int8.reshape(n, -1).astype(np.float64)
+        self._add_spread(a)
+        if self.kind is OutputKind.INTEGER:
+            self.exact += self._hits("exact_match", np.all(a == b, axis=1))
+        if self.kind is OutputKind.MULTI_LABEL:
+            agreed = (a > MULTI_LABEL_THRESHOLD) == (b > MULTI_LABEL_THRESHOLD)
+            self.decisions += agreed.size
+            self.decisions_agreed += int(np.count_nonzero(agreed))
         diff = a - b
         na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
         denom = na * nb
@@ -88,7 +105,7 @@ class MetricAccumulator:
         self.signal += float(np.sum(a * a))
         self.noise += float(np.sum(diff * diff))
         self.max_abs = max(self.max_abs, float(np.max(np.abs(diff))) if diff.size else 0.0)
-        classes = classification_view(fp32)
+        classes = classification_view(fp32) if self.kind is OutputKind.CLASS_SCORES else None
         if classes is not None:
             fc, ic = classes, classification_view(int8)
             assert ic is not None
@@ -113,6 +130,27 @@ class MetricAccumulator:
                 self.kept[2].append(labels)
         self.count += n
 
+    def _add_spread(self, values: np.ndarray) -> None:
+        n = values.shape[0]
+        if n == 0:
+            return
+        batch_mean = values.mean(axis=0)
+        batch_m2 = ((values - batch_mean) ** 2).sum(axis=0)
+        if self.mean is None or self.m2 is None:
+            self.mean, self.m2 = batch_mean, batch_m2
+            return
+        total = self.count + n
+        delta = batch_mean - self.mean
+        self.mean = self.mean + delta * (n / total)
+        self.m2 = self.m2 + batch_m2 + delta**2 * (self.count * n / total)
+
+    def profile(self, output_name: str) -> OutputProfile | None:
+        if self.mean is None or self.m2 is None or self.kind is None or self.count == 0:
+            return None
+        spread = math.sqrt(float(np.mean(self.m2)) / self.count) if self.m2.size else 0.0
+        offset = math.sqrt(float(np.mean(self.mean**2))) if self.mean.size else 0.0
+        return OutputProfile(output_name, self.kind, int(self.mean.size), spread, offset)
+
     def _hits(self, name: str, mask: np.ndarray) -> int:
         self.hits.setdefault(name, []).append(mask)
         return int(np.count_nonzero(mask))
@@ -127,6 +165,13 @@ class MetricAccumulator:
             "max_abs_error": self.max_abs,
         }
         n = max(self.count, 1)
+        profile = self.profile(output_name)
+        if profile is not None:
+            int8["rel_rmse"] = relative_rmse(self.noise, self.count * profile.elements, profile.spread)
+        if self.kind is OutputKind.MULTI_LABEL:
+            int8["decision_agreement"] = self.decisions_agreed / max(self.decisions, 1)
+        if self.kind is OutputKind.INTEGER:
+            int8["exact_match"] = self.exact / n
         if self.classes is not None:
             int8["top1_agreement"] = self.agree / n
             if self.labels:
@@ -141,17 +186,23 @@ class MetricAccumulator:
             fp32["kpi"] = float(kpi(outs_f, labels))
             int8["kpi"] = float(kpi(outs_i, labels))
         hits = {name: np.concatenate(masks) for name, masks in self.hits.items()}
-        return Comparison(output_name, self.count, fp32, int8, cos, hits)
+        return Comparison(output_name, self.count, fp32, int8, cos, hits, profile)
 
 
-def classification_view(output: np.ndarray) -> np.ndarray | None:
-    """[N, C] logits (trailing 1-sized axes dropped), or None when the output is not a class vector."""
-    view = output
-    while view.ndim > 2 and view.shape[-1] == 1:
-        view = view[..., 0]
-    if view.ndim != 2 or view.shape[1] < 2:
-        return None
-    return view
+#: [N, C] class scores (trailing 1-sized axes dropped), or None when the output is not a class vector.
+classification_view = class_view
+
+
+def relative_rmse(noise: float, values: int, spread: float) -> float:
+    """RMS of INT8 - FP32 over ``values`` values, relative to the FP32 spread across samples.
+
+    Zero error is 0 whatever the spread; an error on an output that does not vary across samples is
+    infinite (nothing can be said to be preserved)."""
+    if noise == 0.0 or values == 0:
+        return 0.0
+    if spread == 0.0:
+        return math.inf
+    return math.sqrt(noise / values) / spread
 
 
 def _topk_hits(logits: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:

@@ -17,6 +17,7 @@ import numpy as np
 from .budget import Budget
 from .choices import RepairAction as RepairAction  # the names live with the other choices
 from .errors import NonFiniteOutputError
+from .output_kinds import OutputProfile
 
 # ---- diagnostics' findings ------------------------------------------------------------------------
 
@@ -93,6 +94,8 @@ class Comparison:
     #: Per-sample booleans for confidence intervals: ``fp32_top1``/``int8_top1`` (and top5) say whether each
     #: precision got the label right, ``top1_agreement`` whether both picked the same class.
     hits: Mapping[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+    #: The output's kind and how its FP32 values vary across samples (None only for an empty comparison).
+    profile: OutputProfile | None = field(default=None, compare=False)
 
     def metric(self, name: str) -> float:
         return self.int8[name]

@@ -21,7 +21,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import false_pass_zoo as zoo
 import planted
+from inner_runs import gates
 
 pytestmark = pytest.mark.slow
 
@@ -185,3 +187,107 @@ def test_an_fp32_mismatch_fails_through_every_entry_point(project: pytest.Pytest
     assert "FP32 parity failed: output 'y' of the FP32 engine differs from the reference" in (
         result.stdout.str()
     )
+
+
+# ---- defaults that see what each output is (tests/false_pass_zoo.py) ------------------------------------
+
+ZOO_CASES = {
+    # name: (builder, what the failure text must say)
+    "regression": (zoo.regression, "rel_rmse"),
+    "offset_logits": (zoo.offset_logits, "top1_agreement"),
+    "softmax_head": (zoo.softmax_head, "top1_agreement"),
+    "sigmoid_head": (zoo.sigmoid_head, "decision_agreement"),
+    "two_outputs": (zoo.two_outputs, "second"),
+}
+
+
+def _zoo_project(root: Path) -> str:
+    """Every zoo model and its twin with data side by side; returns the manifest's entries."""
+    calib, evaluation = zoo.inputs(seed=1), zoo.inputs(seed=2)
+    np.savez(root / "calib.npz", x=calib)
+    np.savez(root / "eval.npz", x=evaluation)
+    np.savez(root / "calib16.npz", x=calib.astype(np.float16))
+    np.savez(root / "eval16.npz", x=evaluation.astype(np.float16))
+    clustered_calib, _ = zoo.clustered(seed=5)
+    clustered_eval, labels = zoo.clustered(seed=6)
+    np.savez(root / "clustered_calib.npz", x=clustered_calib)
+    np.savez(root / "clustered_eval.npz", x=clustered_eval)
+    np.savez(root / "one_sample.npz", x=np.repeat(clustered_calib[:1], 600, axis=0))
+    np.savez(root / "calib_pm1.npz", x=zoo.inputs(seed=3, low=-1.0, high=1.0))
+    np.savez(root / "eval_pm1.npz", x=zoo.inputs(seed=4, low=-1.0, high=1.0))
+    np.savez(root / "eval_01.npz", x=zoo.inputs(seed=4, low=0.0, high=1.0))
+    entries = []
+
+    def entry(name: str, model: onnx.ModelProto, calib: str = "calib.npz", evaluation: str = "eval.npz",
+              extra: str = "") -> None:  # fmt: skip
+        zoo.save(model, root / f"{name}.onnx")
+        entries.append(f"  - {{name: {name}, model: {name}.onnx, calib_data: {calib}, eval_data: {evaluation}{extra}}}\n")
+
+    for name, (build, _) in ZOO_CASES.items():
+        entry(f"{name}_broken", build(True))
+        entry(f"{name}_benign", build(False))
+    entry("nan_output_broken", zoo.nan_second_output(True, evaluation))
+    entry("nan_output_benign", zoo.nan_second_output(False, evaluation))
+    entry("no_layer_broken", zoo.no_quantizable_layer(True))
+    entry("no_layer_benign", zoo.no_quantizable_layer(False))
+    entry("inside_if_broken", zoo.inside_if(True))
+    entry("inside_if_benign", zoo.inside_if(False))
+    entry("float16_broken", zoo.float16(True), "calib16.npz", "eval16.npz")
+    entry("float16_benign", zoo.float16(False))
+    entry("one_sample_broken", zoo.classifier(), "one_sample.npz", "one_sample.npz")
+    entry("one_sample_benign", zoo.classifier(), "clustered_calib.npz", "clustered_eval.npz")
+    entry("preprocessing_broken", zoo.classifier(), "calib_pm1.npz", "eval_01.npz")
+    entry("preprocessing_benign", zoo.classifier(), "calib_pm1.npz", "eval_pm1.npz")
+    # labels: the clusters' own classes (benign), or shifted by one class, which FP32 almost never matches
+    np.save(root / "labels_own.npy", labels)
+    np.save(root / "labels_wrong.npy", (labels + 1) % zoo.CLASSES)
+    clustered = ("clustered_calib.npz", "clustered_eval.npz")
+    entry("labels_broken", zoo.classifier(), *clustered, extra=", labels: labels_wrong.npy")
+    entry("labels_benign", zoo.classifier(), *clustered, extra=", labels: labels_own.npy")
+    return "models:\n" + "".join(entries)
+
+
+ZOO_ERRORS = {
+    "nan_output_broken": "output 'log_score' is NaN at sample",
+    "no_layer_broken": "nothing was quantized",
+    "inside_if_broken": "nothing was quantized",
+    "float16_broken": "nothing was quantized",
+    "one_sample_broken": "1 distinct sample",
+    "labels_broken": "do not look like this model's",
+}
+ZOO_FAILURES = {
+    **{f"{name}_broken": why for name, (_, why) in ZOO_CASES.items()},
+    "preprocessing_broken": "not preprocessed the same way",
+}
+
+
+def test_default_budgets_fail_every_broken_output_kind_and_pass_its_twin(empty_project: pytest.Pytester) -> None:
+    """No budget anywhere: each broken model of the zoo FAILs or ERRORs with a reason on its line; each
+    benign twin PASSes. The old default (cosine >= 0.98 on the first output) passed every broken one."""
+    root = empty_project.path
+    (root / "int8gate.yaml").write_text(_zoo_project(root))
+
+    result = empty_project.runpytest("-rA", "--int8-no-bisect", "--int8-report-json", "report.json")
+
+    records = gates(root / "report.json")
+    text = result.stdout.str()
+    assert "Traceback" not in text and "INTERNALERROR" not in text, text
+    for name, why in ZOO_ERRORS.items():
+        assert records[name]["verdict"] == "error", (name, records[name])
+        assert why in records[name]["error"], (name, records[name]["error"])
+    for name, why in ZOO_FAILURES.items():
+        assert records[name]["verdict"] == "fail", (name, records[name])
+        assert why in _summary_line(text, name), (name, text)
+    benign = sorted(name for name in records if name.endswith("_benign"))
+    assert len(benign) == len(ZOO_ERRORS) + len(ZOO_FAILURES)
+    assert [records[name]["verdict"] for name in benign] == ["pass"] * len(benign), {
+        name: records[name].get("error") or records[name]["verdict"] for name in benign
+    }
+
+
+def _summary_line(text: str, name: str) -> str:
+    """The int8gate summary row of gate ``name``."""
+    summary = text.split("= int8gate =", 1)[1]
+    rows = [line for line in summary.splitlines() if f"::{name} " in line or line.strip().startswith(name)]
+    assert rows, (name, summary)
+    return rows[0]
