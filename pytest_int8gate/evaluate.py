@@ -15,7 +15,14 @@ import numpy as np
 from .backends import Runner
 from .data import Dataset, Feeds
 from .errors import DataError, ModelError, NonFiniteOutputError
-from .output_kinds import MULTI_LABEL_THRESHOLD, OutputKind, OutputProfile, class_view, classify_output
+from .output_kinds import (
+    SCORE_THRESHOLD,
+    OutputKind,
+    OutputProfile,
+    class_view,
+    classify_output,
+    position_classes,
+)
 from .results import Comparison as Comparison  # its home is results.py; this path stays importable
 
 #: A user KPI: (outputs [N, ...], labels or None) -> score, higher is better.
@@ -77,6 +84,8 @@ class MetricAccumulator:
         self.m2: np.ndarray | None = None
         self.decisions = 0
         self.decisions_agreed = 0
+        self.position_decisions = 0
+        self.positions_agreed = 0
         self.exact = 0
 
     def add(self, fp32: np.ndarray, int8: np.ndarray, labels: np.ndarray | None = None) -> None:
@@ -90,8 +99,8 @@ class MetricAccumulator:
         self._add_spread(a)
         if self.kind is OutputKind.INTEGER:
             self.exact += self._hits("exact_match", np.all(a == b, axis=1))
-        if self.kind is OutputKind.MULTI_LABEL:
-            agreed = (a > MULTI_LABEL_THRESHOLD) == (b > MULTI_LABEL_THRESHOLD)
+        if self.kind is OutputKind.SCORES:
+            agreed = (a > SCORE_THRESHOLD) == (b > SCORE_THRESHOLD)
             self.decisions += agreed.size
             self.decisions_agreed += int(np.count_nonzero(agreed))
         diff = a - b
@@ -106,6 +115,13 @@ class MetricAccumulator:
         self.noise += float(np.sum(diff * diff))
         self.max_abs = max(self.max_abs, float(np.max(np.abs(diff))) if diff.size else 0.0)
         classes = classification_view(fp32) if self.kind is OutputKind.CLASS_SCORES else None
+        if classes is None and self.kind is OutputKind.CLASS_SCORES:
+            # probabilities per position ([N, T, C]): decisions are per position, labels do not apply
+            positions, int8_positions = position_classes(fp32), position_classes(int8)
+            if positions is not None and int8_positions is not None:
+                same = positions.argmax(axis=1) == int8_positions.argmax(axis=1)
+                self.position_decisions += same.size
+                self.positions_agreed += int(np.count_nonzero(same))
         if classes is not None:
             fc, ic = classes, classification_view(int8)
             assert ic is not None
@@ -168,8 +184,10 @@ class MetricAccumulator:
         profile = self.profile(output_name)
         if profile is not None:
             int8["rel_rmse"] = relative_rmse(self.noise, self.count * profile.elements, profile.spread)
-        if self.kind is OutputKind.MULTI_LABEL:
+        if self.kind is OutputKind.SCORES:
             int8["decision_agreement"] = self.decisions_agreed / max(self.decisions, 1)
+        if self.position_decisions:
+            int8["top1_agreement"] = self.positions_agreed / self.position_decisions
         if self.kind is OutputKind.INTEGER:
             int8["exact_match"] = self.exact / n
         if self.classes is not None:

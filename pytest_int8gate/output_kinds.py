@@ -19,7 +19,7 @@ class OutputKind(str, enum.Enum):
     """How an output is judged by default."""
 
     CLASS_SCORES = "class scores"
-    MULTI_LABEL = "multi-label scores"
+    SCORES = "scores in [0, 1]"
     DENSE = "dense values"
     INTEGER = "integer values"
 
@@ -29,16 +29,19 @@ PROBABILITY_SUM_TOLERANCE = 1e-3
 #: A mean this many times the spread across samples makes an output "offset-dominated": its per-sample
 #: cosine stays near 1 whatever happens to the part that varies.
 OFFSET_DOMINANCE = 5.0
-#: Decision threshold of multi-label scores in [0, 1] (sigmoid outputs).
-MULTI_LABEL_THRESHOLD = 0.5
+#: Decision threshold of independent scores in [0, 1] (sigmoid outputs: multi-label, binary, masks).
+SCORE_THRESHOLD = 0.5
 
-#: Default limits by kind, used for an output when no budget is configured anywhere.
+#: Default limits by kind, used for an output when no budget is configured anywhere. ``rel_rmse`` <= 0.2
+#: is as strict as cosine >= 0.98 on an output without offset (sqrt(2 * (1 - 0.98)) = 0.2), and unlike
+#: cosine it sees an offset-dominated or one-value output. Top-1 agreement >= 0.95: INT8 classifiers
+#: that keep their top-1 accuracy typically agree with FP32 on 97-99 % of samples.
 #: Class scores are judged on the decision (same class as FP32) as well as the values; multi-label scores on
 #: each (sample, label) decision; dense values on the error relative to their spread across samples, which
 #: an offset cannot hide and which means something for one value per sample; integers (ids, masks) exactly.
 DEFAULT_LIMITS: Mapping[OutputKind, Mapping[str, float]] = {
-    OutputKind.CLASS_SCORES: {"top1_agreement": 0.98, "cosine": 0.98},
-    OutputKind.MULTI_LABEL: {"decision_agreement": 0.98, "rel_rmse": 0.2},
+    OutputKind.CLASS_SCORES: {"top1_agreement": 0.95, "rel_rmse": 0.2, "cosine": 0.98},
+    OutputKind.SCORES: {"decision_agreement": 0.98, "rel_rmse": 0.2},
     OutputKind.DENSE: {"rel_rmse": 0.2, "cosine": 0.98},
     OutputKind.INTEGER: {"exact_match": 0.98},
 }
@@ -48,7 +51,8 @@ LABELLED_LIMITS: Mapping[str, float] = {"top1_drop": 0.01}
 #: Why each kind's default judges what it does (shown in the header's budget line and the docs).
 DEFAULT_REASONS: Mapping[OutputKind, str] = {
     OutputKind.CLASS_SCORES: "class scores: the decision (top-1 agreement with FP32) as well as the values",
-    OutputKind.MULTI_LABEL: "multi-label scores: every (sample, label) decision at 0.5, and the values",
+    OutputKind.SCORES: "scores in [0, 1] (sigmoid: multi-label, binary, masks): every decision at 0.5, and "
+    "the values",
     OutputKind.DENSE: "dense values: RMS error relative to the FP32 spread across samples, and cosine",
     OutputKind.INTEGER: "integer values: the share of samples whose output is identical",
 }
@@ -64,6 +68,24 @@ def class_view(output: np.ndarray) -> np.ndarray | None:
     return view
 
 
+def _in_unit_interval(values: np.ndarray) -> bool:
+    return bool(values.size) and float(values.min()) >= 0.0 and float(values.max()) <= 1.0
+
+
+def _rows_sum_to_one(rows: np.ndarray) -> bool:
+    sums = rows.astype(np.float64).sum(axis=-1)
+    return bool(np.all(np.abs(sums - 1.0) <= PROBABILITY_SUM_TOLERANCE))
+
+
+def position_classes(output: np.ndarray) -> np.ndarray | None:
+    """``[N * positions, C]`` rows of a ``[N, ..., C]`` output whose last axis holds probabilities (a
+    softmax per position: sequence recognizers, segmentation); None otherwise."""
+    if output.ndim < 3 or output.shape[-1] < 2 or output.dtype.kind != "f" or not _in_unit_interval(output):
+        return None
+    rows = output.reshape(-1, output.shape[-1])
+    return rows if _rows_sum_to_one(rows) else None
+
+
 def classify_output(fp32: np.ndarray) -> OutputKind:
     """The kind of an output, from a batch ``[N, ...]`` of its FP32 values."""
     if fp32.dtype.kind in "iub":
@@ -71,14 +93,15 @@ def classify_output(fp32: np.ndarray) -> OutputKind:
     if fp32.dtype.kind != "f":
         return OutputKind.DENSE
     view = class_view(fp32)
-    if view is None:
-        return OutputKind.DENSE
-    if view.size and float(view.min()) >= 0.0 and float(view.max()) <= 1.0:
-        sums = view.astype(np.float64).sum(axis=1)
-        if np.all(np.abs(sums - 1.0) <= PROBABILITY_SUM_TOLERANCE):
-            return OutputKind.CLASS_SCORES
-        return OutputKind.MULTI_LABEL
-    return OutputKind.CLASS_SCORES
+    if view is not None:
+        if _in_unit_interval(view) and not _rows_sum_to_one(view):
+            return OutputKind.SCORES
+        return OutputKind.CLASS_SCORES
+    if position_classes(fp32) is not None:
+        return OutputKind.CLASS_SCORES
+    if _in_unit_interval(fp32):
+        return OutputKind.SCORES
+    return OutputKind.DENSE
 
 
 def default_limits(kind: OutputKind, *, has_labels: bool) -> dict[str, float]:
