@@ -604,7 +604,10 @@ def _whole_batches(source: str, role: str, model: ModelInfo, total: int) -> int:
 
 def _sample_digests(chunk: Mapping[str, np.ndarray], keys: tuple[str, ...]) -> list[bytes]:
     """One digest per sample of ``chunk`` over every input's bytes of that sample."""
-    rows = [np.ascontiguousarray(chunk[key]).reshape(chunk[key].shape[0], -1).view(np.uint8) for key in keys]
+    rows = [
+        np.ascontiguousarray(chunk[key]).reshape(chunk[key].shape[0], int(np.prod(chunk[key].shape[1:]))).view(np.uint8)
+        for key in keys
+    ]
     digests = []
     for index in range(rows[0].shape[0]):
         sample = hashlib.blake2b(digest_size=16)
