@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import re
+import reprlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -66,23 +67,62 @@ BUDGET_METRICS: dict[str, MetricSpec] = {
             "largest absolute output difference",
         ),
         MetricSpec("kpi_drop", "kpi", True, True, -math.inf, math.inf, "kpi", "user KPI lost (fp32 - int8)"),
+        MetricSpec(
+            "rel_rmse",
+            "rel_rmse",
+            False,
+            True,
+            0.0,
+            math.inf,
+            "",
+            "RMS of INT8 - FP32 relative to the FP32 output's spread across samples",
+        ),
+        MetricSpec(
+            "decision_agreement",
+            "decision_agreement",
+            False,
+            False,
+            0.0,
+            1.0,
+            "scores",
+            "fraction of score decisions (at 0.5) where INT8 and FP32 agree, for outputs in [0, 1]",
+        ),
+        MetricSpec(
+            "exact_match",
+            "exact_match",
+            False,
+            False,
+            0.0,
+            1.0,
+            "integers",
+            "fraction of samples whose integer output INT8 reproduces exactly",
+        ),
     )
 }
 
-#: Used when no budget is configured anywhere: a gate never runs without a limit.
-DEFAULT_BUDGET = {"cosine": 0.98}
-DEFAULT_LABELLED_BUDGET = {"top1_drop": 0.01, "cosine": 0.98}
+#: Where a budget key can be set, from the least to the most specific: a later source's value wins.
+BUDGET_SOURCES = ("ini", "--int8-budget", "manifest", "marker", "int8_gate.check")
 
 
 def valid_keys_text() -> str:
     return ", ".join(BUDGET_METRICS)
 
 
+def looser(key: str, value: float, than: float) -> bool:
+    """True when limit ``value`` lets more through than ``than`` for metric ``key``."""
+    upper = BUDGET_METRICS[key].upper
+    return value > than if upper else value < than
+
+
 @dataclass(frozen=True)
 class Budget:
-    """Validated metric limits, e.g. ``{"top1_drop": 0.01, "cosine": 0.98}``."""
+    """Validated metric limits, e.g. ``{"top1_drop": 0.01, "cosine": 0.98}``; empty: the defaults by
+    output kind apply (output_kinds.py). ``sources`` says where each key was set; ``loosened`` holds a
+    sentence for every key a more specific source set looser than a less specific one."""
 
     limits: Mapping[str, float] = field(default_factory=dict)
+    sources: Mapping[str, str] = field(default_factory=dict)
+    loosened: tuple[str, ...] = ()
 
     @staticmethod
     def from_mapping(values: Mapping[str, object], *, source: str = "budget") -> Budget:
@@ -94,18 +134,26 @@ class Budget:
                     f"{source}: unknown budget key {key!r}; valid keys are {valid_keys_text()}."
                 )
             if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
-                raise BudgetError(f"{source}: budget {key} must be a number, not {raw!r}.")
+                raise BudgetError(f"{source}: budget {key} must be a number, not {reprlib.repr(raw)}.")
             try:
                 value = float(raw)
-            except ValueError:
-                raise BudgetError(f"{source}: budget {key} must be a number, not {raw!r}.") from None
-            if math.isnan(value) or not spec.low <= value <= spec.high:
+            except (ValueError, OverflowError):
                 raise BudgetError(
-                    f"{source}: budget {key}={raw} is out of range [{spec.low}, {spec.high}] "
+                    f"{source}: budget {key} must be a number, not {reprlib.repr(raw)}."
+                ) from None
+            if not math.isfinite(value):
+                # a limit of inf/-inf (or 1e400, which reads as inf) lets every value pass: no limit at all
+                raise BudgetError(
+                    f"{source}: budget {key}={reprlib.repr(raw)} is not a finite number; a limit that "
+                    "nothing can exceed gates nothing."
+                )
+            if not spec.low <= value <= spec.high:
+                raise BudgetError(
+                    f"{source}: budget {key}={reprlib.repr(raw)} is out of range [{spec.low}, {spec.high}] "
                     f"({spec.meaning})."
                 )
             limits[str(key)] = value
-        return Budget(limits)
+        return Budget(limits, dict.fromkeys(limits, source))
 
     @staticmethod
     def parse(items: Iterable[str], *, source: str = "--int8-budget") -> Budget:
@@ -120,16 +168,28 @@ class Budget:
         return Budget.from_mapping(values, source=source)
 
     def merged(self, override: Budget) -> Budget:
-        """This budget with ``override``'s keys replacing or adding to it."""
-        return Budget({**self.limits, **override.limits})
-
-    def with_defaults(self, *, has_labels: bool) -> Budget:
-        if self.limits:
-            return self
-        return Budget(dict(DEFAULT_LABELLED_BUDGET if has_labels else DEFAULT_BUDGET))
+        """This budget with ``override``'s keys replacing or adding to it, key by key; a key ``override``
+        sets looser than this budget did is recorded in ``loosened``."""
+        loosened = list(self.loosened)
+        for key, value in override.limits.items():
+            if key in self.limits and looser(key, value, self.limits[key]):
+                op = "<=" if BUDGET_METRICS[key].upper else ">="
+                loosened.append(
+                    f"{key} {op} {value:g} from {override.sources.get(key, 'a later source')} loosens "
+                    f"{key} {op} {self.limits[key]:g} from {self.sources.get(key, 'an earlier source')}"
+                )
+        return Budget(
+            {**self.limits, **override.limits},
+            {**self.sources, **override.sources},
+            (*loosened, *override.loosened),
+        )
 
     def __bool__(self) -> bool:
         return bool(self.limits)
 
     def text(self) -> str:
         return ", ".join(f"{k}={v:g}" for k, v in self.limits.items())
+
+    def sources_text(self) -> str:
+        """``cosine=0.99 (manifest), top1_drop=0.01 (ini)``."""
+        return ", ".join(f"{k}={v:g} ({self.sources.get(k, 'given')})" for k, v in self.limits.items())

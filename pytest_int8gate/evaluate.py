@@ -7,8 +7,8 @@ user KPI needs them). NaN or Inf in any output is a failure, never a number.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -24,6 +24,7 @@ from .output_kinds import (
     position_classes,
 )
 from .results import Comparison as Comparison  # its home is results.py; this path stays importable
+from .results import OutputComparison
 
 #: A user KPI: (outputs [N, ...], labels or None) -> score, higher is better.
 KpiFunction = Callable[[np.ndarray, "np.ndarray | None"], float]
@@ -36,6 +37,13 @@ def select_output(runner: Runner, output_name: str | None) -> str:
     if output_name not in names:
         raise DataError(f"output {output_name!r} is not an output of the model; outputs are {list(names)}.")
     return output_name
+
+
+def gated_outputs(runner: Runner, output_name: str | None) -> tuple[str, ...]:
+    """The outputs a gate judges: every output of the model, or the one ``output_name`` narrows it to."""
+    if output_name is None:
+        return tuple(runner.output_names)
+    return (select_output(runner, output_name),)
 
 
 def check_finite(array: np.ndarray, *, precision: str, output: str, first_sample: int) -> None:
@@ -171,7 +179,7 @@ class MetricAccumulator:
         self.hits.setdefault(name, []).append(mask)
         return int(np.count_nonzero(mask))
 
-    def result(self, output_name: str, kpi: KpiFunction | None = None) -> Comparison:
+    def result(self, output_name: str, kpi: KpiFunction | None = None) -> OutputComparison:
         cos = np.concatenate(self.cosines) if self.cosines else np.zeros(0)
         fp32: dict[str, float] = {}
         int8: dict[str, float] = {
@@ -204,7 +212,7 @@ class MetricAccumulator:
             fp32["kpi"] = float(kpi(outs_f, labels))
             int8["kpi"] = float(kpi(outs_i, labels))
         hits = {name: np.concatenate(masks) for name, masks in self.hits.items()}
-        return Comparison(output_name, self.count, fp32, int8, cos, hits, profile)
+        return OutputComparison(output_name, self.count, fp32, int8, cos, hits, profile, self.labels)
 
 
 #: [N, C] class scores (trailing 1-sized axes dropped), or None when the output is not a class vector.
@@ -249,6 +257,60 @@ def _labelled_batches(
         start += n
 
 
+class GateAccumulator:
+    """One :class:`MetricAccumulator` per gated output. Labels (and a user KPI) belong to one output: the one
+    ``output_name`` names, else the first whose FP32 values are class scores ``[N, C]`` (else the first)."""
+
+    def __init__(self, outputs: tuple[str, ...], *, labels: bool, kpi: bool) -> None:
+        self.outputs = outputs
+        self.has_labels = labels
+        self.kpi = kpi
+        self.labelled = outputs[0]
+        self.accumulators: dict[str, MetricAccumulator] | None = None
+
+    def _start(self, fp32: Mapping[str, np.ndarray]) -> dict[str, MetricAccumulator]:
+        classes = [
+            name
+            for name in self.outputs
+            if classify_output(fp32[name]) is OutputKind.CLASS_SCORES and class_view(fp32[name]) is not None
+        ]
+        if classes:
+            self.labelled = classes[0]
+        return {
+            name: MetricAccumulator(labels=self.has_labels, keep_outputs=self.kpi)
+            if name == self.labelled
+            else MetricAccumulator(labels=False)
+            for name in self.outputs
+        }
+
+    def add(
+        self, fp32: Mapping[str, np.ndarray], int8: Mapping[str, np.ndarray], labels: np.ndarray | None
+    ) -> None:
+        if self.accumulators is None:
+            self.accumulators = self._start(fp32)
+        for name, acc in self.accumulators.items():
+            acc.add(fp32[name], int8[name], labels if name == self.labelled else None)
+
+    def result(self, kpi: KpiFunction | None) -> Comparison:
+        if self.accumulators is None:
+            raise DataError("the evaluation data holds no samples.")
+        compared = []
+        for name, acc in self.accumulators.items():
+            mine = name == self.labelled
+            comparison = acc.result(name, kpi if mine else None)
+            compared.append(replace(comparison, labelled=mine))
+        return Comparison(tuple(compared))
+
+
+def _run_outputs(
+    runner: Runner, feeds: Feeds, outputs: tuple[str, ...], *, precision: str, first_sample: int
+) -> dict[str, np.ndarray]:
+    values = runner.run(feeds)
+    for name in outputs:
+        check_finite(values[name], precision=precision, output=name, first_sample=first_sample)
+    return {name: values[name] for name in outputs}
+
+
 def compare(
     fp32: Runner,
     int8: Runner,
@@ -259,22 +321,22 @@ def compare(
     labels: np.ndarray | None = None,
     kpi: KpiFunction | None = None,
 ) -> Comparison:
-    """Run both runners over ``dataset`` and compare one output (default: the first)."""
-    output = select_output(fp32, output_name)
-    acc = MetricAccumulator(labels=labels is not None, keep_outputs=kpi is not None)
+    """Run both runners over ``dataset`` and compare every output (or only ``output_name``)."""
+    outputs = gated_outputs(fp32, output_name)
+    acc = GateAccumulator(outputs, labels=labels is not None, kpi=kpi is not None)
     for start, feeds, batch_labels in _labelled_batches(dataset, batch_size, labels):
-        ref = run_output(fp32, feeds, output, precision="FP32", first_sample=start)
-        got = run_output(int8, feeds, output, precision="INT8", first_sample=start)
+        ref = _run_outputs(fp32, feeds, outputs, precision="FP32", first_sample=start)
+        got = _run_outputs(int8, feeds, outputs, precision="INT8", first_sample=start)
         acc.add(ref, got, batch_labels)
-    return acc.result(output, kpi)
+    return acc.result(kpi)
 
 
 @dataclass(frozen=True)
 class ReferenceOutputs:
     """FP32 outputs of a fixed subset, computed once and compared against many INT8 variants."""
 
-    output_name: str
-    batches: tuple[tuple[Feeds, np.ndarray], ...]
+    outputs: tuple[str, ...]
+    batches: tuple[tuple[Feeds, dict[str, np.ndarray]], ...]
     labels: np.ndarray | None = None
 
     @staticmethod
@@ -286,18 +348,18 @@ class ReferenceOutputs:
         output_name: str | None = None,
         labels: np.ndarray | None = None,
     ) -> ReferenceOutputs:
-        output = select_output(fp32, output_name)
+        outputs = gated_outputs(fp32, output_name)
         kept = []
         for start, feeds, _ in _labelled_batches(dataset, batch_size, None):
-            kept.append((feeds, run_output(fp32, feeds, output, precision="FP32", first_sample=start)))
-        return ReferenceOutputs(output, tuple(kept), labels)
+            kept.append((feeds, _run_outputs(fp32, feeds, outputs, precision="FP32", first_sample=start)))
+        return ReferenceOutputs(outputs, tuple(kept), labels)
 
     def compare(self, int8: Runner, kpi: KpiFunction | None = None) -> Comparison:
-        acc = MetricAccumulator(labels=self.labels is not None, keep_outputs=kpi is not None)
+        acc = GateAccumulator(self.outputs, labels=self.labels is not None, kpi=kpi is not None)
         start = 0
         for feeds, ref in self.batches:
-            got = run_output(int8, feeds, self.output_name, precision="INT8", first_sample=start)
-            n = ref.shape[0]
+            got = _run_outputs(int8, feeds, self.outputs, precision="INT8", first_sample=start)
+            n = next(iter(ref.values())).shape[0]
             acc.add(ref, got, None if self.labels is None else self.labels[start : start + n])
             start += n
-        return acc.result(self.output_name, kpi)
+        return acc.result(kpi)

@@ -219,7 +219,7 @@ class GatePipeline:
 
     @property
     def budget(self) -> Budget:
-        return self.spec.budget.with_defaults(has_labels=self.spec.labels is not None)
+        return self.spec.budget
 
     # ---- artefacts ----------------------------------------------------------------------------
     @property

@@ -83,7 +83,7 @@ class NonFiniteTensorError(NonFiniteOutputError):
 
 
 @dataclass(frozen=True)
-class Comparison:
+class OutputComparison:
     """INT8 against FP32 on one output: every measured number, by metric name."""
 
     output_name: str
@@ -96,6 +96,54 @@ class Comparison:
     hits: Mapping[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
     #: The output's kind and how its FP32 values vary across samples (None only for an empty comparison).
     profile: OutputProfile | None = field(default=None, compare=False)
+    #: True for the output the labels (and a user KPI) belong to.
+    labelled: bool = False
+
+    def metric(self, name: str) -> float:
+        return self.int8[name]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """INT8 against FP32 on every gated output. The primary output (the labelled one, else the first) also
+    answers for the comparison as a whole: ``comparison.int8`` is the primary output's numbers."""
+
+    outputs: tuple[OutputComparison, ...]
+
+    @property
+    def primary(self) -> OutputComparison:
+        return next((o for o in self.outputs if o.labelled), self.outputs[0])
+
+    def output(self, name: str) -> OutputComparison:
+        return next(o for o in self.outputs if o.output_name == name)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(o.output_name for o in self.outputs)
+
+    @property
+    def output_name(self) -> str:
+        return self.primary.output_name
+
+    @property
+    def num_samples(self) -> int:
+        return self.primary.num_samples
+
+    @property
+    def fp32(self) -> Mapping[str, float]:
+        return self.primary.fp32
+
+    @property
+    def int8(self) -> Mapping[str, float]:
+        return self.primary.int8
+
+    @property
+    def per_sample_cosine(self) -> np.ndarray:
+        return self.primary.per_sample_cosine
+
+    @property
+    def hits(self) -> Mapping[str, np.ndarray]:
+        return self.primary.hits
 
     def metric(self, name: str) -> float:
         return self.int8[name]
@@ -116,6 +164,8 @@ class MetricResult:
     ci95: tuple[float, float] | None = None
     #: True when the pass also required the interval's bound to be within the limit (--int8-strict-ci).
     strict_ci: bool = False
+    #: The model output this line judges.
+    output: str = ""
 
     @property
     def observed(self) -> float:
@@ -130,6 +180,7 @@ class MetricResult:
             "limit": self.limit,
             "op": "<=" if self.upper else ">=",
             "passed": self.passed,
+            "output": self.output,
         }
 
 

@@ -9,11 +9,9 @@ import numpy as np
 import pytest
 
 from pytest_int8gate.errors import BudgetError
-from pytest_int8gate.evaluate import Comparison
+from pytest_int8gate.results import Comparison, OutputComparison
 from pytest_int8gate.gate import (
     BUDGET_METRICS,
-    DEFAULT_BUDGET,
-    DEFAULT_LABELLED_BUDGET,
     Budget,
     GateVerdict,
     MetricResult,
@@ -24,7 +22,7 @@ from pytest_int8gate.gate import (
 def comparison(
     int8: Mapping[str, float], fp32: Mapping[str, float] | None = None, output: str = "logits"
 ) -> Comparison:
-    return Comparison(output, 500, dict(fp32 or {}), dict(int8), np.ones(500))
+    return Comparison((OutputComparison(output, 500, dict(fp32 or {}), dict(int8), np.ones(500), labelled=True),))
 
 
 LABELLED = comparison(
@@ -54,6 +52,9 @@ def test_from_mapping_accepts_every_documented_key() -> None:
         "sqnr_db": 20,
         "max_abs_error": 1.5,
         "kpi_drop": -0.5,
+        "rel_rmse": 0.2,
+        "decision_agreement": 0.98,
+        "exact_match": 0.99,
     }
     budget = Budget.from_mapping(values)
     assert dict(budget.limits) == {k: float(v) for k, v in values.items()}
@@ -79,13 +80,43 @@ def test_unknown_key_lists_the_valid_keys() -> None:
         ("top1_drop", 2),
         ("top1_agreement", 1.0001),
         ("max_abs_error", -1e-6),
-        ("cosine", math.nan),
-        ("sqnr_db", "nan"),
     ],
 )
 def test_out_of_range_values_are_refused(key: str, value: object) -> None:
     with pytest.raises(BudgetError, match=rf"budget {key}=.* is out of range"):
         Budget.from_mapping({key: value})
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("cosine", math.nan),
+        ("sqnr_db", "nan"),
+        ("sqnr_db", -math.inf),
+        ("sqnr_db", "-inf"),
+        ("max_abs_error", math.inf),
+        ("max_abs_error", "1e400"),  # reads as inf
+        ("rel_rmse", "inf"),
+        ("kpi_drop", 1e400),
+    ],
+)
+def test_limits_that_are_not_finite_are_refused(key: str, value: object) -> None:
+    """A limit nothing can exceed gates nothing: refused, never silently accepted."""
+    with pytest.raises(BudgetError, match=rf"budget {key}=.* is not a finite number"):
+        Budget.from_mapping({key: value})
+
+
+def test_budget_keys_merge_one_by_one_and_a_looser_override_is_recorded() -> None:
+    ini = Budget.from_mapping({"cosine": 0.999, "top1_drop": 0.01}, source="ini")
+    command_line = Budget.from_mapping({"sqnr_db": 20}, source="--int8-budget")
+    manifest = Budget.from_mapping({"cosine": 0.5}, source="manifest")
+    merged = ini.merged(command_line).merged(manifest)
+    assert dict(merged.limits) == {"cosine": 0.5, "top1_drop": 0.01, "sqnr_db": 20.0}
+    assert dict(merged.sources) == {"cosine": "manifest", "top1_drop": "ini", "sqnr_db": "--int8-budget"}
+    assert merged.loosened == ("cosine >= 0.5 from manifest loosens cosine >= 0.999 from ini",)
+    stricter = ini.merged(Budget.from_mapping({"cosine": 0.9999, "top1_drop": 0.005}, source="marker"))
+    assert stricter.loosened == ()
+    assert merged.sources_text() == "cosine=0.5 (manifest), top1_drop=0.01 (ini), sqnr_db=20 (--int8-budget)"
 
 
 @pytest.mark.parametrize("value", ["abc", None, [0.98], {"v": 1}, "", "0.9x"])
@@ -135,13 +166,9 @@ def test_merged_overrides_and_adds() -> None:
     assert dict(base.limits) == {"cosine": 0.98, "top1_drop": 0.01}
 
 
-def test_with_defaults_only_fills_an_empty_budget() -> None:
-    assert dict(Budget().with_defaults(has_labels=True).limits) == DEFAULT_LABELLED_BUDGET
-    assert dict(Budget().with_defaults(has_labels=False).limits) == DEFAULT_BUDGET
-    configured = Budget.from_mapping({"sqnr_db": 30})
-    assert configured.with_defaults(has_labels=True) is configured
+def test_an_empty_budget_is_false_and_a_configured_one_true() -> None:
     assert not Budget()
-    assert configured
+    assert Budget.from_mapping({"sqnr_db": 30})
 
 
 def test_text() -> None:
@@ -236,6 +263,7 @@ def test_metric_result_as_dict() -> None:
         "limit": 0.01,
         "op": "<=",
         "passed": True,
+        "output": "",
     }
     cosine = MetricResult("cosine", None, 0.97, None, 0.98, False, False)
     assert cosine.as_dict()["op"] == ">="

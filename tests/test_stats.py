@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pytest_int8gate.evaluate import Comparison
+from pytest_int8gate.results import Comparison, OutputComparison
 from pytest_int8gate.gate import Budget, judge
 from pytest_int8gate.stats import (
     Z95,
@@ -111,14 +111,16 @@ def test_samples_needed_reach_the_wanted_width_and_no_fewer_do() -> None:
 
 def comparison(b: int, c: int, n: int) -> Comparison:
     fp32, int8 = paired_hits(b, c, n)
-    return Comparison(
+    output = OutputComparison(
         "y",
         n,
         {"top1": float(fp32.mean())},
         {"top1": float(int8.mean()), "top1_agreement": 1 - (b + c) / n, "cosine": 0.99},
         np.ones(n),
         {"fp32_top1": fp32, "int8_top1": int8, "top1_agreement": fp32 == int8},
+        labelled=True,
     )
+    return Comparison((output,))
 
 
 def test_judge_puts_the_interval_in_every_accuracy_result() -> None:
