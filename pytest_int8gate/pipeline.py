@@ -46,6 +46,14 @@ from .diagnostics import (
 )
 from .errors import NonFiniteOutputError
 from .evaluate import KpiFunction
+from .gate import default_budget_text
+from .soundness import (
+    check_coverage,
+    check_labels_fit,
+    check_samples,
+    output_summary,
+    soundness_findings,
+)
 from .graph import LoadedModel, load_model
 from .placement import with_placement
 from .progress import counted_batches
@@ -195,13 +203,23 @@ class GatePipeline:
         return load_labels(self.spec.labels, self.eval_data.num_samples, classes=classes)
 
     def _output_classes(self) -> int | None:
-        """The class count of a compared output declared ``[N, C]`` (labels are checked against it)."""
+        """The class count of the output labels belong to: the one ``output`` names, else the first declared
+        ``[N, C]`` with C >= 2 (labels are checked against it)."""
         outputs = self.model.info.outputs
-        chosen = [t for t in outputs if t.name == self.spec.output] if self.spec.output else outputs[:1]
-        shape = chosen[0].shape if chosen else None
-        if shape is not None and len(shape) == 2 and isinstance(shape[1], int) and shape[1] >= 2:
-            return shape[1]
+        chosen = [t for t in outputs if t.name == self.spec.output] if self.spec.output else outputs
+        for tensor in chosen:
+            shape = tensor.shape
+            if shape is not None and len(shape) == 2 and isinstance(shape[1], int) and shape[1] >= 2:
+                return shape[1]
         return None
+
+    @property
+    def held_out(self) -> bool:
+        """True when evaluation data was given and is not the calibration data again (same content)."""
+        return (
+            self.spec.eval_data is not None
+            and self.eval_data.fingerprint != self.calibration_data.fingerprint
+        )
 
     @functools.cached_property
     def batch_size(self) -> int:
@@ -397,7 +415,7 @@ class GatePipeline:
             budget=self.budget,
             calibration_data=self.calibration_data,
             eval_data=self.eval_data,
-            held_out=spec.eval_data is not None,
+            held_out=self.held_out,
             labels=self.labels,
             batch_size=self.batch_size,
             threads=spec.threads,
@@ -441,14 +459,23 @@ class GatePipeline:
         """Evaluate the spec's plan against its budget, run the diagnostics (a failure among them fails the
         gate), bisect when a budget metric failed and bisection is enabled, and assemble the verdict."""
         started = time.perf_counter()
+        check_samples(self.calibration_data, "calibration")
+        check_samples(self.eval_data, "evaluation")
+        check_coverage(self.model, self.quantized())
         try:
             comparison = self.evaluate()
         except NonFiniteOutputError as exc:
             raise diagnose_nonfinite(self.context, exc) from exc
+        check_labels_fit(comparison, self.spec.labels)
         results = self.evaluator.judge(comparison)
         diagnosed = time.perf_counter()
+        soundness = soundness_findings(
+            self.budget, comparison, results, self.calibration_data, self.eval_data, self.quantized()
+        )
         # findings made while preparing artefacts (a stale cached table) come first within a severity
-        findings = sort_findings([*self.findings, *run_diagnostics(self.context, comparison, results)])
+        findings = sort_findings(
+            [*self.findings, *soundness, *run_diagnostics(self.context, comparison, results)]
+        )
         self.timings["diagnostics_s"] = time.perf_counter() - diagnosed
         bisection = None
         if any(not r.passed for r in results) and self.spec.bisect:
@@ -467,6 +494,8 @@ class GatePipeline:
         notes = list(self.model.info.notes)
         if self.spec.eval_data is None:
             notes.append("evaluation data = calibration data (no held-out set given)")
+        elif not self.held_out:
+            notes.append("evaluation data = calibration data (the same content was given for both)")
         for layer, reason in quantized.skipped.items():
             if layer not in self.spec.exclude:
                 notes.append(f"{layer} not quantized: {reason}")
@@ -485,6 +514,8 @@ class GatePipeline:
             eval_samples=comparison.num_samples,
             output_name=comparison.output_name,
             budget=self.budget,
+            default_budget="" if self.budget.limits else default_budget_text(comparison),
+            outputs=tuple(output_summary(output) for output in comparison.outputs),
             results=results,
             fp32=dict(comparison.fp32),
             int8=dict(comparison.int8),

@@ -353,6 +353,10 @@ class GateVerdict:
     bisection: BisectionReport | None = None
     #: Findings of the INT8 debugging checks (diagnostics/); one of severity "failure" fails the gate.
     diagnostics: tuple[Finding, ...] = ()
+    #: With no budget configured: which default limits judged each output, and why.
+    default_budget: str = ""
+    #: Every gated output: name, kind, labelled, and the numbers measured on it (fp32, int8).
+    outputs: tuple[Mapping[str, object], ...] = ()
 
     @property
     def passed(self) -> bool:

@@ -147,8 +147,15 @@ def test_without_eval_data_the_calibration_data_is_evaluated_and_noted() -> None
     verdict = pipeline.run()
     assert verdict.eval_samples == 600
     assert "evaluation data = calibration data (no held-out set given)" in verdict.notes
-    assert dict(verdict.budget.limits) == {"cosine": 0.98}  # the unlabelled default
+    assert not verdict.budget  # none configured: the defaults of each output's kind judged it
+    assert [r.name for r in verdict.results] == ["top1_agreement", "rel_rmse", "cosine"]
+    assert "top1_agreement >= 0.95, rel_rmse <= 0.2, cosine >= 0.98 (class scores" in verdict.default_budget
     assert verdict.passed
+
+
+def test_the_same_content_given_as_evaluation_data_is_not_held_out() -> None:
+    verdict = GatePipeline(spec(None, eval_data=CALIB, labels=None, budget=Budget())).run()
+    assert "evaluation data = calibration data (the same content was given for both)" in verdict.notes
 
 
 def test_data_that_does_not_match_the_model_fails_closed() -> None:
