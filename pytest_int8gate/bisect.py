@@ -80,7 +80,7 @@ class Probe:
 
 
 def probe_of(quantized: int, results: Sequence[MetricResult]) -> Probe:
-    metrics = tuple((r.name, r.observed) for r in results)
+    metrics = tuple((r.key, r.observed) for r in results)
     return Probe(quantized, margin_of(results), all(r.passed for r in results), metrics)
 
 

@@ -104,8 +104,19 @@ BUDGET_METRICS: dict[str, MetricSpec] = {
 BUDGET_SOURCES = ("ini", "--int8-budget", "manifest", "marker", "int8_gate.check")
 
 
+def metric_spec(key: str) -> MetricSpec:
+    """The budget metric of a report key: ``cosine``, or ``cosine@output`` for a non-primary output."""
+    return BUDGET_METRICS[key.partition("@")[0]]
+
+
 def valid_keys_text() -> str:
     return ", ".join(BUDGET_METRICS)
+
+
+def _shown(value: object) -> str:
+    """A user's value in a message: as written when short, else a bounded repr (never an unbounded one)."""
+    text = str(value) if isinstance(value, (int, float, str)) else ""
+    return text if text and len(text) <= 40 else reprlib.repr(value)
 
 
 def looser(key: str, value: float, than: float) -> bool:
@@ -134,22 +145,20 @@ class Budget:
                     f"{source}: unknown budget key {key!r}; valid keys are {valid_keys_text()}."
                 )
             if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
-                raise BudgetError(f"{source}: budget {key} must be a number, not {reprlib.repr(raw)}.")
+                raise BudgetError(f"{source}: budget {key} must be a number, not {_shown(raw)}.")
             try:
                 value = float(raw)
             except (ValueError, OverflowError):
-                raise BudgetError(
-                    f"{source}: budget {key} must be a number, not {reprlib.repr(raw)}."
-                ) from None
+                raise BudgetError(f"{source}: budget {key} must be a number, not {_shown(raw)}.") from None
             if not math.isfinite(value):
                 # a limit of inf/-inf (or 1e400, which reads as inf) lets every value pass: no limit at all
                 raise BudgetError(
-                    f"{source}: budget {key}={reprlib.repr(raw)} is not a finite number; a limit that "
+                    f"{source}: budget {key}={_shown(raw)} is not a finite number; a limit that "
                     "nothing can exceed gates nothing."
                 )
             if not spec.low <= value <= spec.high:
                 raise BudgetError(
-                    f"{source}: budget {key}={reprlib.repr(raw)} is out of range [{spec.low}, {spec.high}] "
+                    f"{source}: budget {key}={_shown(raw)} is out of range [{spec.low}, {spec.high}] "
                     f"({spec.meaning})."
                 )
             limits[str(key)] = value

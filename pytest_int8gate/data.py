@@ -605,7 +605,9 @@ def _whole_batches(source: str, role: str, model: ModelInfo, total: int) -> int:
 def _sample_digests(chunk: Mapping[str, np.ndarray], keys: tuple[str, ...]) -> list[bytes]:
     """One digest per sample of ``chunk`` over every input's bytes of that sample."""
     rows = [
-        np.ascontiguousarray(chunk[key]).reshape(chunk[key].shape[0], int(np.prod(chunk[key].shape[1:]))).view(np.uint8)
+        np.ascontiguousarray(chunk[key])
+        .reshape(chunk[key].shape[0], int(np.prod(chunk[key].shape[1:])))
+        .view(np.uint8)
         for key in keys
     ]
     digests = []

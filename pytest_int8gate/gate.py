@@ -5,6 +5,8 @@ re-exported here for the import paths callers already use).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 # Budget and its table live in budget.py, the result types in results.py; these paths stay importable.
 from .budget import BUDGET_METRICS as BUDGET_METRICS
 from .budget import Budget as Budget
@@ -26,7 +28,11 @@ def output_limits(budget: Budget, output: OutputComparison) -> dict[str, float]:
     if budget.limits:
         return dict(budget.limits)
     kind = output.profile.kind if output.profile is not None else OutputKind.DENSE
-    return default_limits(kind, has_labels=output.labelled and "top1" in output.fp32)
+    limits = default_limits(kind, has_labels=output.labelled and "top1" in output.fp32)
+    if output.profile is not None and output.profile.elements == 1:
+        # the cosine of one value per sample is its sign: no default judges by it
+        limits.pop("cosine", None)
+    return limits
 
 
 def default_budget_text(comparison: Comparison) -> str:
@@ -57,7 +63,8 @@ def judge(budget: Budget, comparison: Comparison, *, strict_ci: bool = False) ->
             if spec.measure not in output.int8:
                 continue
             measured.add(name)
-            results.append(_judge_one(spec, limit, output, strict_ci=strict_ci))
+            result = _judge_one(spec, limit, output, strict_ci=strict_ci)
+            results.append(replace(result, primary=output is comparison.primary))
     for name in budget.limits:
         if name not in measured:
             raise BudgetError(_unmeasurable(BUDGET_METRICS[name], comparison))
@@ -128,7 +135,9 @@ def metric_interval(spec: MetricSpec, comparison: Comparison | OutputComparison)
 
 def _unmeasurable(spec: MetricSpec, comparison: Comparison) -> str:
     output = comparison.output_name
-    if spec.requires in ("labels", "classes") and not any("top1_agreement" in o.int8 for o in comparison.outputs):
+    if spec.requires in ("labels", "classes") and not any(
+        "top1_agreement" in o.int8 for o in comparison.outputs
+    ):
         return f"budget {spec.name} needs a class-score output [N, classes]; output {output!r} is not one."
     if spec.requires == "labels":
         return f"budget {spec.name} needs labels (--int8-labels or `labels:` in the manifest)."

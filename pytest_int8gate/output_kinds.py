@@ -140,7 +140,8 @@ class OutputProfile:
                 )
         if metric == "sqnr_db" and self.offset > OFFSET_DOMINANCE * self.spread:
             return (
-                f"output {self.name!r} is dominated by a common offset, so its SQNR mostly measures the offset"
+                f"output {self.name!r} is dominated by a common offset, so its SQNR mostly measures the "
+                "offset"
             )
         return None
 

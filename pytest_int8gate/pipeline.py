@@ -47,6 +47,12 @@ from .diagnostics import (
 from .errors import NonFiniteOutputError
 from .evaluate import KpiFunction
 from .gate import default_budget_text
+from .graph import LoadedModel, load_model
+from .progress import counted_batches
+from .quantize import QuantizedModel, QuantPlan, activation_tensors, quantize_model
+from .repair import RewrittenModel, bias_corrected, equalized_variant
+from .results import BisectionReport, Comparison, Finding, GateVerdict, MetricResult, sort_findings
+from .settings import DEFAULT_PERCENTILE
 from .soundness import (
     check_coverage,
     check_labels_fit,
@@ -54,13 +60,7 @@ from .soundness import (
     output_summary,
     soundness_findings,
 )
-from .graph import LoadedModel, load_model
 from .placement import with_placement
-from .progress import counted_batches
-from .quantize import QuantizedModel, QuantPlan, activation_tensors, quantize_model
-from .repair import RewrittenModel, bias_corrected, equalized_variant
-from .results import BisectionReport, Comparison, Finding, GateVerdict, MetricResult, sort_findings
-from .settings import DEFAULT_PERCENTILE
 
 #: Data: a path or ``module:function`` spec, in-memory arrays (axis 0 = samples), a Dataset, or feed
 #: dicts (a list, or a generator: read once, into memory).

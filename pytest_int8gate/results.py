@@ -166,6 +166,13 @@ class MetricResult:
     strict_ci: bool = False
     #: The model output this line judges.
     output: str = ""
+    #: True for the gate's primary output (the labelled one, else the first): its lines go by the bare name.
+    primary: bool = True
+
+    @property
+    def key(self) -> str:
+        """The line's name in tables and reports: ``cosine``, or ``cosine@second`` on another output."""
+        return self.name if self.primary or not self.output else f"{self.name}@{self.output}"
 
     @property
     def observed(self) -> float:
@@ -361,6 +368,13 @@ class GateVerdict:
     @property
     def passed(self) -> bool:
         return all(r.passed for r in self.results) and not self.failed_diagnostics
+
+    @property
+    def effective_limits(self) -> dict[str, float]:
+        """The configured limits, or with none configured the defaults that judged the primary output."""
+        if self.budget.limits:
+            return dict(self.budget.limits)
+        return {r.name: r.limit for r in self.results if r.output in ("", self.output_name)}
 
     @property
     def failed_diagnostics(self) -> tuple[Finding, ...]:

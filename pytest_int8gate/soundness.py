@@ -51,8 +51,8 @@ def check_coverage(model: LoadedModel, quantized: QuantizedModel) -> None:
     if nested:
         places = ", ".join(sorted({where for _, where in nested}))
         reasons.append(
-            f"{len(nested)} {'/'.join(sorted({op for op, _ in nested}))} layer(s) lie inside the subgraphs of "
-            f"{places}, which this tool does not quantize"
+            f"{len(nested)} {'/'.join(sorted({op for op, _ in nested}))} layer(s) lie inside the "
+            f"subgraphs of {places}, which this tool does not quantize"
         )
     if not quantizable and not nested:
         reasons.append(f"the model has no {', '.join(COMPUTE_OPS)} layer")

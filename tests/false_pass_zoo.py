@@ -13,9 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
-
 import planted
+from onnx import TensorProto, helper, numpy_helper
 from planted import Dense
 
 OPSET = 17
@@ -140,14 +139,15 @@ def two_outputs(broken: bool) -> onnx.ModelProto:
 
 
 def nan_second_output(broken: bool, feeds: np.ndarray) -> onnx.ModelProto:
-    """A second output ``log(z + c)`` with ``c`` just above FP32's smallest ``-z`` on the data: finite in
-    FP32; when the branch's INT8 is broken, z's error makes it NaN on some samples."""
+    """A second output ``log(z + c)``: ``z`` sums the branch's ReLU outputs with positive weights and ``c``
+    puts FP32's smallest ``z + c`` at 0.05, finite in FP32; when the branch's INT8 is broken, its hidden
+    channels round to zero, ``z + c`` falls below zero and the log is NaN."""
     g = Graph()
     good = body(False, seed=7)
     y1 = g.dense(g.chain("x", good, "a"), good[-1], "a_last", relu=False)
     second = body(broken, seed=8)
     h = g.dense(g.chain("x", second, "b"), second[-1], "b_last", relu=True)
-    z_head = head(1, seed=9)
+    z_head = Dense(np.full((1, CHANNELS), 1.0 / CHANNELS, np.float32), np.zeros(1, np.float32))
     z = g.dense(h, z_head, "z", relu=False)
     hidden = planted.forward(body(False, seed=8), feeds)[-1]
     z_fp32 = np.maximum(hidden, 0.0) @ z_head.weight.T + z_head.bias
@@ -247,7 +247,9 @@ def clustered(samples: int = SAMPLES, *, seed: int = 1) -> tuple[np.ndarray, np.
     return x.astype(np.float32), labels.astype(np.int64)
 
 
-def inputs(samples: int = SAMPLES, *, seed: int = 1, low: float | None = None, high: float = 1.0) -> np.ndarray:
+def inputs(
+    samples: int = SAMPLES, *, seed: int = 1, low: float | None = None, high: float = 1.0
+) -> np.ndarray:
     rng = np.random.default_rng(seed)
     if low is not None:
         return rng.uniform(low, high, (samples, CHANNELS)).astype(np.float32)

@@ -161,7 +161,7 @@ def test_evaluation_data_scaled_by_255_is_a_preprocessing_mismatch() -> None:
     verdict = GatePipeline(example_spec(eval_data={"input": images(EVAL) * 255.0})).run()
 
     finding = codes(verdict)["preprocessing-mismatch"]
-    assert finding.severity == "warning"
+    assert finding.severity == "failure" and not verdict.passed  # fails closed, whatever INT8 measured
     assert "inputs 'input' are not preprocessed the same way" in finding.message
     assert (
         "x larger (0-255 pixels against 0-1): calibration spans [0, 1], evaluation [0, 255]"

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from pytest_int8gate.errors import BudgetError
-from pytest_int8gate.results import Comparison, OutputComparison
 from pytest_int8gate.gate import (
     BUDGET_METRICS,
     Budget,
@@ -17,12 +16,15 @@ from pytest_int8gate.gate import (
     MetricResult,
     judge,
 )
+from pytest_int8gate.results import Comparison, OutputComparison
 
 
 def comparison(
     int8: Mapping[str, float], fp32: Mapping[str, float] | None = None, output: str = "logits"
 ) -> Comparison:
-    return Comparison((OutputComparison(output, 500, dict(fp32 or {}), dict(int8), np.ones(500), labelled=True),))
+    return Comparison(
+        (OutputComparison(output, 500, dict(fp32 or {}), dict(int8), np.ones(500), labelled=True),)
+    )
 
 
 LABELLED = comparison(

@@ -79,7 +79,9 @@ def test_relative_rmse_sees_a_destroyed_regression_that_cosine_calls_perfect() -
 def test_relative_rmse_is_batch_independent_and_matches_its_definition() -> None:
     fp32 = (3.0 + RNG.standard_normal((57, 6))).astype(np.float32)
     int8 = (fp32 + 0.1 * RNG.standard_normal(fp32.shape)).astype(np.float32)
-    expected = np.sqrt(np.mean((fp32.astype(np.float64) - int8) ** 2)) / np.sqrt(np.mean(fp32.astype(np.float64).var(axis=0)))
+    expected = np.sqrt(np.mean((fp32.astype(np.float64) - int8) ** 2)) / np.sqrt(
+        np.mean(fp32.astype(np.float64).var(axis=0))
+    )
     for batch in (1, 7, 57):
         assert _compare(fp32, int8, batch)["rel_rmse"] == pytest.approx(expected, rel=1e-9)
 

@@ -903,7 +903,7 @@ def test_json_report_has_every_gate_with_its_numbers(project: pytest.Pytester) -
     assert good["model"] == str(project.path.resolve() / "digits_cnn.onnx")
     assert good["nodeid"] == "digits_cnn.onnx::int8_gate"
     assert good["verdict"] == "pass"
-    assert set(good["metrics"]) == {"top1_drop", "cosine"}  # the labelled default budget
+    assert set(good["metrics"]) == {"top1_drop", "top1_agreement", "rel_rmse", "cosine"}  # labelled defaults
     top1 = good["metrics"]["top1_drop"]
     assert set(top1) >= {"fp32", "int8", "delta", "limit", "passed"}
     assert top1["fp32"] == pytest.approx(0.974, abs=0.002)

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from example_files import CALIB, DIGITS, EVAL, LABELS, OUTLIER
 
+from pytest_int8gate.budget import Budget
 from pytest_int8gate.pipeline import GatePipeline, GateSpec
 from pytest_int8gate.report import (
     STEP_SUMMARY_LIMIT,
@@ -37,6 +38,7 @@ HOSTILE = "<script>alert('x')</script> | `tick` **bold** _under_"
 
 
 def gate_record(model: Path, **spec: Any) -> dict[str, Any]:
+    spec.setdefault("budget", Budget({"top1_drop": 0.01, "cosine": 0.98}))
     pipeline = GatePipeline(
         GateSpec(model=model, calib_data=CALIB, eval_data=EVAL, labels=str(LABELS), calibrator="max", **spec)
     )

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pytest_int8gate.results import Comparison, OutputComparison
 from pytest_int8gate.gate import Budget, judge
+from pytest_int8gate.results import Comparison, OutputComparison
 from pytest_int8gate.stats import (
     Z95,
     discordant_pairs,

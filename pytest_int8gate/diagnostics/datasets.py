@@ -129,9 +129,11 @@ def check_preprocessing(name: str, calibration: ChannelStats, evaluation: Channe
             )
     if not problem:
         return None
+    # a failure: ranges calibrated on one preprocessing say nothing about inputs made by another, so
+    # whichever of the two sets is wrong, the verdict on the other does not hold for deployment
     return Finding(
         "preprocessing-mismatch",
-        "warning",
+        "failure",
         f"calibration and evaluation inputs {name!r} are not preprocessed the same way: {problem}.",
         "Run exactly the same preprocessing (resize, scale, mean/std normalisation, channel order) for "
         "calibration, evaluation and deployment: NVIDIA's guides name a mismatch here as the most common "
