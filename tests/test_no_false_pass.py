@@ -259,7 +259,7 @@ ZOO_ERRORS = {
 }
 ZOO_FAILURES = {
     **{f"{name}_broken": why for name, (_, why) in ZOO_CASES.items()},
-    "preprocessing_broken": "not preprocessed the same way",
+    "preprocessing_broken": "failed: preprocessing-mismatch",
 }
 
 
