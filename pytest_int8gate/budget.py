@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import math
 import re
-import reprlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from .errors import BudgetError
+from .errors import BudgetError, bounded_repr
 
 
 @dataclass(frozen=True)
@@ -114,9 +113,10 @@ def valid_keys_text() -> str:
 
 
 def _shown(value: object) -> str:
-    """A user's value in a message: as written when short, else a bounded repr (never an unbounded one)."""
-    text = str(value) if isinstance(value, (int, float, str)) else ""
-    return text if text and len(text) <= 40 else reprlib.repr(value)
+    """A user's value in a message: as written when it is a short text or a float, else a bounded repr
+    (never an unbounded one: a 400-digit integer or a YAML alias bomb is not rendered in full)."""
+    text = str(value) if isinstance(value, (float, str)) else ""
+    return text if text and len(text) <= 40 else bounded_repr(value)
 
 
 def looser(key: str, value: float, than: float) -> bool:

@@ -79,5 +79,6 @@ def bounded_text(text: str, limit: int = 400) -> str:
         line = f"{line[: limit - 30]}... ({len(line)} characters)"
     return line
 
+
 class CoverageError(Int8GateError):
     """The INT8 model quantized nothing: there is nothing for the gate to judge."""

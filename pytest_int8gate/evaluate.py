@@ -56,8 +56,8 @@ def check_finite(array: np.ndarray, *, precision: str, output: str, first_sample
         )
 
 
-def run_output(runner: Runner, feeds: Feeds, output: str, *, precision: str, first_sample: int) -> np.ndarray:
-    value = runner.run(feeds)[output]
+def checked_output(value: np.ndarray, output: str, *, precision: str, first_sample: int) -> np.ndarray:
+    """``value`` of ``output`` when it can be compared sample by sample: a sample axis, no NaN or Inf."""
     if value.ndim == 0:  # outputs are compared sample by sample: a scalar has no sample axis
         raise ModelError(
             f"the {precision} model's output {output!r} is a scalar (0-d), which has no sample axis to "
@@ -306,9 +306,10 @@ def _run_outputs(
     runner: Runner, feeds: Feeds, outputs: tuple[str, ...], *, precision: str, first_sample: int
 ) -> dict[str, np.ndarray]:
     values = runner.run(feeds)
-    for name in outputs:
-        check_finite(values[name], precision=precision, output=name, first_sample=first_sample)
-    return {name: values[name] for name in outputs}
+    return {
+        name: checked_output(values[name], name, precision=precision, first_sample=first_sample)
+        for name in outputs
+    }
 
 
 def compare(
