@@ -301,7 +301,7 @@ def test_verdict_passes_only_when_every_metric_passes() -> None:
 
 
 def test_a_failing_value_is_never_printed_as_if_it_met_its_limit() -> None:
-    from pytest_int8gate.report import failing_number
+    from pytest_int8gate.report.view import failing_number
 
     assert failing_number(0.996995, 0.997, upper=False) == "0.99699"  # 0.9970 would read as a pass
     assert failing_number(0.0100001, 0.01, upper=True) == "0.0100001"

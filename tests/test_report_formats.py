@@ -178,7 +178,7 @@ def test_markdown_has_one_table_of_all_gates_then_the_failing_gates_in_detail(
     assert rows[2][2] == "broken.onnx: not an ONNX model."
 
     failing = text.split("### ❌ `digits_cnn_outlier.onnx`: FAIL", 1)[1].split("### ⚠️", 1)[0]
-    assert "| top1_drop | 0.9740 | 0.1000 | -0.8740 | <= 0.01 | - | **FAIL** |" in failing
+    assert "| top1_drop | 0.9740 | 0.1000 | 0.8740 | <= 0.01 | - | **FAIL** |" in failing
     assert "| 1 | `/conv2/Conv` | Conv | top1_drop 0.8800, cosine 0.3156 | " in failing
     fix = records[0]["bisection"]["fix"]
     assert (
@@ -202,7 +202,7 @@ def test_markdown_shows_the_interval_column_and_diagnostics_when_records_have_th
     assert all(len(row) == 5 for row in rows)
     assert rows[0][3] == "top1_drop [0.8510, 0.8970]" and rows[1][3] == "-"
     assert "2 diagnostics" in rows[0][1]
-    assert "| top1_drop | 0.9740 | 0.1000 | -0.8740 | <= 0.01 | [0.8510, 0.8970] | **FAIL** |" in text
+    assert "| top1_drop | 0.9740 | 0.1000 | 0.8740 | <= 0.01 | [0.8510, 0.8970] | **FAIL** |" in text
     diagnostics = text.split("**Diagnostics**", 1)[1]
     assert diagnostics.index(
         "| failure | fp32-parity | FP32 parity failed: output differs | compare with the right reference |"

@@ -93,6 +93,7 @@ def encode_metric(result: MetricResult) -> dict[str, Any]:
             "passed": result.passed,
             "ci95": None if result.ci95 is None else list(result.ci95),
             "strict_ci": result.strict_ci,
+            "output": result.output,
         }
     )
 
@@ -136,7 +137,7 @@ def encode_fix(fix: VerifiedFix) -> dict[str, Any]:
             "fp32_max_abs_difference": fix.fp32_max_abs_difference,
             "fp32_reference_max_abs": fix.fp32_reference_max_abs,
             "passed": fix.passed,
-            "metrics": {r.name: encode_metric(r) for r in fix.results},
+            "metrics": {r.key: encode_metric(r) for r in fix.results},
             "manifest": fix.manifest_snippet(),
         }
     )
@@ -174,9 +175,13 @@ def encode_verdict(verdict: GateVerdict, *, nodeid: str, duration_s: float | Non
             "name": verdict.name,
             "nodeid": nodeid,
             "verdict": "pass" if verdict.passed else "fail",
-            "metrics": {r.name: encode_metric(r) for r in verdict.results},
+            "metrics": {r.key: encode_metric(r) for r in verdict.results},
             "measured": {"fp32": verdict.fp32, "int8": verdict.int8},
-            "budget": verdict.budget.limits,
+            "budget": verdict.effective_limits,
+            "configured_budget": verdict.budget.limits,
+            "budget_sources": verdict.budget.sources,
+            "default_budget": verdict.default_budget,
+            "outputs": list(verdict.outputs),
             "backend": verdict.backend,
             "calibrator": verdict.calibrator,
             "output": verdict.output_name,

@@ -108,12 +108,16 @@ class _Fields:
         return _Fields(self.mapping(key), f"{self.where}.{key}")
 
 
-def decode_metric(name: str, data: object, where: str = "metric") -> MetricResult:
-    fields = _Fields(data, f"{where}.{name}")
+def decode_metric(key: str, data: object, where: str = "metric") -> MetricResult:
+    """A metric line; ``key`` is ``name`` or ``name@output`` (a line on a non-primary output)."""
+    fields = _Fields(data, f"{where}.{key}")
+    name, _, other_output = key.partition("@")
     op = fields.text("op")
     spec = BUDGET_METRICS.get(name)
     upper = op == "<=" if op in ("<=", ">=") else (spec.upper if spec is not None else True)
     return MetricResult(
+        output=fields.text("output") or other_output,
+        primary=not other_output,
         name=name,
         fp32=fields.optional_number("fp32"),
         int8=fields.number("int8"),
@@ -245,7 +249,12 @@ def decode_verdict(data: object, where: str = "gate") -> GateVerdict:
         calibration_samples=samples.integer("calibration"),
         eval_samples=samples.integer("evaluation"),
         output_name=fields.text("output"),
-        budget=Budget(fields.numbers("budget")),
+        budget=Budget(
+            fields.numbers("configured_budget" if "configured_budget" in fields.data else "budget"),
+            {str(k): str(v) for k, v in fields.mapping("budget_sources").items()},
+        ),
+        default_budget=fields.text("default_budget"),
+        outputs=tuple(dict(o) for o in fields.items("outputs") if isinstance(o, Mapping)),
         results=_metrics(fields),
         fp32=measured.numbers("fp32"),
         int8=measured.numbers("int8"),

@@ -106,7 +106,7 @@ def _metrics(view: GateView) -> str:
          _result(m.passed, m.result)]
         for m in view.metrics
     ]  # fmt: skip
-    return _table(["metric", "fp32", "int8", "delta", "limit", "95% CI", "result"], rows, numeric=(1, 2, 3))
+    return _table(["metric", "fp32", "int8", "drop", "limit", "95% CI", "result"], rows, numeric=(1, 2, 3))
 
 
 def _bisection(bisection: BisectionView) -> str:

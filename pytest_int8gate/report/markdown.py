@@ -115,7 +115,11 @@ def _gate_section(view: GateView) -> list[str]:
         facts.append(f"calibrator {md_text(view.calibrator)}")
     if view.samples:
         facts.append(view.samples)
+    if view.coverage:
+        facts.append(view.coverage)
     lines += [" · ".join(f for f in facts if f and f != "-"), ""]
+    if view.budget:
+        lines += [md_text(view.budget), ""]
     if view.status == "error":
         lines += ["The gate could not be judged:", "", *_fenced(view.error), ""]
         lines += _diagnostics(view)
@@ -125,7 +129,7 @@ def _gate_section(view: GateView) -> list[str]:
          "PASS" if m.passed else "**FAIL**"]
         for m in view.metrics
     ]  # fmt: skip
-    lines += _table(["metric", "fp32", "int8", "delta", "limit", "95% CI", "result"], rows, "lrrrlll")
+    lines += _table(["metric", "fp32", "int8", "drop", "limit", "95% CI", "result"], rows, "lrrrlll")
     lines.append("")
     lines += _diagnostics(view)
     if view.bisection is not None:
@@ -215,6 +219,18 @@ def _baseline_section(views: Sequence[GateView], info: Mapping[str, Any]) -> lis
     return lines
 
 
+def _passing_warnings(views: Sequence[GateView]) -> list[str]:
+    """Warnings of passing gates, one line each: a pass with a warning deserves a look."""
+    items = [
+        f"- {md_code(view.name)}: {md_text(f.severity)} {md_code(f.code)}: {md_text(f.message)}"
+        for view in views
+        if view.status == "pass"
+        for f in view.findings
+        if f.severity == "warning"
+    ]
+    return ["**Warnings on passing gates**", "", *items, ""] if items else []
+
+
 def render_markdown(views: Sequence[GateView], meta: Mapping[str, Any], *, details: bool = True) -> str:
     """The run as Markdown: one table of all gates, then each failing or erroring gate in detail."""
     lines = ["## INT8 gate report", "", f"**{headline(views)}**"]
@@ -227,6 +243,7 @@ def render_markdown(views: Sequence[GateView], meta: Mapping[str, Any], *, detai
         lines[-1] += " · " + " · ".join(provenance)
     baseline = meta.get("baseline")
     lines += ["", *markdown_summary_table(views, isinstance(baseline, Mapping)), ""]
+    lines += _passing_warnings(views)
     if details:
         for view in views:
             if view.status != "pass":

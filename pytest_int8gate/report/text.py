@@ -17,7 +17,8 @@ def _cell(text: str, width: int) -> str:
 
 def header_line(view: GateView) -> str:
     return (
-        f"[{view.backend} | {view.calibrator} | {view.samples} | output {view.output}]"
+        f"[{view.backend} | {view.calibrator} | {view.samples} | {view.coverage} | "
+        f"output{'s' if ', ' in view.output else ''} {view.output}]"
         if view.samples
         else f"[{view.backend} | {view.calibrator}]"
     )
@@ -27,11 +28,14 @@ def metric_table(view: GateView, indent: str = "  ") -> list[str]:
     # the 95 % interval column (of the drop for *_drop metrics) appears when a metric has one
     width = max((len(m.interval) for m in view.metrics), default=0)
     ci_header = f"{'95% CI':<{width + 2}}" if width else ""
-    rows = [f"{indent}{'metric':<15}{'fp32':>9}{'int8':>9}{'delta':>9}   {'limit':<11}{ci_header}result"]
+    name_width = max(15, *(len(m.name) + 2 for m in view.metrics)) if view.metrics else 15
+    rows = [
+        f"{indent}{'metric':<{name_width}}{'fp32':>9}{'int8':>9}{'drop':>9}   {'limit':<11}{ci_header}result"
+    ]
     for m in view.metrics:
         ci = f"{m.interval:<{width + 2}}" if width else ""
         rows.append(
-            f"{indent}{m.name:<15}{_cell(m.fp32, 9)}{_cell(m.int8, 9)}{_cell(m.delta, 9)}   "
+            f"{indent}{m.name:<{name_width}}{_cell(m.fp32, 9)}{_cell(m.int8, 9)}{_cell(m.delta, 9)}   "
             f"{m.limit:<11}{ci}{m.result}"
         )
     return rows
@@ -75,9 +79,10 @@ def bisection_lines(bisection: BisectionView) -> list[str]:
     lines = [f"Offending layers ({bisection.search}):"]
     if bisection.offenders:
         width = max(len("layer"), *(len(o.name) for o in bisection.offenders)) + 2
-        lines.append(f"  {'idx':>4}  {'layer':<{width}}{'op':<15}{'budget when quantized':<34}verdict")
+        column = max(34, *(len(o.metrics) + 2 for o in bisection.offenders))
+        lines.append(f"  {'idx':>4}  {'layer':<{width}}{'op':<15}{'budget when quantized':<{column}}verdict")
         for o in bisection.offenders:
-            lines.append(f"  {o.index:>4}  {o.name:<{width}}{o.op:<15}{o.metrics:<34}{o.repair}")
+            lines.append(f"  {o.index:>4}  {o.name:<{width}}{o.op:<15}{o.metrics:<{column}}{o.repair}")
             if o.attempts:
                 lines.append(f"  {'':>4}  {'':<{width}}tried: {'; '.join(o.attempts)}")
     else:
@@ -98,6 +103,8 @@ def gate_text(view: GateView) -> str:
         lines.extend(diagnostics_lines(view))
         return "\n".join(lines)
     lines = [f"INT8 gate {'passed' if view.status == 'pass' else 'failed'}: {view.name}  {header_line(view)}"]
+    if view.budget:
+        lines.append(f"  {view.budget}")
     lines.extend(metric_table(view))
     lines.extend(diagnostics_lines(view))
     if view.bisection is not None:
@@ -137,11 +144,20 @@ def summary_row(record: Mapping[str, Any] | GateView) -> SummaryRow:
 
 def summary_lines(records: Sequence[Mapping[str, Any]]) -> list[str]:
     """The terminal summary's rows: name, PASS/FAIL/ERROR, the figures."""
-    rows = [summary_row(r) for r in records]
-    if not rows:
+    views = [gate_view(r) for r in records]
+    if not views:
         return []
-    width = max(len(r.name) for r in rows) + 2
-    return [f"{r.name:<{width}}{r.verdict:<7}{r.figures}" for r in rows]
+    width = max(len(v.name) for v in views) + 2
+    lines = []
+    for view in views:
+        lines.append(f"{view.name:<{width}}{view.status_word:<7}{view.summary}")
+        # failures and warnings one line each, on passing gates too: a pass with a warning deserves a look
+        lines.extend(
+            f"{'':<{width}}  {f.severity} {f.code}: {f.message}"
+            for f in view.findings
+            if f.severity in ("failure", "warning")
+        )
+    return lines
 
 
 def baseline_lines(records: Sequence[Mapping[str, Any]], summary: Mapping[str, Any]) -> list[str]:

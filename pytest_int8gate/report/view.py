@@ -176,6 +176,10 @@ class GateView:
     calibrator: str
     samples: str  # "calibration 600, evaluation 500 samples"; "" for errors
     output: str
+    #: "5 of 5 quantizable layers in INT8"; "" for errors
+    coverage: str
+    #: The budget and where each key came from, or the defaults by output kind that judged each output.
+    budget: str
     metrics: tuple[MetricRow, ...]
     findings: tuple[FindingRow, ...]
     findings_counts: str  # "1 failure, 2 warnings"
@@ -237,17 +241,38 @@ def _change_view(change: MetricChange) -> MetricChangeView:
     )
 
 
+def failing_number(value: float, limit: float, upper: bool) -> str:
+    """``value`` with enough digits that it never reads as meeting ``limit`` (0.996995 against >= 0.997
+    prints 0.99699, not 0.9970)."""
+    for digits in range(4, 12):
+        text = f"{value:.{digits}f}"
+        shown = float(text)
+        if (shown > limit) if upper else (shown < limit):
+            return text
+    return repr(value)
+
+
+def observed_text(result: MetricResult) -> str:
+    """The number compared with the limit; a failing one never rounded onto the passing side."""
+    value, limit = result.observed, result.limit
+    missed = value > limit if result.upper else value < limit
+    if result.passed or not missed or not math.isfinite(value):
+        return fmt(value)  # (a strict-interval failure's value itself meets the limit)
+    return failing_number(value, limit, result.upper)
+
+
 def _metric_row(result: MetricResult, change: MetricChangeView | None) -> MetricRow:
     interval = ""
     if result.ci95 is not None:
         interval = f"[{fmt(result.ci95[0])}, {fmt(result.ci95[1])}]" + (" strict" if result.strict_ci else "")
     return MetricRow(
-        name=result.name,
+        name=result.key,
         fp32=fmt(result.fp32),
         int8=fmt(result.int8),
-        delta=fmt(result.delta),
+        # shown as a drop (fp32 - int8, positive = worse), the number its limit applies to
+        delta=observed_text(result) if result.delta is not None else "-",
         observed=result.observed,
-        observed_text=fmt(result.observed),
+        observed_text=observed_text(result),
         limit=f"{'<=' if result.upper else '>='} {result.limit:g}",
         interval=interval,
         passed=result.passed,
@@ -267,7 +292,7 @@ def _finding_rows(findings: tuple[Finding, ...]) -> tuple[FindingRow, ...]:
 
 
 def _inline(results: tuple[MetricResult, ...]) -> str:
-    return ", ".join(f"{r.name} {fmt(r.observed)}" for r in results)
+    return ", ".join(f"{r.key} {observed_text(r)}" for r in results)
 
 
 def _repair_text(action: RepairAction, calibrator: str | None, producer: str | None) -> str:
@@ -363,13 +388,17 @@ def _concerns(findings: tuple[Finding, ...]) -> int:
 
 def _verdict_view(record: GateRecord, verdict: GateVerdict) -> GateView:
     changes = {} if record.baseline is None else {c.metric: _change_view(c) for c in record.baseline.changes}
-    metrics = tuple(_metric_row(r, changes.get(r.name)) for r in verdict.results)
+    metrics = tuple(_metric_row(r, changes.get(r.key)) for r in verdict.results)
     bisection = _bisection_view(verdict)
     status = record.status
     bisection_status = ""
     if status == "fail" and bisection is None:
         bisection_status = NOT_SEARCHED_DISABLED if verdict.failed_metrics else NOT_SEARCHED_DIAGNOSTICS
-    figures = [f"{m.name} {m.observed_text}" for m in metrics]
+    # the row says why a gate failed: the failed diagnostics and the metrics that missed, with their limits
+    failed_checks = [f.code for f in verdict.diagnostics if f.severity == "failure"]
+    figures = [f"failed: {', '.join(failed_checks)}"] if failed_checks else []
+    figures += [f"{m.name} {m.observed_text} (limit {m.limit})" for m in metrics if not m.passed]
+    figures += [f"{m.name} {m.observed_text}" for m in metrics if m.passed]
     if not metrics and "cosine" in verdict.int8:
         figures.append(f"cosine {fmt(verdict.int8['cosine'])}")
     if bisection is not None and bisection.offenders:
@@ -397,7 +426,15 @@ def _verdict_view(record: GateRecord, verdict: GateVerdict) -> GateView:
         backend_short=backend_text(verdict.backend, device=False),
         calibrator=verdict.calibrator,
         samples=f"calibration {verdict.calibration_samples}, evaluation {verdict.eval_samples} samples",
-        output=verdict.output_name,
+        output=", ".join(str(o.get("name")) for o in verdict.outputs) or verdict.output_name,
+        coverage=f"{verdict.quantized_layers} of {verdict.total_layers} quantizable layers in INT8",
+        budget=(
+            f"budget {verdict.budget.sources_text()}"
+            if verdict.budget.limits
+            else f"no budget configured; defaults by output kind: {verdict.default_budget}"
+            if verdict.default_budget
+            else ""
+        ),
         metrics=metrics,
         findings=_finding_rows(verdict.diagnostics),
         findings_counts=counts_text(severity_counts(verdict.diagnostics)),
@@ -427,6 +464,8 @@ def _error_view(record: GateRecord, error: GateError) -> GateView:
         calibrator=error.calibrator,
         samples="",
         output="",
+        coverage="",
+        budget="",
         metrics=(),
         findings=_finding_rows(error.diagnostics),
         findings_counts=counts_text(severity_counts(error.diagnostics)),
