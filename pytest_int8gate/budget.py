@@ -136,7 +136,11 @@ class Budget:
     loosened: tuple[str, ...] = ()
 
     @staticmethod
-    def from_mapping(values: Mapping[str, object], *, source: str = "budget") -> Budget:
+    def from_mapping(
+        values: Mapping[str, object], *, source: str = "budget", origin: str | None = None
+    ) -> Budget:
+        """Validated limits; ``source`` names them in error messages, ``origin`` (default ``source``) is
+        the short name of where they were set, kept per key (``ini``, ``manifest``, ``marker``, ...)."""
         limits: dict[str, float] = {}
         for key, raw in values.items():
             spec = BUDGET_METRICS.get(str(key))
@@ -162,10 +166,10 @@ class Budget:
                     f"({spec.meaning})."
                 )
             limits[str(key)] = value
-        return Budget(limits, dict.fromkeys(limits, source))
+        return Budget(limits, dict.fromkeys(limits, origin or source))
 
     @staticmethod
-    def parse(items: Iterable[str], *, source: str = "--int8-budget") -> Budget:
+    def parse(items: Iterable[str], *, source: str = "--int8-budget", origin: str | None = None) -> Budget:
         """``["top1_drop=0.01", "cosine=0.98"]`` (also accepts comma-separated items)."""
         values: dict[str, object] = {}
         for item in items:
@@ -174,7 +178,7 @@ class Budget:
                 if not sep or not key or not value:
                     raise BudgetError(f"{source}: {part!r} is not KEY=VALUE (e.g. cosine=0.98).")
                 values[key.strip()] = value.strip()
-        return Budget.from_mapping(values, source=source)
+        return Budget.from_mapping(values, source=source, origin=origin)
 
     def merged(self, override: Budget) -> Budget:
         """This budget with ``override``'s keys replacing or adding to it, key by key; a key ``override``

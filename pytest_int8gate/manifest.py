@@ -123,7 +123,9 @@ def load_manifest(path: str | os.PathLike[str]) -> tuple[ManifestEntry, ...]:
             )
         seen.add(name)
         try:
-            budget = Budget.from_mapping(merged["budget"], source=f"{file}: {label}: budget")
+            budget = Budget.from_mapping(
+                merged["budget"], source=f"{file}: {label}: budget", origin="manifest"
+            )
         except Int8GateError as exc:
             raise ManifestError(str(exc)) from exc
         entries.append(ManifestEntry(name=name, values=merged, budget=budget))

@@ -295,3 +295,58 @@ def _summary_line(text: str, name: str) -> str:
     rows = [line for line in summary.splitlines() if line.split()[:1] == [name]]
     assert rows, (name, summary)
     return rows[0]
+
+
+def test_a_budget_marker_on_a_test_that_runs_no_gate_is_a_collection_error(
+    empty_project: pytest.Pytester,
+) -> None:
+    empty_project.makepyfile(
+        test_markers=textwrap.dedent(
+            """
+            import pytest
+
+            @pytest.mark.int8_budget(cosine=0.98)
+            def test_forgot_the_gate():
+                pass
+
+            @pytest.mark.int8_budget(cosine=0.98)
+            def test_gated(int8_gate):
+                pass
+            """
+        )
+    )
+    result = empty_project.runpytest("--co", "-q")
+    text = result.stdout.str()
+    assert (
+        "test_markers.py::test_forgot_the_gate: @int8_budget is set but the test does not request the "
+        "int8_gate fixture, so no gate runs and the budget gates nothing" in text
+    ), text
+    assert result.ret == pytest.ExitCode.INTERRUPTED  # a collection error stops the run before any test
+
+
+def test_budget_keys_merge_across_ini_command_line_and_manifest_with_their_sources(
+    project: pytest.Pytester,
+) -> None:
+    """One command-line key keeps the ini file's other keys; the manifest's looser cosine wins (it is more
+    specific) and says so in a warning; the report names where each key came from."""
+    (project.path / "pytest.ini").write_text(
+        "[pytest]\nint8_budget =\n    cosine=0.999\n    max_abs_error=9\n"
+    )
+    (project.path / "int8gate.yaml").write_text(
+        manifest("  - {name: chain, model: good.onnx, calib_data: x.npz, budget: {cosine: 0.5}}\n")
+    )
+    result = project.runpytest(
+        "--int8-budget", "sqnr_db=1", "--int8-no-bisect", "--int8-report-json", "report.json", "-rA"
+    )
+    record = gates(project.path / "report.json")["chain"]
+    assert record["budget"] == {"cosine": 0.5, "max_abs_error": 9.0, "sqnr_db": 1.0}, record["budget"]
+    assert record["budget_sources"] == {
+        "cosine": "manifest",
+        "max_abs_error": "ini",
+        "sqnr_db": "--int8-budget",
+    }
+    loosened = [f for f in record["diagnostics"] if f["code"] == "budget-loosened"]
+    assert [f["message"] for f in loosened] == [
+        "budget cosine >= 0.5 from manifest loosens cosine >= 0.999 from ini."
+    ], record["diagnostics"]
+    assert "warning budget-loosened: budget cosine >= 0.5 from manifest loosens" in result.stdout.str()

@@ -149,7 +149,7 @@ class Int8Gate:
         """CLI/ini default budget with the test's ``int8_budget`` marker on top."""
         budget = _session(self.item.config).options.budget
         for marker in reversed(list(self.item.iter_markers(MARKER))):
-            budget = budget.merged(Budget.from_mapping(marker.kwargs, source=f"@{MARKER}"))
+            budget = budget.merged(Budget.from_mapping(marker.kwargs, source=f"@{MARKER}", origin="marker"))
         return budget
 
     def check(
@@ -180,7 +180,9 @@ class Int8Gate:
         if budget is not None:
             try:
                 gate_budget = gate_budget.merged(
-                    Budget.from_mapping(budget, source="int8_gate.check(budget=...)")
+                    Budget.from_mapping(
+                        budget, source="int8_gate.check(budget=...)", origin="int8_gate.check"
+                    )
                 )
             except Int8GateError as exc:
                 pytest.fail(f"INT8 gate error: {exc}", pytrace=False)

@@ -161,6 +161,8 @@ class _Resolver:
         self.configured = False
 
     def value(self, setting: Setting) -> Any:
+        if setting.kind == "budget":
+            return self._budget(setting)
         flag, ini = name_of(setting.option), name_of(setting.ini)
         given = self.config.getoption(ini)
         base, where = self.invocation, "option"
@@ -196,6 +198,21 @@ class _Resolver:
         if setting.kind == "data":
             return text if is_loader_spec(text) else str((base / text).resolve())
         return value
+
+    def _budget(self, setting: Setting) -> Any:
+        """The ini file's budget with the command line's keys on top, key by key (one key on the command
+        line does not drop the ini file's others); each key remembers where it was set."""
+        flag, ini = name_of(setting.option), name_of(setting.ini)
+        from_ini, given = self.config.getini(ini) or [], self.config.getoption(ini) or []
+        if not from_ini and not given:
+            return _DEFAULT
+        self.configured = True
+        try:
+            return Budget.parse([str(v) for v in from_ini], source=flag, origin="ini").merged(
+                Budget.parse([str(v) for v in given], source=flag, origin=flag)
+            )
+        except Int8GateError as exc:
+            raise pytest.UsageError(str(exc)) from None
 
     def _list(self, setting: Setting, items: list[str], base: Path, fail: Any) -> Any:
         if setting.kind == "paths":
