@@ -199,12 +199,6 @@ def run_gate(
 
 def marker_problem(item: pytest.Item) -> str | None:
     """Why the item's ``int8_budget`` markers are invalid, naming the test and the key; None when valid."""
-    if item.get_closest_marker(MARKER) is not None and "int8_gate" not in getattr(item, "fixturenames", ()):
-        return (
-            f"{item.nodeid}: @{MARKER} is set but the test does not request the int8_gate fixture, so no "
-            "gate runs and the budget gates nothing; add int8_gate to its arguments and call "
-            "int8_gate.check(...)."
-        )
     for marker in item.iter_markers(MARKER):
         if marker.args:
             return (
@@ -214,4 +208,10 @@ def marker_problem(item: pytest.Item) -> str | None:
             Budget.from_mapping(marker.kwargs, source=f"{item.nodeid}: @{MARKER}")
         except Int8GateError as exc:
             return str(exc)
+    if item.get_closest_marker(MARKER) is not None and "int8_gate" not in getattr(item, "fixturenames", ()):
+        return (
+            f"{item.nodeid}: @{MARKER} is set but the test does not request the int8_gate fixture, so no "
+            "gate runs and the budget gates nothing; add int8_gate to its arguments and call "
+            "int8_gate.check(...)."
+        )
     return None
