@@ -48,6 +48,7 @@ from .errors import NonFiniteOutputError
 from .evaluate import KpiFunction
 from .gate import default_budget_text
 from .graph import LoadedModel, load_model
+from .placement import with_placement
 from .progress import counted_batches
 from .quantize import QuantizedModel, QuantPlan, activation_tensors, quantize_model
 from .repair import RewrittenModel, bias_corrected, equalized_variant
@@ -60,7 +61,6 @@ from .soundness import (
     output_summary,
     soundness_findings,
 )
-from .placement import with_placement
 
 #: Data: a path or ``module:function`` spec, in-memory arrays (axis 0 = samples), a Dataset, or feed
 #: dicts (a list, or a generator: read once, into memory).
