@@ -266,7 +266,8 @@ SETTINGS: tuple[Setting, ...] = (
         "budget",
         "--budget",
         metavar="KEY=VALUE",
-        default_text="top1_drop=0.01 and cosine=0.98 with labels, cosine=0.98 without",
+        default_text="by output kind, see Budgets; keys merge one by one across ini, command line, manifest, "
+        "marker",
         example={"cosine": 0.9},
     ),
     Setting(

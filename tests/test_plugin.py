@@ -292,7 +292,14 @@ def test_command_line_wins_over_ini_and_resolves_paths_against_the_invocation_di
         "calib_data": str(sub / "c.npz"),
         "eval_data": str(sub / "e.npz"),
         "labels": str(sub / "l.npy"),
-        "budget": {"sqnr_db": 30.0, "max_abs_error": 2.0, "cosine_min": 0.9},
+        # key by key: the command line's keys on top of the ini file's
+        "budget": {
+            "top1_drop": 0.02,
+            "cosine": 0.97,
+            "sqnr_db": 30.0,
+            "max_abs_error": 2.0,
+            "cosine_min": 0.9,
+        },
         "calibrator": "mse",
         "placement": "minimal",
         "backend": "onnxruntime",
@@ -523,12 +530,13 @@ def test_marker_is_registered_for_strict_markers_users(project: pytest.Pytester)
         import pytest
 
         @pytest.mark.int8_budget(cosine=0.98, top1_drop=0.01)
-        def test_marked():
+        def test_marked(int8_gate):
             pass
         """
     )
 
-    project.runpytest("--strict-markers").assert_outcomes(passed=1)
+    collected = project.runpytest("--strict-markers", "--co", "-q")
+    assert collected.ret == pytest.ExitCode.OK, collected.stdout.str()
     project.runpytest("--markers").stdout.fnmatch_lines(["@pytest.mark.int8_budget(**limits)*cosine*"])
 
 
