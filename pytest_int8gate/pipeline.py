@@ -499,6 +499,9 @@ class GatePipeline:
         for layer, reason in quantized.skipped.items():
             if layer not in self.spec.exclude:
                 notes.append(f"{layer} not quantized: {reason}")
+        for entry in quantized.coverage.not_covered:
+            if entry.layer not in quantized.skipped:  # recurrent, control-flow bodies, profile choices
+                notes.append(f"{entry.layer} ({entry.op}) stays in float: {entry.reason}")
         if self.plan.equalize:
             notes.append(self.rewritten(self.plan.equalize).deploy_note())
         if self.cache is not None:
@@ -516,6 +519,7 @@ class GatePipeline:
             budget=self.budget,
             default_budget="" if self.budget.limits else default_budget_text(comparison),
             outputs=tuple(output_summary(output) for output in comparison.outputs),
+            coverage=quantized.coverage.as_dict(),
             results=results,
             fp32=dict(comparison.fp32),
             int8=dict(comparison.int8),

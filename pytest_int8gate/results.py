@@ -364,6 +364,8 @@ class GateVerdict:
     default_budget: str = ""
     #: Every gated output: name, kind, labelled, and the numbers measured on it (fp32, int8).
     outputs: tuple[Mapping[str, object], ...] = ()
+    #: What runs in INT8 (coverage.Coverage.as_dict): layers, share of MACs, what stays float and why.
+    coverage: Mapping[str, object] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:

@@ -148,15 +148,16 @@ def soundness_findings(
 
 
 def coverage_findings(quantized: QuantizedModel) -> Iterable[Finding]:
-    done = len(quantized.quantized_layers)
-    total = done + len(quantized.skipped)
-    if total and done < LOW_COVERAGE * total:
+    coverage = quantized.coverage
+    done, total = len(quantized.quantized_layers), max(coverage.quantizable, len(quantized.quantized_layers))
+    share = coverage.int8_mac_share
+    if (total and done < LOW_COVERAGE * total) or (coverage.total_macs and share < LOW_COVERAGE):
         yield Finding(
             "low-coverage",
             "warning",
-            f"only {done} of {total} quantizable layers run in INT8; the verdict covers the rest in float.",
+            f"only {coverage.summary()}; the verdict says little about the rest, which runs in float.",
             "See the notes for why each layer is not quantized.",
-            {"quantized": done, "quantizable": total},
+            coverage.as_dict(),
         )
 
 

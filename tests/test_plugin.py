@@ -816,7 +816,7 @@ def test_failing_gate_shows_table_offending_layer_verified_fix_and_snippet(proje
     result.stdout.fnmatch_lines(
         [
             "INT8 gate failed: digits_cnn_outlier.onnx  [[]onnxruntime * | max | calibration 600, "
-            "evaluation 500 samples | 5 of 5 quantizable layers in INT8 | output logits[]]",
+            "evaluation 500 samples | 5 of 5 quantizable layers in INT8, * % of MACs | output logits[]]",
             "  no budget configured; defaults by output kind: 'logits': top1_drop <= 0.01, "
             "top1_agreement >= 0.95, rel_rmse <= 0.2, cosine >= 0.98 (class scores*",
             "  metric * fp32 * int8 * drop * limit * result",

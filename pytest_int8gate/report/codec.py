@@ -182,6 +182,7 @@ def encode_verdict(verdict: GateVerdict, *, nodeid: str, duration_s: float | Non
             "budget_sources": verdict.budget.sources,
             "default_budget": verdict.default_budget,
             "outputs": list(verdict.outputs),
+            "coverage": verdict.coverage,
             "backend": verdict.backend,
             "calibrator": verdict.calibrator,
             "output": verdict.output_name,

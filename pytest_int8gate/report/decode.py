@@ -255,6 +255,7 @@ def decode_verdict(data: object, where: str = "gate") -> GateVerdict:
         ),
         default_budget=fields.text("default_budget"),
         outputs=tuple(dict(o) for o in fields.items("outputs") if isinstance(o, Mapping)),
+        coverage=dict(fields.mapping("coverage")),
         results=_metrics(fields),
         fp32=measured.numbers("fp32"),
         int8=measured.numbers("int8"),

@@ -386,6 +386,13 @@ def _concerns(findings: tuple[Finding, ...]) -> int:
     return sum(f.severity in ("warning", "failure") for f in findings)
 
 
+def _coverage_text(verdict: GateVerdict) -> str:
+    """``5 of 5 quantizable layers in INT8, 100.0 % of MACs``."""
+    text = f"{verdict.quantized_layers} of {verdict.total_layers} quantizable layers in INT8"
+    share = decode_number(verdict.coverage.get("int8_mac_share"))
+    return text if share is None else f"{text}, {100 * share:.1f} % of MACs"
+
+
 def _verdict_view(record: GateRecord, verdict: GateVerdict) -> GateView:
     changes = {} if record.baseline is None else {c.metric: _change_view(c) for c in record.baseline.changes}
     metrics = tuple(_metric_row(r, changes.get(r.key)) for r in verdict.results)
@@ -427,7 +434,7 @@ def _verdict_view(record: GateRecord, verdict: GateVerdict) -> GateView:
         calibrator=verdict.calibrator,
         samples=f"calibration {verdict.calibration_samples}, evaluation {verdict.eval_samples} samples",
         output=", ".join(str(o.get("name")) for o in verdict.outputs) or verdict.output_name,
-        coverage=f"{verdict.quantized_layers} of {verdict.total_layers} quantizable layers in INT8",
+        coverage=_coverage_text(verdict),
         budget=(
             f"budget {verdict.budget.sources_text()}"
             if verdict.budget.limits
