@@ -35,12 +35,15 @@ SCORE_THRESHOLD = 0.5
 #: Default limits by kind, used for an output when no budget is configured anywhere. ``rel_rmse`` <= 0.2
 #: is as strict as cosine >= 0.98 on an output without offset (sqrt(2 * (1 - 0.98)) = 0.2), and unlike
 #: cosine it sees an offset-dominated or one-value output. Top-1 agreement >= 0.95: INT8 classifiers
-#: that keep their top-1 accuracy typically agree with FP32 on 97-99 % of samples.
+#: that keep their top-1 accuracy typically agree with FP32 on 97-99 % of samples. Class scores are not
+#: judged on rel_rmse by default: a classifier's probabilities barely vary across samples of one class (a
+#: real file-type classifier on uniform data: agreement 1.0, cosine 1.0, rel_rmse 0.54), and the decision
+#: is what matters there.
 #: Class scores are judged on the decision (same class as FP32) as well as the values; multi-label scores on
 #: each (sample, label) decision; dense values on the error relative to their spread across samples, which
 #: an offset cannot hide and which means something for one value per sample; integers (ids, masks) exactly.
 DEFAULT_LIMITS: Mapping[OutputKind, Mapping[str, float]] = {
-    OutputKind.CLASS_SCORES: {"top1_agreement": 0.95, "rel_rmse": 0.2, "cosine": 0.98},
+    OutputKind.CLASS_SCORES: {"top1_agreement": 0.95, "cosine": 0.98},
     OutputKind.SCORES: {"decision_agreement": 0.98, "rel_rmse": 0.2},
     OutputKind.DENSE: {"rel_rmse": 0.2, "cosine": 0.98},
     OutputKind.INTEGER: {"exact_match": 0.98},

@@ -732,7 +732,8 @@ def node_macs(node: onnx.NodeProto, g: PlacementGraph) -> int:
     shapes; unknown (symbolic) dimensions count as 1, an unknown shape gives 0."""
 
     def known(shape: tuple[int | None, ...] | None) -> tuple[int, ...] | None:
-        return None if shape is None else tuple(d if d else 1 for d in shape)
+        # a dynamic axis can arrive as None, 0 or -1 (exports differ): each counts as 1
+        return None if shape is None else tuple(d if d is not None and d > 0 else 1 for d in shape)
 
     def product(values: tuple[int, ...]) -> int:
         result = 1

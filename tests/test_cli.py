@@ -264,7 +264,7 @@ def test_check_passes_on_the_example_model(tmp_path: Path, capsys: pytest.Captur
     assert verdict["verdict"] == "pass"
     assert verdict["layers"] == {"quantized": 5, "quantizable": 5}
     # no budget given: the defaults for labelled class scores
-    assert verdict["budget"] == {"top1_drop": 0.01, "top1_agreement": 0.95, "rel_rmse": 0.2, "cosine": 0.98}
+    assert verdict["budget"] == {"top1_drop": 0.01, "top1_agreement": 0.95, "cosine": 0.98}
     assert verdict["metrics"]["top1_drop"]["fp32"] == pytest.approx(0.974)
     assert verdict["metrics"]["cosine"]["int8"] >= 0.98
     assert verdict["bisection"] is None

@@ -252,7 +252,7 @@ def test_entries_become_items_named_after_the_manifest(project: pytest.Pytester)
     records = gates(project.path / "report.json")
     assert records["digits"]["nodeid"] == "int8gate.yaml::digits"
     # labels given, no budget: the defaults of labelled class scores
-    assert set(records["digits"]["metrics"]) == {"top1_drop", "top1_agreement", "rel_rmse", "cosine"}
+    assert set(records["digits"]["metrics"]) == {"top1_drop", "top1_agreement", "cosine"}
 
 
 BAD_ENTRIES = {

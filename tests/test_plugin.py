@@ -818,7 +818,7 @@ def test_failing_gate_shows_table_offending_layer_verified_fix_and_snippet(proje
             "INT8 gate failed: digits_cnn_outlier.onnx  [[]onnxruntime * | max | calibration 600, "
             "evaluation 500 samples | 5 of 5 quantizable layers in INT8, * % of MACs | output logits[]]",
             "  no budget configured; defaults by output kind: 'logits': top1_drop <= 0.01, "
-            "top1_agreement >= 0.95, rel_rmse <= 0.2, cosine >= 0.98 (class scores*",
+            "top1_agreement >= 0.95, cosine >= 0.98 (class scores*",
             "  metric * fp32 * int8 * drop * limit * result",
             "  top1_drop * 0.9740 * 0.1000 * 0.8740 * <= 0.01 * FAIL",
             "  cosine * >= 0.98 * FAIL",
@@ -913,7 +913,7 @@ def test_json_report_has_every_gate_with_its_numbers(project: pytest.Pytester) -
     assert good["model"] == str(project.path.resolve() / "digits_cnn.onnx")
     assert good["nodeid"] == "digits_cnn.onnx::int8_gate"
     assert good["verdict"] == "pass"
-    assert set(good["metrics"]) == {"top1_drop", "top1_agreement", "rel_rmse", "cosine"}  # labelled defaults
+    assert set(good["metrics"]) == {"top1_drop", "top1_agreement", "cosine"}  # labelled defaults
     top1 = good["metrics"]["top1_drop"]
     assert set(top1) >= {"fp32", "int8", "delta", "limit", "passed"}
     assert top1["fp32"] == pytest.approx(0.974, abs=0.002)
