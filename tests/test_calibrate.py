@@ -20,6 +20,7 @@ from pytest_int8gate import __version__
 from pytest_int8gate.calibrate import (
     CALIBRATORS,
     HIST_BINS,
+    SCRATCH_VALUES,
     CalibrationTable,
     CalibratorSettings,
     TensorStatistics,
@@ -535,6 +536,76 @@ def test_collect_statistics_rejects_unknown_tensors_and_weights(
         collect_statistics(model, ["hidden", "nowhere"], batches)
     with pytest.raises(CalibrationError, match=r"'w1'.*weight"):
         collect_statistics(model, ["w1"], batches)
+
+
+def test_steps_and_overlap_do_not_change_the_statistics(
+    mlp: tuple[onnx.ModelProto, np.ndarray, np.ndarray],
+) -> None:
+    """The pass splits batches into steps by activation bytes and may take statistics on a worker thread:
+    neither changes a single count (a step budget of one byte forces one sample per step)."""
+    model, _, _ = mlp
+    rng = np.random.default_rng(21)
+    batches = [
+        {"x": (rng.standard_normal((n, 6)) * (1 + i)).astype(np.float32)} for i, n in enumerate((7, 1, 32))
+    ]
+    runs = [
+        collect_statistics(model, ["x", "hidden", "y"], batches, activation_budget=budget, overlap=overlap)
+        for budget, overlap in ((1, False), (1, True), (10**9, False), (10**9, True), (200, True))
+    ]
+    assert [run.step_samples for run in runs] == [1, 1, 32, 32, 2]
+    for run in runs[1:]:
+        assert run.num_samples == 40
+        for name in ("x", "hidden", "y"):
+            assert snapshot(run.tensors[name]) == snapshot(runs[0].tensors[name])
+
+
+def test_a_model_with_a_fixed_batch_is_fed_its_batches_whole() -> None:
+    w = np.random.default_rng(22).standard_normal((6, 4)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="fc")],
+        "fixed",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 4])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = np.random.default_rng(23).standard_normal((3, 4, 6)).astype(np.float32)
+    result = collect_statistics(model, ["y"], [{"x": batch} for batch in x], activation_budget=1)
+    assert result.step_samples == 4 and result.num_samples == 12
+    assert result.tensors["y"].count == 48
+    assert result.tensors["y"].absmax == pytest.approx(float(np.abs(x @ w).max()), rel=1e-6)
+
+
+def test_values_beyond_one_scratch_block_are_all_counted() -> None:
+    values = np.random.default_rng(24).standard_normal(2 * SCRATCH_VALUES + 17).astype(np.float32)
+    stats = stats_of(values)
+    counts, width = stats.histogram()
+    expected = np.bincount((np.abs(values.astype(np.float64)) / width).astype(np.int64), minlength=HIST_BINS)
+    assert counts.tolist() == expected.tolist()
+
+
+def _mse_amax_one_matrix(counts: np.ndarray, width: float, absmax: float) -> float:
+    """The MSE search written as one [candidates, bins] matrix: the definition the blocked one must equal."""
+    occupied = np.flatnonzero(counts)
+    weights = counts[occupied].astype(np.float64)
+    centres = np.minimum((occupied + 0.5) * width, absmax)
+    thresholds = absmax * np.arange(1, 257) / 256
+    scales = thresholds / 127
+    levels = np.minimum(np.rint(centres[None, :] / scales[:, None]), 127)
+    errors = ((centres[None, :] - levels * scales[:, None]) ** 2) @ weights
+    return float(thresholds[len(thresholds) - 1 - int(np.argmin(errors[::-1]))])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_blocked_mse_search_equals_the_one_matrix_definition(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    occupied = int(rng.integers(2, HIST_BINS))
+    counts = np.zeros(HIST_BINS, np.int64)
+    counts[:occupied] = rng.poisson(rng.exponential(300.0, occupied))
+    counts[occupied - 1] += 1
+    width = 2.0 ** -int(rng.integers(0, 10))
+    absmax = (occupied - 0.5) * width
+    assert mse_amax(counts, width, absmax) == _mse_amax_one_matrix(counts, width, absmax)
 
 
 def test_empty_batches_raise_data_error(mlp: tuple[onnx.ModelProto, np.ndarray, np.ndarray]) -> None:

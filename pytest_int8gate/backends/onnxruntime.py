@@ -101,9 +101,18 @@ class OrtRunner(ClosingRunner):
     """One ONNX Runtime CPU session; ``close()`` releases it."""
 
     def __init__(
-        self, model: onnx.ModelProto, *, precision: str, optimize: bool, threads: int = 0, mode: str = ""
+        self,
+        model: onnx.ModelProto,
+        *,
+        precision: str,
+        optimize: bool,
+        threads: int = 0,
+        mode: str = "",
+        session_config: Mapping[str, str] | None = None,
     ) -> None:
         options = ort.SessionOptions()
+        for key, value in (session_config or {}).items():
+            options.add_session_config_entry(key, value)
         options.graph_optimization_level = (
             ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             if optimize
