@@ -135,13 +135,13 @@ def test_backend_description_names_version_device_and_vnni() -> None:
     assert as_dict["options"] == {"threads": "auto"}
 
 
-def test_simulated_mode_disables_graph_optimisation() -> None:
+def test_simulated_mode_keeps_qdq_transformers_off() -> None:
     fp32 = fp32_conv()
     backend = OrtBackend(mode="simulated", threads=1)
     int8_info = backend.int8_runner(qdq_conv(fp32, 3.0)).describe()
     assert int8_info.precision == "int8"
     assert int8_info.mode == "simulated"
-    assert int8_info.options == {"graph_optimization": "disabled", "threads": "1"}
+    assert int8_info.options == {"graph_optimization": "extended, Q/DQ transformers off", "threads": "1"}
     fp32_info = backend.fp32_runner(fp32).describe()
     assert fp32_info.precision == "fp32"
     assert fp32_info.options["graph_optimization"] == "all"

@@ -1,7 +1,8 @@
 """ONNX Runtime on the CPU: the embedded default backend.
 
-INT8 runs in one of two modes. ``simulated`` (default) disables graph optimisations, so each Q/DQ pair
-is computed in float: exactly the arithmetic TensorRT's int8 kernels reproduce. ``fused`` lets ONNX
+INT8 runs in one of two modes. ``simulated`` (default) computes each Q/DQ pair in float: exactly the
+arithmetic TensorRT's int8 kernels reproduce (weights folded and Q/DQ-preserving optimisations on, with
+outputs bit-identical to running the Q/DQ model unoptimised: see ``simulated.py``). ``fused`` lets ONNX
 Runtime fuse Q/DQ into its int8 kernels, which are exact on CPUs with VNNI but can saturate on AVX2
 CPUs without it; the CPU's features are therefore part of every description.
 """
@@ -21,6 +22,16 @@ import onnxruntime as ort
 from ..choices import ORT_MODES
 from ..errors import BackendError, bounded_text
 from .base import BackendInfo, ClosingRunner
+from .simulated import SIMULATED_OPTIMIZATION, SIMULATED_SESSION_CONFIG, fold_weight_dequantize
+
+#: ONNX Runtime's graph optimisation levels by the name shown in reports.
+OPTIMIZATION_LEVELS = {
+    "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+_NO_QDQ = "session.disable_quant_qdq"
 
 #: CPU flags that decide how ONNX Runtime's int8 kernels behave.
 INT8_CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
@@ -109,15 +120,18 @@ class OrtRunner(ClosingRunner):
         threads: int = 0,
         mode: str = "",
         session_config: Mapping[str, str] | None = None,
+        optimization: str | None = None,
     ) -> None:
+        """``optimize`` chooses ONNX Runtime's "all" or "disabled" graph optimisation; ``optimization``
+        names another level (one of :data:`OPTIMIZATION_LEVELS`) instead; ``session_config`` entries are
+        passed to ``SessionOptions.add_session_config_entry``."""
+        level = optimization or ("all" if optimize else "disabled")
+        if level not in OPTIMIZATION_LEVELS:
+            raise BackendError(f"unknown ONNX Runtime optimisation level {level!r}.")
         options = ort.SessionOptions()
         for key, value in (session_config or {}).items():
             options.add_session_config_entry(key, value)
-        options.graph_optimization_level = (
-            ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            if optimize
-            else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        )
+        options.graph_optimization_level = OPTIMIZATION_LEVELS[level]
         options.log_severity_level = 3
         if threads:
             options.intra_op_num_threads = threads
@@ -135,7 +149,8 @@ class OrtRunner(ClosingRunner):
             precision=precision,
             mode=mode,
             options={
-                "graph_optimization": "all" if optimize else "disabled",
+                "graph_optimization": level
+                + (", Q/DQ transformers off" if dict(session_config or {}).get(_NO_QDQ) == "1" else ""),
                 "threads": str(threads or "auto"),
             },
         )
@@ -178,8 +193,18 @@ class OrtBackend:
         return OrtRunner(model, precision="fp32", optimize=True, threads=self.threads)
 
     def int8_runner(self, model: onnx.ModelProto) -> OrtRunner:
+        if self.mode == "fused":
+            return OrtRunner(model, precision="int8", optimize=True, threads=self.threads, mode=self.mode)
+        # Simulated: the same float arithmetic as with every optimisation off, computed faster.
+        folded, _ = fold_weight_dequantize(model)
         return OrtRunner(
-            model, precision="int8", optimize=self.mode == "fused", threads=self.threads, mode=self.mode
+            folded,
+            precision="int8",
+            optimize=False,
+            optimization=SIMULATED_OPTIMIZATION,
+            session_config=SIMULATED_SESSION_CONFIG,
+            threads=self.threads,
+            mode=self.mode,
         )
 
     def describe(self) -> BackendInfo:
