@@ -31,8 +31,17 @@ d. otherwise it is kept in float ("mixed precision").
 
 The spec's ``repairs`` chooses which of a-c are tried. Plans are evaluated through the gate's
 :class:`~pytest_int8gate.context.PlanEvaluator`, which counts them; the search sees the gate only through
-its read-only :class:`~pytest_int8gate.context.GateContext`. The resulting plan is then *verified* on the
-full evaluation set; a plan that does not meet the budget there is reported as such, never as a fix.
+its read-only :class:`~pytest_int8gate.context.GateContext`.
+
+Before the per-layer search, the cheap *global rungs*: the spec's plan under each other calibrator for the
+whole model (one subset evaluation apiece). One that passes, verified, is the fix (one entry); otherwise the
+search starts from the closest calibrator when it closes more than half of the gap, and a fix found there
+is retried without that switch (fewest entries).
+
+The resulting plan is then *verified* on the full evaluation set and on the evaluation samples after the
+search subset, which the search never saw; a plan that misses the budget on either is reported as such,
+never as a fix ("did not generalise" when it fails only on the unseen samples). At the evaluation cap, the
+best plan measured so far is verified and reported instead of nothing.
 Per-layer sensitivity (SQNR of each layer's own output when only its inputs and weights are
 quantized, sensitivity.py) comes from one extra pass over the subset.
 """
@@ -44,12 +53,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Generic, TypeVar
 
+from .choices import CALIBRATORS
 from .choices import STRATEGIES as STRATEGIES  # the names; this path stays importable
 from .equalize import fp32_difference
 from .evaluate import Comparison
 from .gate import MetricResult
 from .graph import Layer
-from .ladder import RepairLadder, Rung, plan_with, rung_of
+from .ladder import CALIBRATOR_ORDER, RepairLadder, Rung, plan_with, rung_of
 from .quantize import QuantPlan
 from .repair import FP32_TOLERANCE
 
@@ -67,6 +77,9 @@ if TYPE_CHECKING:
 
 #: A longer prefix must beat a shorter one by more than this margin to count as non-monotonic.
 MONOTONIC_TOLERANCE = 0.01
+#: The search starts from another calibrator for the whole model only when that calibrator closes more
+#: than this share of the spec's plan's gap to the budget (margins are negative when failing).
+SWITCH_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -127,9 +140,12 @@ def find_offenders(
     strategy: str = "binary",
     repair: Callable[[int, SearchState[RepairT]], RepairT | None] | None = None,
     max_evaluations: int = 10_000,
+    spent: int = 0,
     first: Probe | None = None,
 ) -> SearchState[RepairT]:
     """Run the culprit search over layer positions ``0..n_layers-1`` with ``oracle``.
+
+    ``spent`` evaluations made before the search count towards ``max_evaluations``.
 
     ``first`` is the already-measured probe of every layer quantized (binary strategy only): the
     evaluation that showed the failure is counted once and not repeated.
@@ -153,10 +169,11 @@ def find_offenders(
             state.accepted.append(offender)
 
     def budget_left() -> bool:
-        if state.search_evaluations + state.repair_evaluations >= max_evaluations:
+        if spent + state.search_evaluations + state.repair_evaluations >= max_evaluations:
             if not state.capped:
                 state.notes.append(
-                    f"stopped at the cap of {max_evaluations} evaluations; the search is incomplete"
+                    f"stopped at the cap of {max_evaluations} evaluations (--int8-bisect-max-evals); "
+                    "the search is incomplete"
                 )
             state.capped = True
             return False
@@ -261,12 +278,36 @@ class SubsetOracle:
         self.reference = self.evaluator.reference
         self.subset_size = self.evaluator.size
         self.base_plan = context.plan
+        #: The best probe so far with what it quantized and its repairs (see :meth:`record`).
+        self.best: tuple[Probe, list[int], dict[int, Rung]] | None = None
 
     def plan_for(self, quantized: Sequence[int], overrides: dict[int, Rung]) -> QuantPlan:
         """The base plan restricted to ``quantized``, with each layer's ladder rung applied."""
+        return self.plan_for_base(self.base_plan, quantized, overrides)
+
+    def plan_for_base(
+        self, base: QuantPlan, quantized: Sequence[int], overrides: dict[int, Rung] | None = None
+    ) -> QuantPlan:
         names = frozenset(self.layers[i].name for i in quantized)
-        repairs = {self.layers[i].name: rung for i, rung in overrides.items() if i in quantized}
-        return plan_with(replace(self.base_plan, include=names), repairs)
+        repairs = {self.layers[i].name: rung for i, rung in (overrides or {}).items() if i in quantized}
+        return plan_with(replace(base, include=names), repairs)
+
+    def deployable(self, quantized: Sequence[int], overrides: dict[int, Rung]) -> QuantPlan:
+        """The base plan with the layers not in ``quantized`` kept in float (what a user writes)."""
+        kept = set(quantized)
+        floated = frozenset(layer.name for i, layer in enumerate(self.layers) if i not in kept)
+        repairs = {self.layers[i].name: rung for i, rung in overrides.items() if i in kept}
+        return plan_with(replace(self.base_plan, exclude=self.base_plan.exclude | floated), repairs)
+
+    def record(self, probe: Probe, quantized: list[int], overrides: dict[int, Rung]) -> None:
+        """Keep the best plan measured: the passing one with most layers in INT8, else the best margin."""
+
+        def rank(p: Probe) -> tuple[bool, int, float]:
+            return (p.passed, p.quantized if p.passed else 0, p.margin)
+
+        if self.best is not None and rank(self.best[0]) >= rank(probe):
+            return
+        self.best = (probe, quantized, {i: r for i, r in overrides.items() if i in quantized})
 
     def __call__(self, accepted: Sequence[int], trial: Sequence[int], overrides: dict[int, Rung]) -> Probe:
         quantized = [*accepted, *trial]
@@ -280,14 +321,15 @@ class SubsetOracle:
         self.context.progress(
             "bisect", f"{len(quantized)} of {len(self.layers)} layers quantized ({last}): {outcome}"
         )
-        return probe_of(len(quantized), results)
+        probe = probe_of(len(quantized), results)
+        self.record(probe, quantized, overrides)
+        return probe
 
 
 def bisect_failure(context: GateContext, evaluator: PlanEvaluator, failing: Comparison) -> BisectionReport:
     """Search, repair and verify for a gate whose full-set comparison ``failing`` missed the budget."""
     started = time.perf_counter()
     search = context.search
-    base = context.plan
     candidates = _candidate_layers(context)
     notes: list[str] = []
     oracle = SubsetOracle(context, evaluator, candidates, search.subset)
@@ -322,17 +364,54 @@ def bisect_failure(context: GateContext, evaluator: PlanEvaluator, failing: Comp
                 "is met even with no layer quantized, so no layer was searched: no plan can pass on this "
                 "set; evaluate on more samples"
             )
+    verifier = Verifier(context, evaluator, oracle.subset_size)
+    if verifier.unseen is None:
+        notes.append(
+            f"nothing held out: the search used all {context.eval_data.num_samples} evaluation samples, so "
+            "its fix is verified on samples it was searched on (more evaluation samples than "
+            "--int8-bisect-subset leave some unseen)"
+        )
+
+    # Cheap rungs first: the spec's plan under each other calibrator for the whole model.
+    if unresolvable:
+        rungs = GlobalRungs(context.plan, first)
+    else:
+        rungs = GlobalRungs.climb(context, oracle, verifier, first)
+    notes.extend(rungs.notes)
+    if rungs.fix is not None and rungs.fix.passed:
+        return BisectionReport(
+            strategy=search.strategy,
+            total_layers=len(candidates),
+            subset_size=oracle.subset_size,
+            search_evaluations=0,
+            repair_evaluations=0,
+            baseline_evaluations=baseline_evaluations,
+            verification_evaluations=verifier.evaluations,
+            offenders=(),
+            sensitivity=layer_sensitivity(context, oracle.reference, candidates),
+            fix=rungs.fix,
+            notes=tuple(notes),
+            duration_s=time.perf_counter() - started,
+            global_evaluations=rungs.evaluations,
+        )
+    base = rungs.search_base
+    if base != oracle.base_plan:
+        oracle.base_plan, oracle.best = base, None
+        oracle.record(rungs.search_probe, list(range(len(candidates))), {})
     ladder = RepairLadder(context.model, base, search.repairs)
+    global_evaluations = rungs.evaluations
+    cap = search.max_evaluations
 
     def repair(index: int, state: SearchState[Rung]) -> Rung | None:
         def attempt(rung: Rung) -> bool | None:
-            if state.search_evaluations + state.repair_evaluations >= search.max_evaluations:
+            if rungs.evaluations + state.search_evaluations + state.repair_evaluations >= cap:
                 return None
             state.repair_evaluations += 1
             return oracle(state.accepted, [index], {**state.overrides, index: rung}).passed
 
         return ladder.climb(candidates[index].name, attempt)
 
+    start_probe = rungs.search_probe
     state = (
         SearchState()
         if unresolvable
@@ -342,11 +421,16 @@ def bisect_failure(context: GateContext, evaluator: PlanEvaluator, failing: Comp
             strategy=search.strategy,
             repair=repair,
             max_evaluations=search.max_evaluations,
-            first=first if search.strategy == "binary" else None,
+            spent=global_evaluations,
+            first=start_probe if search.strategy == "binary" else None,
         )
     )
     if search.strategy == "binary" and not unresolvable:
-        baseline_evaluations -= 1  # the search counted the whole-plan probe as its first evaluation
+        # the search counted the whole-plan probe it starts from as its first evaluation
+        if base == context.plan:
+            baseline_evaluations -= 1
+        else:
+            global_evaluations -= 1
     notes.extend(state.notes)
     offenders: list[OffendingLayer] = []
     for index in sorted([*state.offenders, *state.repaired]):
@@ -355,24 +439,37 @@ def bisect_failure(context: GateContext, evaluator: PlanEvaluator, failing: Comp
             ladder.offender(layer, dict(state.offender_probes[index].metrics), state.repaired.get(index))
         )
     fix = None
-    verifications = 0
-    if offenders and not state.capped:
-        fix = _verify(context, evaluator, offenders)
-        verifications += 1
+    pruned_repairs = 0
+    if state.capped:
+        fix = _best_so_far(oracle, verifier, state, notes)
+    elif offenders:
+        fix = verifier.verify(_fix_plan(base, offenders))
         repaired = [o.name for o in offenders if o.action != "float"]
         if not fix.passed and repaired:
             in_float = [
                 replace(o, action=RepairAction.FLOAT, calibrator=None, producer=None) for o in offenders
             ]
-            fallback = _verify(context, evaluator, in_float)
-            verifications += 1
+            fallback = verifier.verify(_fix_plan(base, in_float))
             if fallback.passed:
                 notes.append(
-                    f"the repair of {', '.join(repaired)} met the budget on "
-                    f"{oracle.subset_size} samples but not on all {context.eval_data.num_samples}; "
-                    "kept in float instead"
+                    f"the repair of {', '.join(repaired)} met the budget on the {oracle.subset_size} "
+                    f"search samples but not {verifier.where_failed(fix)}; kept in float instead"
                 )
                 offenders, fix = in_float, fallback
+        if fix.passed and base != context.plan:
+            # Fewest entries: the repairs may not need the model's calibrator switched (one subset
+            # evaluation, then the usual verification).
+            plain = _fix_plan(context.plan, offenders)
+            context.progress("bisect", f"trying the fix without calibrator {base.calibrator} for the model")
+            pruned_repairs += 1
+            if all(r.passed for r in oracle.evaluator.judge(plain)):
+                pruned = verifier.verify(plain)
+                if pruned.passed:
+                    notes.append(
+                        f"the repairs pass without calibrator {base.calibrator} for the whole model: "
+                        "the fix keeps the spec's calibrator (verified)"
+                    )
+                    fix = pruned
         if fix.fp32_max_abs_difference is not None and fix.fp32_reference_max_abs:
             relative = fix.fp32_max_abs_difference / fix.fp32_reference_max_abs
             if relative > FP32_TOLERANCE:
@@ -381,63 +478,200 @@ def bisect_failure(context: GateContext, evaluator: PlanEvaluator, failing: Comp
                     f"{fix.fp32_max_abs_difference:.3g} "
                     f"({relative:.2g} of the largest output), more than float rounding explains"
                 )
-    elif not offenders and not state.capped and not unresolvable:
+    elif not unresolvable:
         notes.append(
             "no single layer is to blame: every prefix passes on the search subset, yet the full plan fails"
         )
+    if fix is None and rungs.fix is not None:
+        fix = rungs.fix  # a calibrator for the model that passed on the subset only: shown as not a fix
+    if fix is not None:
+        searched_pass = not state.capped or (oracle.best is not None and oracle.best[0].passed)
+        notes.extend(verifier.generalisation_notes(fix, passed_where_searched=searched_pass))
     sensitivity = layer_sensitivity(context, oracle.reference, candidates)
     return BisectionReport(
         strategy=search.strategy,
         total_layers=len(candidates),
         subset_size=oracle.subset_size,
         search_evaluations=state.search_evaluations,
-        repair_evaluations=state.repair_evaluations,
+        repair_evaluations=state.repair_evaluations + pruned_repairs,
         baseline_evaluations=baseline_evaluations,
-        verification_evaluations=verifications,
+        verification_evaluations=verifier.evaluations,
         offenders=tuple(offenders),
         sensitivity=sensitivity,
         fix=fix,
         notes=tuple(notes),
         duration_s=time.perf_counter() - started,
+        global_evaluations=global_evaluations,
     )
 
 
-def _verify(
-    context: GateContext, evaluator: PlanEvaluator, offenders: Sequence[OffendingLayer]
-) -> VerifiedFix:
-    """Apply the offenders' actions to the spec's plan and judge it on the full evaluation set.
+def _metrics_text(probe: Probe) -> str:
+    return ", ".join(f"{name} {value:.4g}" for name, value in probe.metrics)
 
-    When the plan equalizes, the rewritten FP32 model is also compared with the original on the
-    evaluation set: the fix reports the largest output difference, its path and its hash.
-    """
-    exclude = tuple(o.name for o in offenders if o.action is RepairAction.FLOAT)
-    overrides = {o.name: o.calibrator for o in offenders if o.calibrator}
-    plan = plan_with(context.plan, {o.name: rung_of(o) for o in offenders})
-    results = evaluator.judge(evaluator.compare(plan))  # with the gate's strict intervals
-    fix = VerifiedFix(
-        exclude,
-        overrides,
-        results,
-        all(r.passed for r in results),
-        equalize=tuple(sorted(plan.equalize)),
-        bias_correction=tuple(sorted(plan.bias_correction)),
+
+@dataclass
+class GlobalRungs:
+    """The spec's plan under each other calibrator for the whole model (one subset evaluation apiece):
+    a verified pass is a one-entry fix; otherwise the closest calibrator is where the search starts."""
+
+    search_base: QuantPlan
+    search_probe: Probe
+    evaluations: int = 0
+    fix: VerifiedFix | None = None  # a verified fix, or one that passed on the subset only
+    notes: list[str] = field(default_factory=list)
+    tried: list[str] = field(default_factory=list)  # "<calibrator> <metrics>" of each failing rung
+
+    @classmethod
+    def climb(
+        cls, context: GateContext, oracle: SubsetOracle, verifier: Verifier, first: Probe
+    ) -> GlobalRungs:
+        rungs = cls(context.plan, first)
+        search = context.search
+        if RepairAction.CALIBRATOR.value not in search.repairs:
+            return rungs
+        everything = range(len(oracle.layers))
+        for calibrator in CALIBRATOR_ORDER:
+            if calibrator == context.plan.calibrator or calibrator not in CALIBRATORS:
+                continue
+            if rungs.evaluations >= search.max_evaluations:
+                break
+            plan = replace(context.plan, calibrator=calibrator)
+            context.progress("bisect", f"trying calibrator {calibrator} for the whole model")
+            probe = probe_of(len(everything), oracle.evaluator.judge(oracle.plan_for_base(plan, everything)))
+            rungs.evaluations += 1
+            context.progress(
+                "bisect", f"calibrator {calibrator} for the whole model: {'pass' if probe.passed else 'fail'}"
+            )
+            if probe.passed:
+                fix = verifier.verify(plan, calibrator=calibrator)
+                if fix.passed:
+                    rungs.fix = fix
+                    return rungs
+                rungs.notes.append(
+                    f"calibrator {calibrator} for the whole model met the budget on the {oracle.subset_size} "
+                    f"search samples but not {verifier.where_failed(fix)}"
+                )
+                if rungs.fix is None:
+                    rungs.fix = fix
+                continue  # passes where the search looks: no base to search from
+            rungs.tried.append(f"{calibrator} {_metrics_text(probe)}")
+            if probe.margin > rungs.search_probe.margin:
+                rungs.search_base, rungs.search_probe = plan, probe
+        if rungs.tried:
+            rungs.notes.append(
+                f"no calibrator for the whole model met the budget on the {oracle.subset_size} search "
+                f"samples ({'; '.join(rungs.tried)})"
+            )
+        if rungs.search_probe.margin <= first.margin * SWITCH_SHARE:
+            # Not clearly closer: among broken plans the margins are noise, and a switch costs the fix
+            # an entry (the model's calibrator) that the per-layer repairs would not need.
+            rungs.search_base, rungs.search_probe = context.plan, first
+        return rungs
+
+
+class Verifier:
+    """Judges a candidate fix on the full evaluation set and on the samples the search never used."""
+
+    def __init__(self, context: GateContext, evaluator: PlanEvaluator, searched: int) -> None:
+        self.context = context
+        self.evaluator = evaluator
+        self.searched = searched
+        self.unseen = evaluator.unseen(searched) if searched < context.eval_data.num_samples else None
+        self.evaluations = 0
+
+    def verify(self, plan: QuantPlan, *, calibrator: str | None = None) -> VerifiedFix:
+        """``plan`` judged on every evaluation sample and on the unseen ones (when any were held out).
+
+        When the plan equalizes, the rewritten FP32 model is also compared with the original on the
+        evaluation set: the fix reports the largest output difference, its path and its hash.
+        """
+        context = self.context
+        if calibrator is None and plan.calibrator != context.plan.calibrator:
+            calibrator = plan.calibrator
+        overrides = {k: v for k, v in plan.overrides.items() if context.plan.overrides.get(k) != v}
+        order = [layer.name for layer in context.model.info.layers]
+        exclude = tuple(name for name in order if name in plan.exclude and name not in context.plan.exclude)
+        results = self.evaluator.judge(self.evaluator.compare(plan))  # with the gate's strict intervals
+        self.evaluations += 1
+        passed = all(r.passed for r in results)
+        unseen: tuple[MetricResult, ...] = ()
+        if self.unseen is not None:  # also when the full set fails: the report says whether it generalised
+            context.progress("bisect", f"verifying on the {self.unseen.size} samples the search never used")
+            unseen = self.unseen.judge(plan)
+            self.evaluations += 1
+            passed = passed and all(r.passed for r in unseen)
+        fix = VerifiedFix(
+            exclude,
+            overrides,
+            results,
+            passed,
+            equalize=tuple(sorted(plan.equalize)),
+            bias_correction=tuple(sorted(plan.bias_correction)),
+            calibrator=calibrator,
+            unseen_results=unseen,
+            unseen_samples=0 if self.unseen is None else self.unseen.size,
+        )
+        if not plan.equalize:
+            return fix
+        rewritten = context.rewritten(plan.equalize)
+        difference = fp32_difference(
+            context.model.proto,
+            rewritten.model.proto,
+            context.eval_data.batches(context.batch_size),
+            threads=context.threads,
+        )
+        return replace(
+            fix,
+            fp32_model=None if rewritten.path is None else str(rewritten.path),
+            fp32_sha256=rewritten.sha256,
+            fp32_max_abs_difference=difference.max_abs,
+            fp32_reference_max_abs=difference.reference_max_abs,
+        )
+
+    def where_failed(self, fix: VerifiedFix) -> str:
+        """Where a failing fix missed the budget: "on all N" or "on the M samples it never used"."""
+        if fix.generalised is False:
+            return f"on the {fix.unseen_samples} samples the search never used"
+        return f"on all {self.context.eval_data.num_samples}"
+
+    def generalisation_notes(self, fix: VerifiedFix, *, passed_where_searched: bool = True) -> list[str]:
+        """The "did not generalise" note for a fix that met the budget on the search samples only."""
+        if fix.generalised is not False or not passed_where_searched:
+            return []
+        unseen = ", ".join(f"{r.name} {r.observed:.4g}" for r in fix.unseen_results)
+        also = (
+            ""
+            if all(r.passed for r in fix.results)
+            else f" (nor on all {self.context.eval_data.num_samples})"
+        )
+        return [
+            f"did not generalise: the fix met the budget on the {self.searched} samples it was searched on "
+            f"but not on the {fix.unseen_samples} samples the search never used ({unseen}){also}; "
+            "it is not a fix"
+        ]
+
+
+def _fix_plan(base: QuantPlan, offenders: Sequence[OffendingLayer]) -> QuantPlan:
+    return plan_with(base, {o.name: rung_of(o) for o in offenders})
+
+
+def _best_so_far(
+    oracle: SubsetOracle, verifier: Verifier, state: SearchState[Rung], notes: list[str]
+) -> VerifiedFix | None:
+    """At the evaluation cap: the best plan the search measured (the passing one with most layers in
+    INT8, else the one with the best margin), verified, so the report never ends at "no fix"."""
+    best = oracle.best
+    if best is None:
+        return None
+    probe, quantized, overrides = best
+    plan = oracle.deployable(quantized, overrides)
+    in_float = len(oracle.layers) - len(quantized)
+    notes.append(
+        f"best plan found before the cap: {len(quantized)} of {len(oracle.layers)} layers in INT8 "
+        f"({in_float} kept in float), {_metrics_text(probe)} on the {oracle.subset_size} search samples; "
+        "raise --int8-bisect-max-evals to search further"
     )
-    if not plan.equalize:
-        return fix
-    rewritten = context.rewritten(plan.equalize)
-    difference = fp32_difference(
-        context.model.proto,
-        rewritten.model.proto,
-        context.eval_data.batches(context.batch_size),
-        threads=context.threads,
-    )
-    return replace(
-        fix,
-        fp32_model=None if rewritten.path is None else str(rewritten.path),
-        fp32_sha256=rewritten.sha256,
-        fp32_max_abs_difference=difference.max_abs,
-        fp32_reference_max_abs=difference.reference_max_abs,
-    )
+    return verifier.verify(plan)
 
 
 def _candidate_layers(context: GateContext) -> list[Layer]:

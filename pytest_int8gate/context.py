@@ -129,18 +129,25 @@ class PlanEvaluator:
 
     def subset(self, samples: int) -> SubsetEvaluator:
         """An evaluator on the first ``samples`` evaluation samples, FP32 outputs computed once now."""
-        return SubsetEvaluator(self, samples)
+        data = self.context.eval_data.head(samples)
+        return SubsetEvaluator(self, data, 0)
+
+    def unseen(self, after: int) -> SubsetEvaluator | None:
+        """An evaluator on the evaluation samples after the first ``after`` (those a search on
+        ``subset(after)`` never saw), FP32 outputs computed once now; None when none are left."""
+        data = self.context.eval_data.after(after)
+        return None if data is None else SubsetEvaluator(self, data, after)
 
 
 class SubsetEvaluator:
     """Plans on a fixed subset of the evaluation data against FP32 outputs computed once; each plan's
     engine is closed after its evaluation. Evaluations count on the parent :class:`PlanEvaluator`."""
 
-    def __init__(self, parent: PlanEvaluator, samples: int) -> None:
+    def __init__(self, parent: PlanEvaluator, data: Dataset, start: int) -> None:
+        """``data``: the evaluation samples from position ``start`` on (where its labels start)."""
         self.parent = parent
         context = parent.context
-        data = context.eval_data.head(samples)
-        labels = context.labels[: data.num_samples] if context.labels is not None else None
+        labels = context.labels[start : start + data.num_samples] if context.labels is not None else None
         self.reference = ReferenceOutputs.compute(
             context.fp32_runner(),
             data,

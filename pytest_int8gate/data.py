@@ -117,6 +117,21 @@ class Dataset:
         subset = Dataset.from_arrays(taken, source=f"{self.source}[:{count}]")
         return replace(subset, batch_multiple=self.batch_multiple)
 
+    def after(self, count: int) -> Dataset | None:
+        """The samples after the first ``count``, held in memory (the samples a search on ``head(count)``
+        never saw); rounded down to whole batches of a fixed batch axis; None when nothing is left."""
+        count = max(count, 0)
+        rest = self.num_samples - count
+        if self.batch_multiple > 1:
+            rest -= rest % self.batch_multiple
+        if rest <= 0:
+            return None
+        parts = list(self.batches(count)) if count > 0 else [next(self.batches(self.num_samples))]
+        kept = _concat(parts[1:] if count > 0 else parts)
+        kept = {k: v[:rest] for k, v in kept.items()}
+        subset = Dataset.from_arrays(kept, source=f"{self.source}[{count}:{count + rest}]")
+        return replace(subset, batch_multiple=self.batch_multiple)
+
     @staticmethod
     def from_arrays(feeds: Mapping[str, np.ndarray], *, source: str = "<arrays>") -> Dataset:
         """A dataset over in-memory arrays (axis 0 = samples), not yet checked against a model."""

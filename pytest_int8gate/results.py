@@ -233,7 +233,11 @@ class LayerSensitivity:
 
 @dataclass(frozen=True)
 class VerifiedFix:
-    """The repaired plan, re-evaluated on the full evaluation set."""
+    """The repaired plan, re-evaluated on the full evaluation set and on the samples the search never saw.
+
+    ``passed`` needs both: a plan that meets the budget where it was searched but not on the unseen
+    samples did not generalise and is no fix.
+    """
 
     exclude: tuple[str, ...]
     overrides: dict[str, str]
@@ -245,9 +249,22 @@ class VerifiedFix:
     fp32_sha256: str | None = None
     fp32_max_abs_difference: float | None = None  # rewritten vs original FP32, full evaluation set
     fp32_reference_max_abs: float | None = None  # the largest |output| there, the difference's scale
+    calibrator: str | None = None  # the calibrator the fix sets for the whole model (None: the spec's)
+    #: The budget judged on the evaluation samples the search never used (empty: none were held out).
+    unseen_results: tuple[MetricResult, ...] = ()
+    unseen_samples: int = 0
+
+    @property
+    def generalised(self) -> bool | None:
+        """Whether the fix meets the budget on the unseen samples (None: nothing was held out)."""
+        if not self.unseen_results:
+            return None
+        return all(r.passed for r in self.unseen_results)
 
     def manifest_snippet(self) -> str:
         lines = []
+        if self.calibrator:
+            lines.append(f"calibrator: {self.calibrator}")
         if self.exclude:
             lines.append("exclude:")
             lines.extend(f"  - {_yaml_str(name)}" for name in self.exclude)
@@ -270,8 +287,11 @@ class VerifiedFix:
             "fp32_sha256": self.fp32_sha256,
             "fp32_max_abs_difference": self.fp32_max_abs_difference,
             "fp32_reference_max_abs": self.fp32_reference_max_abs,
+            "calibrator": self.calibrator,
             "passed": self.passed,
             "metrics": {r.name: r.as_dict() for r in self.results},
+            "unseen_samples": self.unseen_samples,
+            "unseen_metrics": {r.name: r.as_dict() for r in self.unseen_results},
             "manifest": self.manifest_snippet(),
         }
 
@@ -290,17 +310,20 @@ class BisectionReport:
     search_evaluations: int
     repair_evaluations: int
     baseline_evaluations: int  # the whole plan on the search subset, when the search did not reuse it
-    verification_evaluations: int  # full-set evaluations of candidate fixes
+    verification_evaluations: int  # full-set and unseen-sample evaluations of candidate fixes
     offenders: tuple[OffendingLayer, ...]
     sensitivity: tuple[LayerSensitivity, ...]
     fix: VerifiedFix | None
     notes: tuple[str, ...]
     duration_s: float
+    #: The spec's plan under each other calibrator for the whole model, before the per-layer search.
+    global_evaluations: int = 0
 
     @property
     def evaluations(self) -> int:
         return (
             self.baseline_evaluations
+            + self.global_evaluations
             + self.search_evaluations
             + self.repair_evaluations
             + self.verification_evaluations
@@ -312,6 +335,7 @@ class BisectionReport:
             "total_layers": self.total_layers,
             "subset_size": self.subset_size,
             "baseline_evaluations": self.baseline_evaluations,
+            "global_evaluations": self.global_evaluations,
             "verification_evaluations": self.verification_evaluations,
             "search_evaluations": self.search_evaluations,
             "repair_evaluations": self.repair_evaluations,

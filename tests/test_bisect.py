@@ -45,6 +45,8 @@ from pytest_int8gate.graph import load_model
 from pytest_int8gate.pipeline import GatePipeline, GateSpec
 from pytest_int8gate.quantize import QuantPlan, quantize_model
 from pytest_int8gate.repair import REPAIRS
+from pytest_int8gate.report.text import gate_text
+from pytest_int8gate.report.view import gate_view
 
 #: Measured on these chains: every clean layer quantized gives output cosine 0.998-0.999 (N = 16 and 48,
 #: all four calibrators); one planted layer drops it to 0.1-0.2. 0.99 separates the two by far.
@@ -206,7 +208,12 @@ def test_binary_search_finds_exactly_the_planted_layers(planted_runs: PlantedRun
     assert report.search_evaluations <= issue_bound(case.n_layers, k)
     # every other calibrator was tried on every offender (entropy is the spec's own), then equalization
     assert report.repair_evaluations == 4 * k
-    assert report.notes == ()
+    # first each other calibrator for the whole model, one evaluation apiece: none helps a planted layer
+    assert report.global_evaluations == 3
+    (note,) = report.notes
+    assert note.startswith("no calibrator for the whole model met the budget on the 64 search samples")
+    # the fix is verified on all samples, then on those the search never used
+    assert report.verification_evaluations == 2
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)
@@ -336,23 +343,90 @@ def test_spiky_calibration_breaks_max_but_not_percentile(spiky_model: Path) -> N
     assert results["percentile"] > 0.995  # measured 0.9995
 
 
-def test_offender_repaired_by_another_calibrator_stays_int8(spiky_model: Path) -> None:
+def test_a_calibrator_for_the_whole_model_is_a_one_entry_fix(spiky_model: Path) -> None:
+    # max fails on the rare spikes; percentile for the whole model passes: found before any per-layer
+    # search, in one evaluation on the subset and two verifications (all samples, then the unseen ones).
     verdict = GatePipeline(spiky_spec(spiky_model, "max")).run()
     report = bisection(verdict)
+    assert report.offenders == ()
+    assert (report.global_evaluations, report.search_evaluations, report.repair_evaluations) == (1, 0, 0)
+    assert report.verification_evaluations == 2
+    assert verdict.evaluations == 1 + report.evaluations == 1 + 1 + 1 + 2  # gate, subset, rung, verify x2
+    fix = report.fix
+    assert fix is not None and fix.passed and fix.generalised
+    assert fix.calibrator == "percentile"
+    assert (fix.exclude, fix.overrides, fix.equalize, fix.bias_correction) == ((), {}, (), ())
+    assert fix.unseen_samples == EVAL_SAMPLES - SEARCH_SUBSET
+    assert [r.name for r in fix.unseen_results] == ["cosine"] and fix.unseen_results[0].passed
+    assert fix.manifest_snippet() == "calibrator: percentile"
+    assert report.sensitivity[0].name == layer_name(SPIKE_AT)
+    rerun = GatePipeline(spiky_spec(spiky_model, "percentile", bisect=False)).run()
+    assert rerun.passed
+    assert rerun.int8["cosine"] == pytest.approx(fix.results[0].int8, abs=1e-12)
+
+
+def test_offender_repaired_by_another_calibrator_stays_int8(spiky_model: Path) -> None:
+    # The spec's own override gives the spiking layer max: no calibrator for the whole model changes that
+    # layer (the override stays), so the search finds it and the ladder overrides it with percentile.
+    spiking = layer_name(SPIKE_AT)
+    verdict = GatePipeline(spiky_spec(spiky_model, "percentile", overrides={spiking: "max"})).run()
+    report = bisection(verdict)
+    assert report.global_evaluations == 3
     (offender,) = report.offenders
-    assert offender.name == layer_name(SPIKE_AT)
+    assert offender.name == spiking
     assert offender.action == "calibrator"
     assert offender.calibrator == "percentile"  # the first of REPAIR_ORDER, and it works
     assert report.repair_evaluations == 1
     assert report.search_evaluations <= documented_cost(SPIKE_LAYERS, [SPIKE_AT])
-    assert report.fix is not None and report.fix.passed
+    assert report.fix is not None and report.fix.passed and report.fix.calibrator is None
     assert report.fix.exclude == ()
-    assert report.fix.overrides == {layer_name(SPIKE_AT): "percentile"}
+    assert report.fix.overrides == {spiking: "percentile"}
     assert report.as_dict()["offending_layers"] == [offender.as_dict()]
-    assert report.sensitivity[0].name == layer_name(SPIKE_AT)
-    rerun = GatePipeline(spiky_spec(spiky_model, "max", overrides=report.fix.overrides, bisect=False)).run()
+    rerun = GatePipeline(
+        spiky_spec(spiky_model, "percentile", overrides=report.fix.overrides, bisect=False)
+    ).run()
     assert rerun.passed
     assert rerun.quantized_layers == SPIKE_LAYERS  # nothing left in float
+
+
+def test_a_fix_that_fails_on_unseen_samples_did_not_generalise(spiky_model: Path) -> None:
+    # The samples after the search subset are 30 times wider than anything calibrated: every calibrator
+    # clips them. Percentile passes on the subset, so the search would call it a fix; it is not.
+    eval_data = spiky_inputs(EVAL_SAMPLES, spikes=1, seed=2)
+    eval_data[INPUT][SEARCH_SUBSET:, 1:] *= 30.0
+    verdict = GatePipeline(spiky_spec(spiky_model, "max", eval_data=eval_data)).run()
+    report = bisection(verdict)
+    fix = report.fix
+    assert fix is not None
+    assert fix.generalised is False and not fix.passed
+    assert fix.unseen_samples == EVAL_SAMPLES - SEARCH_SUBSET
+    assert any(note.startswith("did not generalise") for note in report.notes)
+    text = gate_text(gate_view(verdict))
+    assert "did not generalise" in text
+    assert "Apply it in int8gate.yaml" not in text  # no manifest snippet for a fix that is not one
+
+
+def test_without_unseen_samples_the_report_says_the_fix_was_verified_where_it_was_searched(
+    spiky_model: Path,
+) -> None:
+    verdict = GatePipeline(spiky_spec(spiky_model, "max", bisect_subset=EVAL_SAMPLES)).run()
+    report = bisection(verdict)
+    assert report.fix is not None and report.fix.passed and report.fix.generalised is None
+    assert report.fix.unseen_samples == 0 and report.verification_evaluations == 1
+    assert any(note.startswith("nothing held out") for note in report.notes)
+
+
+def test_at_the_evaluation_cap_the_best_plan_so_far_is_reported(planted_runs: PlantedRuns) -> None:
+    case = CASES[1]  # two planted layers: 3 calibrator rungs + 10 search + repairs when uncapped
+    spec = planted_runs.spec(case, bisect_max_evaluations=7, repairs=("calibrator",))
+    report = bisection(GatePipeline(spec).run())
+    assert report.global_evaluations + report.search_evaluations + report.repair_evaluations == 7
+    assert any("--int8-bisect-max-evals" in note and "cap of 7" in note for note in report.notes)
+    (best,) = [note for note in report.notes if note.startswith("best plan found before the cap")]
+    assert "raise --int8-bisect-max-evals" in best and "cosine" in best
+    fix = report.fix
+    assert fix is not None and fix.results  # the best plan, with its metrics on every sample
+    assert case.names[0] in fix.exclude  # kept in float: the search had not repaired it yet
 
 
 # ---- the ladder's last rung: float, when nothing keeps the layer INT8 ----------------------------

@@ -824,8 +824,9 @@ def test_failing_gate_shows_table_offending_layer_verified_fix_and_snippet(proje
             "  cosine * >= 0.98 * FAIL",
             "Offending layers (binary search: * evaluations over 5 quantized layers on 200 samples*",
             "* /conv2/Conv * Conv * stays INT8 via equalization with /conv1/Conv",
-            "* tried: percentile failed; mse failed; entropy failed",
-            "Verified fix on all 500 evaluation samples: equalize [[]/conv2/Conv[]] -> top1_drop 0.0*PASS",
+            "* tried: percentile failed; mse failed; max failed",
+            "Verified fix on all 500 evaluation samples and on the 300 the search never used: "
+            "equalize [[]/conv2/Conv[]] -> top1_drop 0.0*PASS",
             "Equalized FP32 model (deploy this one): */equalized/*.onnx  sha256 *",
             "  its FP32 outputs differ from the original's by at most * (largest output 44.8, 500 samples)",
             "Apply it in int8gate.yaml (under the model's entry):",
@@ -849,8 +850,9 @@ def test_without_rewrites_the_failing_gate_keeps_the_offender_in_float(project: 
     result.stdout.fnmatch_lines(
         [
             "* /conv2/Conv * Conv * keep in float",
-            "* tried: percentile failed; mse failed; entropy failed",
-            "Verified fix on all 500 evaluation samples: exclude [[]/conv2/Conv[]] -> top1_drop 0.0*PASS",
+            "* tried: percentile failed; mse failed; max failed",
+            "Verified fix on all 500 evaluation samples and on the 300 the search never used: "
+            "exclude [[]/conv2/Conv[]] -> top1_drop 0.0*PASS",
             "Apply it in int8gate.yaml (under the model's entry):",
             "  exclude:",
             '    - "/conv2/Conv"',
@@ -932,7 +934,7 @@ def test_json_report_has_every_gate_with_its_numbers(project: pytest.Pytester) -
     assert [layer["name"] for layer in bad["offending_layers"]] == ["/conv2/Conv"]
     offender = bad["offending_layers"][0]
     assert (offender["action"], offender["producer"]) == ("equalize", "/conv1/Conv")
-    assert offender["attempts"] == ["percentile failed", "mse failed", "entropy failed"]
+    assert offender["attempts"] == ["percentile failed", "mse failed", "max failed"]
     assert bad["evaluations"] > 1  # the gate's evaluation plus the bisection's
     fix = bad["bisection"]["fix"]
     assert fix["passed"] is True

@@ -166,9 +166,10 @@ def test_a_bisected_failure_says_the_same_in_every_format(bisected: GateVerdict)
         text = shown[where]
         assert search in text, where
         assert "stays INT8 via equalization with /conv1/Conv" in text, where
-        assert "percentile failed; mse failed; entropy failed" in text, where
+        assert "percentile failed; mse failed; max failed" in text, where
         assert (
-            f"Verified fix on all {record['samples']['evaluation']} evaluation samples: equalize" in text
+            f"Verified fix on all {record['samples']['evaluation']} evaluation samples and on the "
+            f"{fix['unseen_samples']} the search never used: equalize" in text
         ), where
         assert f"{fix_results} PASS" in text, where
         assert "Equalized FP32 model (deploy this one):" in text and fix["fp32_sha256"] in text, where

@@ -136,8 +136,11 @@ def encode_fix(fix: VerifiedFix) -> dict[str, Any]:
             "fp32_sha256": fix.fp32_sha256,
             "fp32_max_abs_difference": fix.fp32_max_abs_difference,
             "fp32_reference_max_abs": fix.fp32_reference_max_abs,
+            "calibrator": fix.calibrator,
             "passed": fix.passed,
             "metrics": {r.key: encode_metric(r) for r in fix.results},
+            "unseen_samples": fix.unseen_samples,
+            "unseen_metrics": {r.key: encode_metric(r) for r in fix.unseen_results},
             "manifest": fix.manifest_snippet(),
         }
     )
@@ -150,6 +153,7 @@ def encode_bisection(report: BisectionReport) -> dict[str, Any]:
             "total_layers": report.total_layers,
             "subset_size": report.subset_size,
             "baseline_evaluations": report.baseline_evaluations,
+            "global_evaluations": report.global_evaluations,
             "verification_evaluations": report.verification_evaluations,
             "search_evaluations": report.search_evaluations,
             "repair_evaluations": report.repair_evaluations,

@@ -192,6 +192,9 @@ def decode_fix(data: object, where: str = "fix") -> VerifiedFix:
         fp32_sha256=fields.optional_text("fp32_sha256"),
         fp32_max_abs_difference=fields.optional_number("fp32_max_abs_difference"),
         fp32_reference_max_abs=fields.optional_number("fp32_reference_max_abs"),
+        calibrator=fields.optional_text("calibrator"),
+        unseen_results=_metrics(fields, "unseen_metrics"),
+        unseen_samples=fields.integer("unseen_samples"),
     )
 
 
@@ -225,6 +228,7 @@ def decode_bisection(data: object, where: str = "bisection") -> BisectionReport:
         fix=None if fix is None else decode_fix(fix, f"{where}.fix"),
         notes=fields.texts("notes"),
         duration_s=fields.number("duration_s", 0.0),
+        global_evaluations=fields.integer("global_evaluations"),
     )
 
 

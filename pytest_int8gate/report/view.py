@@ -329,6 +329,8 @@ def _bisection_view(verdict: GateVerdict) -> BisectionView | None:
             for label, names in (("exclude", f.exclude),)
             if names
         ]
+        if f.calibrator:
+            changes.insert(0, FixChange("calibrator for the model", ((f.calibrator, None),)))
         if f.overrides:
             changes.append(FixChange("calibrator", tuple(f.overrides.items())))
         for label, names in (("equalize", f.equalize), ("bias correction", f.bias_correction)):
@@ -343,13 +345,20 @@ def _bisection_view(verdict: GateVerdict) -> BisectionView | None:
                 f"{fmt_sci(f.fp32_max_abs_difference)} (largest output {fmt_sci(f.fp32_reference_max_abs)}, "
                 f"{verdict.eval_samples} samples)",
             )
+        scope = f"on all {verdict.eval_samples} evaluation samples"
+        if f.unseen_samples:
+            scope += f" and on the {f.unseen_samples} the search never used"
+        outcome_note = "" if f.passed else "(not a fix)"
+        if f.generalised is False:
+            unseen = _inline(f.unseen_results)
+            outcome_note = f"(did not generalise: {unseen} on the unseen samples; not a fix)"
         fix = FixView(
-            scope=f"on all {verdict.eval_samples} evaluation samples",
+            scope=scope,
             changes=tuple(changes),
             results=_inline(f.results),
             passed=f.passed,
             outcome="PASS" if f.passed else "FAIL",
-            outcome_note="" if f.passed else "(not a fix)",
+            outcome_note=outcome_note,
             deploy=deploy,
             manifest=f.manifest_snippet() if f.passed else "",
         )
@@ -360,6 +369,12 @@ def _bisection_view(verdict: GateVerdict) -> BisectionView | None:
         search=(
             f"{report.strategy} search: {report.search_evaluations} evaluations over {report.total_layers} "
             f"quantized layers on {report.subset_size} samples; {report.repair_evaluations} repair attempts"
+            + (
+                f"; {report.global_evaluations} evaluations of calibrators for the whole model first"
+                if report.global_evaluations
+                else ""
+            )
+            + f"; {report.verification_evaluations} verification evaluations"
         ),
         offenders=offenders,
         fix=fix,
