@@ -365,7 +365,7 @@ def bisect_failure(context: GateContext, evaluator: PlanEvaluator, failing: Comp
                 "set; evaluate on more samples"
             )
     verifier = Verifier(context, evaluator, oracle.subset_size)
-    if verifier.unseen is None:
+    if verifier.unseen is None and not unresolvable:
         notes.append(
             f"nothing held out: the search used all {context.eval_data.num_samples} evaluation samples, so "
             "its fix is verified on samples it was searched on (more evaluation samples than "
@@ -559,8 +559,8 @@ class GlobalRungs:
                 rungs.search_base, rungs.search_probe = plan, probe
         if rungs.tried:
             rungs.notes.append(
-                f"no calibrator for the whole model met the budget on the {oracle.subset_size} search "
-                f"samples ({'; '.join(rungs.tried)})"
+                f"calibrators for the whole model that missed the budget on the {oracle.subset_size} "
+                f"search samples: {'; '.join(rungs.tried)}"
             )
         if rungs.search_probe.margin <= first.margin * SWITCH_SHARE:
             # Not clearly closer: among broken plans the margins are noise, and a switch costs the fix

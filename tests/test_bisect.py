@@ -211,7 +211,7 @@ def test_binary_search_finds_exactly_the_planted_layers(planted_runs: PlantedRun
     # first each other calibrator for the whole model, one evaluation apiece: none helps a planted layer
     assert report.global_evaluations == 3
     (note,) = report.notes
-    assert note.startswith("no calibrator for the whole model met the budget on the 64 search samples")
+    assert note.startswith("calibrators for the whole model that missed the budget on the 64 search samples")
     # the fix is verified on all samples, then on those the search never used
     assert report.verification_evaluations == 2
 

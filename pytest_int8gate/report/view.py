@@ -349,7 +349,7 @@ def _bisection_view(verdict: GateVerdict) -> BisectionView | None:
         if f.unseen_samples:
             scope += f" and on the {f.unseen_samples} the search never used"
         outcome_note = "" if f.passed else "(not a fix)"
-        if f.generalised is False:
+        if f.generalised is False and all(r.passed for r in f.results):
             unseen = _inline(f.unseen_results)
             outcome_note = f"(did not generalise: {unseen} on the unseen samples; not a fix)"
         fix = FixView(
