@@ -694,6 +694,46 @@ def test_engines_are_session_scoped_and_run_a_batch(project: pytest.Pytester) ->
     result.assert_outcomes(passed=3)  # the two tests and the --int8-model gate
 
 
+def test_session_engines_are_released_when_the_session_ends(project: pytest.Pytester) -> None:
+    project.makeconftest(
+        """
+        from pathlib import Path
+
+        import numpy as np
+
+        ENGINES = []
+
+        def pytest_unconfigure(config):
+            batch = {"input": np.load(Path(__file__).parent / "eval.npz")["input"][:2]}
+            states = []
+            for engine in ENGINES:
+                try:
+                    engine.run(batch)
+                    states.append("open")
+                except Exception as exc:
+                    states.append(type(exc).__name__ + ": " + str(exc))
+            (Path(__file__).parent / "engines.txt").write_text("\\n".join(states))
+        """
+    )
+    project.makepyfile(
+        test_inner_engines="""
+        import conftest
+
+        def test_engines(fp32_engine, int8_engine):
+            conftest.ENGINES.extend([fp32_engine, int8_engine])
+        """
+    )
+
+    result = project.runpytest_subprocess("--int8-calib-data", "calib.npz", "--int8-model", "digits_cnn.onnx")
+
+    result.assert_outcomes(passed=2)
+    states = (project.path / "engines.txt").read_text().splitlines()
+    assert states == [
+        "BackendError: the ONNX Runtime fp32 runner was closed.",
+        "BackendError: the ONNX Runtime int8 runner was closed.",
+    ]
+
+
 def test_missing_calibration_data_names_the_option_and_the_fixture(project: pytest.Pytester) -> None:
     project.makepyfile(
         test_inner_gate="""

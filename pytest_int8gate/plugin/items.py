@@ -189,6 +189,7 @@ def run_gate(
         raise
     finally:
         progress.close()
+        pipeline.close()  # the gate's engines live for this gate only
     verdict = replace(verdict, evaluations=pipeline.evaluations)
     records.append(verdict_record(verdict, nodeid=item.nodeid, duration_s=time.perf_counter() - started))
     item.user_properties.extend(junit_properties(verdict))

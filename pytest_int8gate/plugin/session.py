@@ -90,6 +90,8 @@ class Int8Session:
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         """Report files asked for are written even when no gate ran (a CI step may expect them); the step
         summary only gets a report when there is a gate to show."""
+        for pipeline in self.pipelines.values():
+            pipeline.close()  # the session fixtures' engines: their fixtures are torn down by now
         if self.is_worker:
             return
         if not self.records and not self._files_asked_for():
