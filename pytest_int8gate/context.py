@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import onnx
 
 from .backends.base import Backend, Runner
 from .budget import Budget
@@ -21,6 +22,7 @@ from .data import Dataset
 from .evaluate import KpiFunction, ReferenceOutputs, compare
 from .gate import judge
 from .graph import LoadedModel
+from .outputs import EvaluationOutputs, reference_from_stored
 from .quantize import QuantizedModel, QuantPlan
 from .repair import RewrittenModel
 from .results import Comparison, MetricResult
@@ -91,10 +93,13 @@ class PlanEvaluator:
         *,
         kpi: KpiFunction | None = None,
         strict_ci: bool = False,
+        outputs: EvaluationOutputs | None = None,
     ) -> None:
         self.context = context
         self.kpi = kpi
         self.strict_ci = strict_ci
+        #: Stored evaluation outputs (FP32 reference, the spec's plan's INT8), reused when unchanged.
+        self.outputs = outputs
         self.evaluations = 0
 
     def compare(self, plan: QuantPlan | None = None) -> Comparison:
@@ -105,9 +110,22 @@ class PlanEvaluator:
         """
         context = self.context
         if plan is None or plan == context.plan:
+            if self.outputs is not None:
+                return self._compare_stored(context.int8_runner, context.default_quantized.proto)
             return self._compare_full(context.int8_runner())
         with context.backend.int8_runner(context.quantized(plan).proto) as runner:
+            if self.outputs is not None:
+                return self._compare_stored(lambda: runner, None)
             return self._compare_full(runner)
+
+    def _compare_stored(self, int8: Callable[[], Runner], model: onnx.ModelProto | None) -> Comparison:
+        assert self.outputs is not None
+        context = self.context
+        context.progress("evaluate", f"evaluating on {context.eval_data.num_samples} samples")
+        self.evaluations += 1
+        return self.outputs.compare(
+            context.fp32_runner, int8, int8_model=model, labels=context.labels, kpi=self.kpi
+        )
 
     def _compare_full(self, int8: Runner) -> Comparison:
         context = self.context
@@ -148,13 +166,26 @@ class SubsetEvaluator:
         self.parent = parent
         context = parent.context
         labels = context.labels[start : start + data.num_samples] if context.labels is not None else None
-        self.reference = ReferenceOutputs.compute(
-            context.fp32_runner(),
-            data,
-            batch_size=context.batch_size,
-            output_name=context.output,
-            labels=labels,
-        )
+        stored = parent.outputs.fp32_values if parent.outputs is not None else None
+        if stored is not None:
+            assert parent.outputs is not None
+            self.reference = reference_from_stored(
+                stored,
+                context.fp32_runner,
+                data,
+                start,
+                outputs=parent.outputs.outputs,
+                batch_size=context.batch_size,
+                labels=labels,
+            )
+        else:
+            self.reference = ReferenceOutputs.compute(
+                context.fp32_runner(),
+                data,
+                batch_size=context.batch_size,
+                output_name=context.output,
+                labels=labels,
+            )
         self.size = data.num_samples
 
     def compare(self, plan: QuantPlan) -> Comparison:

@@ -302,9 +302,10 @@ class GateAccumulator:
         return Comparison(tuple(compared))
 
 
-def _run_outputs(
+def run_outputs(
     runner: Runner, feeds: Feeds, outputs: tuple[str, ...], *, precision: str, first_sample: int
 ) -> dict[str, np.ndarray]:
+    """``outputs`` of ``runner`` on one batch, each checked (a sample axis, no NaN or Inf)."""
     values = runner.run(feeds)
     return {
         name: checked_output(values[name], name, precision=precision, first_sample=first_sample)
@@ -326,8 +327,8 @@ def compare(
     outputs = gated_outputs(fp32, output_name)
     acc = GateAccumulator(outputs, labels=labels is not None, kpi=kpi is not None)
     for start, feeds, batch_labels in _labelled_batches(dataset, batch_size, labels):
-        ref = _run_outputs(fp32, feeds, outputs, precision="FP32", first_sample=start)
-        got = _run_outputs(int8, feeds, outputs, precision="INT8", first_sample=start)
+        ref = run_outputs(fp32, feeds, outputs, precision="FP32", first_sample=start)
+        got = run_outputs(int8, feeds, outputs, precision="INT8", first_sample=start)
         acc.add(ref, got, batch_labels)
     return acc.result(kpi)
 
@@ -352,14 +353,14 @@ class ReferenceOutputs:
         outputs = gated_outputs(fp32, output_name)
         kept = []
         for start, feeds, _ in _labelled_batches(dataset, batch_size, None):
-            kept.append((feeds, _run_outputs(fp32, feeds, outputs, precision="FP32", first_sample=start)))
+            kept.append((feeds, run_outputs(fp32, feeds, outputs, precision="FP32", first_sample=start)))
         return ReferenceOutputs(outputs, tuple(kept), labels)
 
     def compare(self, int8: Runner, kpi: KpiFunction | None = None) -> Comparison:
         acc = GateAccumulator(self.outputs, labels=self.labels is not None, kpi=kpi is not None)
         start = 0
         for feeds, ref in self.batches:
-            got = _run_outputs(int8, feeds, self.outputs, precision="INT8", first_sample=start)
+            got = run_outputs(int8, feeds, self.outputs, precision="INT8", first_sample=start)
             n = next(iter(ref.values())).shape[0]
             acc.add(ref, got, None if self.labels is None else self.labels[start : start + n])
             start += n

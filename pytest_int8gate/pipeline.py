@@ -10,6 +10,7 @@ user deploys. Diagnostics and the search receive the pipeline's read-only :class
 from __future__ import annotations
 
 import functools
+import json
 import os
 import time
 from collections.abc import Iterable, Mapping
@@ -42,12 +43,14 @@ from .data import (
 from .diagnostics import (
     check_calibration_table,
     diagnose_nonfinite,
-    run_diagnostics,
+    model_diagnostics,
+    result_diagnostics,
 )
 from .errors import NonFiniteOutputError
 from .evaluate import KpiFunction
 from .gate import default_budget_text
 from .graph import LoadedModel, load_model
+from .outputs import EvaluationOutputs, OutputStore, file_digest
 from .placement import with_placement
 from .progress import counted_batches
 from .quantize import QuantizedModel, QuantPlan, activation_tensors, quantize_model
@@ -61,6 +64,7 @@ from .soundness import (
     output_summary,
     soundness_findings,
 )
+from .timings import StageTimer, TimedRunner
 
 #: Data: a path or ``module:function`` spec, in-memory arrays (axis 0 = samples), a Dataset, or feed
 #: dicts (a list, or a generator: read once, into memory).
@@ -150,6 +154,8 @@ class GatePipeline:
         self.cache = ArtifactCache(spec.cache_dir) if spec.cache_dir is not None else None
         self.cache_hits: list[str] = []
         self.timings: dict[str, float] = {}
+        #: Seconds per stage of this gate (the verdict's ``timings``).
+        self.timer = StageTimer()
         self.quantized_model_path: Path | None = None
         #: Findings made while preparing artefacts (a stale cached table); run() adds the diagnostics'.
         self.findings: list[Finding] = []
@@ -266,7 +272,8 @@ class GatePipeline:
     def table_for(self, model: LoadedModel) -> CalibrationTable:
         """The calibration table of ``model`` (the spec's model or a rewritten one), made once."""
         if model.info.model_hash not in self._tables:
-            self._tables[model.info.model_hash] = self._calibrated(model)
+            with self.timer.stage("calibrate"):
+                self._tables[model.info.model_hash] = self._calibrated(model)
         return self._tables[model.info.model_hash]
 
     def _calibrated(self, model: LoadedModel) -> CalibrationTable:
@@ -336,6 +343,10 @@ class GatePipeline:
         return self.rewritten(equalize).model if equalize else self.model
 
     def _quantize(self, plan: QuantPlan) -> QuantizedModel:
+        with self.timer.stage("quantize"):
+            return self._quantize_now(plan)
+
+    def _quantize_now(self, plan: QuantPlan) -> QuantizedModel:
         plan.validate(self.model.info)
         source = self.fp32_model(plan.equalize)
         quantized = quantize_model(source, self.table_for(source), plan)
@@ -373,7 +384,8 @@ class GatePipeline:
     @functools.cached_property
     def fp32_runner(self) -> Runner:
         self.progress("build", f"building the FP32 engine ({self.backend.name})")
-        return self.backend.fp32_runner(self.model.proto)
+        with self.timer.stage("fp32_eval"):
+            return TimedRunner(self.backend.fp32_runner(self.model.proto), self.timer, "fp32_eval")
 
     def int8_runner(self, plan: QuantPlan | None = None) -> Runner:
         return self.backend.int8_runner(self.quantized(plan).proto)
@@ -382,7 +394,8 @@ class GatePipeline:
     def default_int8_runner(self) -> Runner:
         quantized = self.default_quantized
         self.progress("build", f"building the INT8 engine ({self.backend.name})")
-        return self.backend.int8_runner(quantized.proto)
+        with self.timer.stage("int8_eval"):
+            return TimedRunner(self.backend.int8_runner(quantized.proto), self.timer, "int8_eval")
 
     def close(self) -> None:
         """Release the engines this pipeline built (the FP32 and the spec's INT8 engine); idempotent.
@@ -442,7 +455,63 @@ class GatePipeline:
     @functools.cached_property
     def evaluator(self) -> PlanEvaluator:
         """Every INT8 evaluation of this gate goes through it, and it counts them."""
-        return PlanEvaluator(self.context, kpi=self.kpi, strict_ci=self.spec.strict_ci)
+        return PlanEvaluator(
+            self.context, kpi=self.kpi, strict_ci=self.spec.strict_ci, outputs=self.stored_outputs
+        )
+
+    @functools.cached_property
+    def stored_outputs(self) -> EvaluationOutputs | None:
+        """The evaluation outputs kept in the cache: every output of the model, or the one the gate's
+        ``output`` names (None without a cache, or for an unknown output name, which the evaluation
+        itself reports)."""
+        names = tuple(self.model.info.output_names)
+        outputs = names if self.spec.output is None else (self.spec.output,)
+        if self.cache is None or not outputs or not set(outputs) <= set(names):
+            return None
+        return EvaluationOutputs(
+            OutputStore(self.cache),
+            fp32_model_hash=self.model.info.model_hash,
+            dataset=self.eval_data,
+            outputs=outputs,
+            batch_size=self.batch_size,
+            backend=self.backend.describe().as_dict(),
+            hits=self.cache_hits,
+        )
+
+    def _model_diagnostics(self) -> tuple[Finding, ...]:
+        """The model-running diagnostics, reused from the cache when nothing they depend on changed."""
+        outputs = self.stored_outputs
+        if self.cache is None or outputs is None or self.spec.check_determinism:
+            return model_diagnostics(self.context)  # a determinism check is only worth running again
+        reference = self.spec.fp32_reference
+        key = content_key(
+            {
+                "fp32": outputs.fp32_key,
+                "qdq": outputs.int8_digest(self.default_quantized.proto),
+                "plan": self.plan.key(),
+                "calibration_data": self.calibration_data.fingerprint,
+                "held_out": self.spec.eval_data is not None,
+                "threads": self.spec.threads,
+                "ort_mode": self.spec.ort_mode,
+                "fp32_reference": None if reference is None else file_digest(Path(reference)),
+                "version": __version__,
+            }
+        )
+        made: list[tuple[Finding, ...]] = []
+
+        def build() -> bytes:
+            made.append(model_diagnostics(self.context))
+            return json.dumps([finding.as_dict() for finding in made[0]]).encode()
+
+        path, _ = self.cache.get_or_build("diagnostics", key, ".json", build)
+        if made:
+            return made[0]
+        try:
+            findings = tuple(Finding(**entry) for entry in json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError):
+            return model_diagnostics(self.context)
+        self.cache_hits.append("diagnostics")
+        return findings
 
     @property
     def evaluations(self) -> int:
@@ -451,7 +520,7 @@ class GatePipeline:
     # ---- evaluation ---------------------------------------------------------------------------
     def evaluate(self, plan: QuantPlan | None = None) -> Comparison:
         """Compare FP32 with INT8 (``plan``, default the spec's) on the full evaluation set."""
-        if plan is None:
+        if plan is None and self.stored_outputs is None:
             self.default_int8_runner  # noqa: B018 - the gate's own engine first: its errors come first
         return self.evaluator.compare(plan)
 
@@ -459,11 +528,15 @@ class GatePipeline:
         """Evaluate the spec's plan against its budget, run the diagnostics (a failure among them fails the
         gate), bisect when a budget metric failed and bisection is enabled, and assemble the verdict."""
         started = time.perf_counter()
+        timer = self.timer
+        with timer.stage("load"):  # the model, the data and the backend: what every stage reads
+            self.context  # noqa: B018
         check_samples(self.calibration_data, "calibration")
         check_samples(self.eval_data, "evaluation")
         check_coverage(self.model, self.quantized())
         try:
-            comparison = self.evaluate()
+            with timer.stage("compare"):  # engine builds and runs are charged to fp32_eval / int8_eval
+                comparison = self.evaluate()
         except NonFiniteOutputError as exc:
             raise diagnose_nonfinite(self.context, exc) from exc
         check_labels_fit(comparison, self.spec.labels)
@@ -472,14 +545,21 @@ class GatePipeline:
         soundness = soundness_findings(
             self.budget, comparison, results, self.calibration_data, self.eval_data, self.quantized()
         )
-        # findings made while preparing artefacts (a stale cached table) come first within a severity
-        findings = sort_findings(
-            [*self.findings, *soundness, *run_diagnostics(self.context, comparison, results)]
-        )
+        with timer.stage("diagnostics"):
+            # findings made while preparing artefacts (a stale cached table) come first within a severity
+            findings = sort_findings(
+                [
+                    *self.findings,
+                    *soundness,
+                    *result_diagnostics(self.context, comparison, results),
+                    *self._model_diagnostics(),
+                ]
+            )
         self.timings["diagnostics_s"] = time.perf_counter() - diagnosed
         bisection = None
         if any(not r.passed for r in results) and self.spec.bisect:
-            bisection = bisect_failure(self.context, self.evaluator, comparison)
+            with timer.stage("search"):
+                bisection = bisect_failure(self.context, self.evaluator, comparison)
         return self._verdict(comparison, results, findings, bisection, started)
 
     def _verdict(
@@ -506,7 +586,10 @@ class GatePipeline:
             notes.append(self.rewritten(self.plan.equalize).deploy_note())
         if self.cache is not None:
             notes.extend(self.cache.notes)  # damaged cache entries that were found and rebuilt
-        info = self.default_int8_runner.describe()
+        outputs = self.stored_outputs
+        stored_info = outputs.int8_info if outputs is not None else None
+        # with the INT8 outputs from the cache no engine was built: the stored description says what ran
+        info = stored_info if stored_info is not None else self.default_int8_runner.describe()
         return GateVerdict(
             name=self.spec.display_name,
             model=str(self.spec.model),
@@ -532,4 +615,5 @@ class GatePipeline:
             cache_hits=tuple(self.cache_hits),
             bisection=bisection,
             diagnostics=findings,
+            timings=self.timer.as_dict(),
         )

@@ -390,6 +390,9 @@ class GateVerdict:
     outputs: tuple[Mapping[str, object], ...] = ()
     #: What runs in INT8 (coverage.Coverage.as_dict): layers, share of MACs, what stays float and why.
     coverage: Mapping[str, object] = field(default_factory=dict)
+    #: Seconds per stage, ``"<stage>_s"`` in the order of timings.STAGES (load, calibrate, quantize,
+    #: fp32_eval, int8_eval, compare, diagnostics, search): those that took time in this run.
+    timings: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:

@@ -80,8 +80,10 @@ def test_second_run_reuses_the_cache_and_gives_identical_numbers(tmp_path: Path)
     second = second_pipeline.run()
 
     assert first.cache_hits == ()
-    assert second.cache_hits == ("calibration table",)
+    assert second.cache_hits == ("calibration table", "FP32 outputs", "INT8 outputs", "diagnostics")
     assert numbers(second) == numbers(first)
+    assert second.diagnostics == first.diagnostics
+    assert second.backend == first.backend
     assert second_pipeline.quantized_model_path is not None
     assert second_pipeline.quantized_model_path.is_file()
     assert len(list((cache / "calibration").glob("*.json"))) == 1
@@ -91,7 +93,7 @@ def test_a_changed_calibrator_reuses_the_table_but_not_the_qdq_model(tmp_path: P
     cache = tmp_path / "cache"
     GatePipeline(spec(cache)).run()
     other = GatePipeline(spec(cache, calibrator="max")).run()
-    assert other.cache_hits == ("calibration table",)
+    assert other.cache_hits == ("calibration table", "FP32 outputs")
     assert len(list((cache / "qdq").glob("*.onnx"))) == 2
 
 

@@ -11,7 +11,8 @@ CPU fidelity, FP32 parity, determinism, the first non-finite tensor) do so on a 
 - ``ranges``: clipping and one-sided activations;
 - ``nonfinite``: the first NaN/Inf tensor;
 - ``engines``: determinism and CPU fidelity;
-- ``run``: :func:`run_diagnostics`, all of them for one gate.
+- ``run``: :func:`run_diagnostics`, all of them for one gate (:func:`model_diagnostics`, the model-running
+  ones a rerun may reuse, and :func:`result_diagnostics`, the ones that read the results).
 
 This package re-exports their public names (and, for the import paths callers already use, the finding
 types of results.py); its modules import each other directly, never this package.
@@ -68,5 +69,7 @@ from .ranges import ActivationRange as ActivationRange
 from .ranges import bits_lost as bits_lost
 from .ranges import check_clipping as check_clipping
 from .ranges import check_distribution_shape as check_distribution_shape
+from .run import model_diagnostics as model_diagnostics
+from .run import result_diagnostics as result_diagnostics
 from .run import run_diagnostics as run_diagnostics
 from .run import session_threads as session_threads

@@ -39,12 +39,27 @@ def run_diagnostics(
 ) -> tuple[Finding, ...]:
     """Every check that applies to the gate of ``context``; the model-running ones on at most
     :data:`DIAGNOSTIC_SAMPLES` samples of each data set."""
+    return sort_findings([*result_diagnostics(context, comparison, results), *model_diagnostics(context)])
+
+
+def result_diagnostics(
+    context: GateContext, comparison: Comparison, results: Sequence[MetricResult]
+) -> tuple[Finding, ...]:
+    """The checks that read the results and the gate's settings only (they run no model)."""
+    findings = [
+        check_calibration_size(context.calibration_data.num_samples, context.min_calib_samples),
+        check_eval_set_size(results, comparison),
+    ]
+    return tuple(f for f in findings if f is not None)
+
+
+def model_diagnostics(context: GateContext) -> tuple[Finding, ...]:
+    """The checks that depend on the model, the data, the plan and the backend but not on the budget: the
+    ones that run models (a rerun that changes only the budget may reuse their findings)."""
     info = context.model.info
     batch_size = context.batch_size
     threads = session_threads(context.threads, context.model.proto)
     findings: list[Finding | None] = []
-    findings.append(check_calibration_size(context.calibration_data.num_samples, context.min_calib_samples))
-    findings.append(check_eval_set_size(results, comparison))
     held_out = context.held_out
     calib_subset = context.calibration_data.head(DIAGNOSTIC_SAMPLES)
     eval_subset = context.eval_data.head(DIAGNOSTIC_SAMPLES) if held_out else calib_subset

@@ -109,6 +109,13 @@ class Int8Session:
             terminalreporter.section("int8gate")
             for line in summary_lines(self.records):
                 terminalreporter.write_line(line)
+            if terminalreporter.config.option.verbose > 0:  # where each gate's time went, one line each
+                from ..report.text import timings_line
+
+                for record in self.records:
+                    timings = timings_line(record)
+                    if timings is not None:
+                        terminalreporter.write_line(f"int8gate timings {timings}")
         baseline = self.report_meta.get("baseline")
         if isinstance(baseline, Mapping) and self.records:
             from ..report.text import baseline_lines

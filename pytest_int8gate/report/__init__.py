@@ -36,6 +36,7 @@ from .text import (
     junit_properties,
     summary_lines,
     summary_row,
+    timings_line,
     verdict_text,
 )
 from .view import KEY_METRICS, GateView, counts_text, gate_view
@@ -88,6 +89,7 @@ __all__ = [
     "step_summary_markdown",
     "summary_lines",
     "summary_row",
+    "timings_line",
     "verdict_record",
     "verdict_text",
     "write_json_report",

@@ -200,6 +200,7 @@ def encode_verdict(verdict: GateVerdict, *, nodeid: str, duration_s: float | Non
             "notes": list(verdict.notes),
             "diagnostics": [encode_finding(f) for f in verdict.diagnostics],
             "duration_s": round(duration_s if duration_s is not None else verdict.duration_s, 3),
+            "timings": {stage: round(seconds, 3) for stage, seconds in verdict.timings.items()},
         }
     )
 

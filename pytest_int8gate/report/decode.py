@@ -272,6 +272,7 @@ def decode_verdict(data: object, where: str = "gate") -> GateVerdict:
         cache_hits=fields.texts("cache_hits"),
         bisection=None if bisection is None else decode_bisection(bisection, f"{where}.bisection"),
         diagnostics=_findings(fields),
+        timings=fields.numbers("timings"),
     )
 
 

@@ -160,6 +160,22 @@ def summary_lines(records: Sequence[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
+def timings_text(timings: Mapping[str, float]) -> str:
+    """``load 0.21 s, calibrate 1.30 s, ...``: a verdict's stage timings (``"<stage>_s"`` keys), in order."""
+    return ", ".join(
+        f"{name.removesuffix('_s').replace('_', ' ')} {seconds:.2f} s" for name, seconds in timings.items()
+    )
+
+
+def timings_line(record: Mapping[str, Any]) -> str | None:
+    """The terminal summary's line of a gate's stage timings (``-v``); None when it has none."""
+    timings = record.get("timings")
+    if not timings:
+        return None
+    total = record.get("duration_s", 0.0)
+    return f"{record.get('name', '?')}: {timings_text(timings)} ({total:.2f} s in all)"
+
+
 def baseline_lines(records: Sequence[Mapping[str, Any]], summary: Mapping[str, Any]) -> list[str]:
     """The terminal summary's lines about the baseline: per gate the change of each metric."""
     created = f" ({summary['created']})" if summary.get("created") else ""
