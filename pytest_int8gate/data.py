@@ -172,9 +172,28 @@ _CHANGED_BETWEEN_PASSES = (
 )
 
 
+#: The most bytes of a non-contiguous array copied at once while hashing it (memory flat in the data's size).
+_HASH_BLOCK_BYTES = 1 << 22
+
+
+def _byte_blocks(array: np.ndarray) -> Iterator[memoryview]:
+    """``array``'s bytes in C order as flat byte views: of the array itself when it is C-contiguous (no
+    copy), else of copies of a few rows at a time (at most about :data:`_HASH_BLOCK_BYTES` each)."""
+    if array.flags.c_contiguous or array.ndim == 0:
+        yield np.ascontiguousarray(array).reshape(-1).view(np.uint8).data
+        return
+    row_bytes = max(array.nbytes // max(array.shape[0], 1), 1)
+    rows = max(_HASH_BLOCK_BYTES // row_bytes, 1)
+    for start in range(0, array.shape[0], rows):
+        yield np.ascontiguousarray(array[start : start + rows]).reshape(-1).view(np.uint8).data
+
+
 def _fingerprint_update(digest: hashlib._Hash, key: str, array: np.ndarray) -> None:
+    """Hash ``array``'s name, dtype, shape and bytes (the same digest as of its C-order ``tobytes()``),
+    without copying a contiguous array and in bounded blocks otherwise."""
     digest.update(f"{key}|{array.dtype.str}|{array.shape}".encode())
-    digest.update(np.ascontiguousarray(array).tobytes())
+    for block in _byte_blocks(array):
+        digest.update(block)
 
 
 def _chunk_len(chunk: Mapping[str, np.ndarray]) -> int:
@@ -619,17 +638,14 @@ def _whole_batches(source: str, role: str, model: ModelInfo, total: int) -> int:
 
 def _sample_digests(chunk: Mapping[str, np.ndarray], keys: tuple[str, ...]) -> list[bytes]:
     """One digest per sample of ``chunk`` over every input's bytes of that sample."""
-    rows = [
-        np.ascontiguousarray(chunk[key])
-        .reshape(chunk[key].shape[0], int(np.prod(chunk[key].shape[1:])))
-        .view(np.uint8)
-        for key in keys
-    ]
+    arrays = [chunk[key] for key in keys]
     digests = []
-    for index in range(rows[0].shape[0]):
+    for index in range(arrays[0].shape[0]):
         sample = hashlib.blake2b(digest_size=16)
-        for row in rows:
-            sample.update(row[index].tobytes())
+        for array in arrays:
+            # one sample at a time: never a copy of the whole chunk
+            for block in _byte_blocks(np.asarray(array[index])):
+                sample.update(block)
         digests.append(sample.digest())
     return digests
 
