@@ -26,6 +26,7 @@ import onnx
 
 from . import __version__
 from .backends.onnxruntime import OrtRunner
+from .data import ModelFeeds
 from .errors import CalibrationError, DataError, bounded_repr, bounded_text
 from .graph import add_graph_outputs
 
@@ -336,9 +337,12 @@ def collect_statistics(
                 )
             first = np.asarray(batch[first_input])
             size = int(first.shape[0]) if first.ndim else 1
+            if isinstance(batch, ModelFeeds):  # its first input may hold the samples on another axis
+                size = batch.samples
             num_samples += size
             num_batches += 1
-            whole = not first.ndim or step == 0 or any(np.ndim(value) == 0 for value in batch.values())
+            # feeds that do not all hold the samples on axis 0 (constants, a state [2, N, 128]) run whole
+            whole = step == 0 or any(np.shape(value)[:1] != (size,) for value in batch.values())
             start = 0
             while start < size or (whole and start == 0):
                 count = size if whole else min(step or 1, size - start)

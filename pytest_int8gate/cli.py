@@ -20,18 +20,18 @@ import onnx
 from . import __version__
 from .calibrate import CALIBRATORS as TABLE_CALIBRATORS
 from .calibrate import CalibrationTable, CalibratorSettings, calibrate, trt_version_number
-from .data import batch_size_for, load_dataset
+from .data import InputLayout, batch_size_for, load_dataset, resolve_layout
 from .equalize import RULES as EQUALIZATION_RULES
 from .equalize import activation_channel_ranges, equalize, fp32_difference, select_pairs
 from .errors import Int8GateError, bounded_text
 from .gate import Budget
-from .graph import load_model
+from .graph import ModelInfo, load_model
 from .pipeline import GatePipeline, GateSpec
 from .placement import with_placement
 from .quantize import QuantPlan, activation_tensors, quantize_model
 from .repair import FP32_TOLERANCE
 from .report import dumps, verdict_record, verdict_text
-from .settings import BY_NAME, Setting, SettingError, from_text, name_of, spec_value, surface
+from .settings import BY_NAME, Setting, SettingError, from_text, name_of, parse_items, spec_value, surface
 
 PROG = "int8gate"
 #: How many tensors' amax ``calibrate`` prints (the table file has them all).
@@ -103,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--trt-version", default="10.13", help="TensorRT version in the cache header (default: 10.13)"
     )
     add_settings(calib, "placement")  # which activations the table measures
+    add_settings(calib, *_INPUT_OPTIONS)
     _add_run_options(calib)
     calib.set_defaults(run=run_calibrate)
 
@@ -155,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="weights: the paper's data-free rule (default); activations: input ranges measured on --data",
     )
     eq.add_argument("--data", metavar="CALIB", help="data to check that the FP32 outputs are unchanged")
+    add_settings(eq, *_INPUT_OPTIONS)
     _add_run_options(eq)
     eq.set_defaults(run=run_equalize)
     return parser
@@ -162,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: Settings every subcommand that runs the model takes.
 _RUN_OPTIONS = ("batch_size", "threads")
+#: How data meets the model's inputs: every subcommand that reads data takes them.
+_INPUT_OPTIONS = ("constants", "sample_axes")
 
 
 def _add_plan_options(parser: argparse.ArgumentParser) -> None:
@@ -217,15 +221,33 @@ def parse_overrides(items: Sequence[str]) -> dict[str, str]:
     return overrides
 
 
+def parse_cli_items(setting: Setting, items: Sequence[str]) -> dict[str, object]:
+    """``NAME=VALUE`` items of --const / --sample-axis; a bad one is one error line naming the flag."""
+    try:
+        return parse_items(setting, items)
+    except SettingError as exc:
+        raise Int8GateError(f"{name_of(setting.cli)}: {exc}.") from None
+
+
+def _layout(args: argparse.Namespace, model: ModelInfo) -> InputLayout:
+    """The constant inputs and sample axes a subcommand was given, checked against ``model``."""
+    return resolve_layout(
+        model,
+        parse_cli_items(BY_NAME["constants"], args.constants or ()),  # type: ignore[arg-type]
+        parse_cli_items(BY_NAME["sample_axes"], args.sample_axes or ()),  # type: ignore[arg-type]
+    )
+
+
 # ---- calibrate ------------------------------------------------------------------------------------
 def run_calibrate(args: argparse.Namespace) -> int:
     settings = CalibratorSettings(percentile=args.percentile)
     trt_version_number(args.trt_version)  # a bad version fails before the FP32 pass, not after
     loaded = load_model(args.model)
     # A console script's sys.path does not hold the working directory; module:function data lives there.
-    dataset = load_dataset(args.data, loaded.info, role="calibration", search_path=Path.cwd())
+    layout = _layout(args, loaded.info)
+    dataset = load_dataset(args.data, loaded.info, role="calibration", search_path=Path.cwd(), layout=layout)
     tensors = activation_tensors(loaded, args.placement)
-    batch_size = batch_size_for(loaded.info, args.batch_size)
+    batch_size = batch_size_for(loaded.info, args.batch_size, layout)
 
     started = time.perf_counter()
     table, stats = calibrate(
@@ -334,9 +356,12 @@ def run_equalize(args: argparse.Namespace) -> int:
     if args.rule == "activations" and not args.data:
         raise Int8GateError("--rule activations measures the activation ranges on --data; give it.")
     dataset = None
+    layout = _layout(args, loaded.info)
     if args.data:
-        dataset = load_dataset(args.data, loaded.info, role="calibration", search_path=Path.cwd())
-    batch_size = batch_size_for(loaded.info, args.batch_size)
+        dataset = load_dataset(
+            args.data, loaded.info, role="calibration", search_path=Path.cwd(), layout=layout
+        )
+    batch_size = batch_size_for(loaded.info, args.batch_size, layout)
     pairs, refusals = select_pairs(loaded, args.layers)
     ranges = None
     if args.rule == "activations" and dataset is not None:
@@ -392,6 +417,8 @@ def check_spec(args: argparse.Namespace) -> GateSpec:
             value = parse_overrides(value)
         elif setting.kind == "layers_or_all" and not value:
             value = True  # --equalize without NODE: every pair
+        elif setting.kind in ("constants", "axes"):
+            value = parse_cli_items(setting, value)
         else:
             value = spec_value(setting, value)
         values[setting.name] = value

@@ -70,9 +70,17 @@ class Dataset:
     batch_multiple: int = 1
     #: Samples that differ from every other one (all inputs' bytes compared); 0 when not counted.
     distinct_samples: int = 0
+    #: How the samples meet the model: constant inputs and sample axes (the chunks hold samples on axis 0).
+    layout: InputLayout = field(default_factory=lambda: InputLayout())
 
     def batches(self, batch_size: int) -> Iterator[Feeds]:
-        """Feeds of ``batch_size`` samples (the last one may be smaller), in the source's order."""
+        """Feeds of ``batch_size`` samples (the last one may be smaller), in the source's order, as the model
+        takes them: each input's samples on its sample axis, constant inputs added."""
+        for batch in self._sample_batches(batch_size):
+            yield self.layout.to_model(batch)
+
+    def _sample_batches(self, batch_size: int) -> Iterator[Feeds]:
+        """Batches with every input's samples on axis 0 and no constant inputs (the chunks' layout)."""
         if batch_size < 1:
             raise DataError(f"{self.source}: batch size must be at least 1, not {batch_size}.")
         pending: list[Feeds] = []
@@ -104,6 +112,7 @@ class Dataset:
                     pending, pending_count = [], 0
         if pending:
             yield _concat(pending)
+        self.layout.digest_update(digest)
         if digest.hexdigest() != self.fingerprint:
             raise DataError(f"{self.source}: {_CHANGED_BETWEEN_PASSES}")
 
@@ -113,9 +122,8 @@ class Dataset:
         count = min(count, self.num_samples)
         if self.batch_multiple > 1:
             count = min(max(count - count % self.batch_multiple, self.batch_multiple), self.num_samples)
-        taken = next(self.batches(count))
-        subset = Dataset.from_arrays(taken, source=f"{self.source}[:{count}]")
-        return replace(subset, batch_multiple=self.batch_multiple)
+        taken = next(self._sample_batches(count))
+        return self._subset(taken, f"{self.source}[:{count}]")
 
     def after(self, count: int) -> Dataset | None:
         """The samples after the first ``count``, held in memory (the samples a search on ``head(count)``
@@ -126,11 +134,17 @@ class Dataset:
             rest -= rest % self.batch_multiple
         if rest <= 0:
             return None
-        parts = list(self.batches(count)) if count > 0 else [next(self.batches(self.num_samples))]
+        parts = (
+            list(self._sample_batches(count)) if count > 0 else [next(self._sample_batches(self.num_samples))]
+        )
         kept = _concat(parts[1:] if count > 0 else parts)
         kept = {k: v[:rest] for k, v in kept.items()}
-        subset = Dataset.from_arrays(kept, source=f"{self.source}[{count}:{count + rest}]")
-        return replace(subset, batch_multiple=self.batch_multiple)
+        return self._subset(kept, f"{self.source}[{count}:{count + rest}]")
+
+    def _subset(self, arrays: Feeds, source: str) -> Dataset:
+        """A dataset over some of these samples (axis 0), with this one's layout and batch multiple."""
+        subset = _scan(lambda: iter([arrays]), source, layout=self.layout)
+        return replace(subset, batch_multiple=self.batch_multiple, layout=self.layout)
 
     @staticmethod
     def from_arrays(feeds: Mapping[str, np.ndarray], *, source: str = "<arrays>") -> Dataset:
@@ -147,23 +161,50 @@ class Dataset:
     ) -> Dataset:
         """A dataset over feed dicts (a list, or a generator that can be read only once: its items are
         copied into memory, at most ``max_samples`` samples), not yet checked against a model."""
-        chunks: list[Feeds] = []
-        total = 0
-        for index, feeds in enumerate(items):
-            if not isinstance(feeds, Mapping):
-                raise DataError(f"{source}: item {index} is a {type(feeds).__name__}, not a dict of arrays.")
-            try:
-                arrays = {str(k): np.array(v) for k, v in feeds.items()}
-            except Exception as exc:  # ragged lists and the like
-                raise DataError(
-                    f"{source}: item {index} is not a dict of arrays ({type(exc).__name__}: "
-                    f"{bounded_text(str(exc))})."
-                ) from exc
-            chunks.append(arrays)
-            total += max((a.shape[0] for a in arrays.values() if a.ndim), default=0)
-            if total > max_samples:
-                raise DataError(_too_many(source, "the feed dicts hold", max_samples))
+        chunks = _copied_feeds(items, source, max_samples)
         return _scan(lambda: iter(chunks), source)
+
+
+def _copied_feeds(items: Iterable[Mapping[str, Any]], source: str, max_samples: int) -> list[Feeds]:
+    """Feed dicts copied into memory as arrays, at most ``max_samples`` samples."""
+    chunks: list[Feeds] = []
+    total = 0
+    for index, feeds in enumerate(items):
+        if not isinstance(feeds, Mapping):
+            raise DataError(f"{source}: item {index} is a {type(feeds).__name__}, not a dict of arrays.")
+        try:
+            arrays = {str(k): np.array(v) for k, v in feeds.items()}
+        except Exception as exc:  # ragged lists and the like
+            raise DataError(
+                f"{source}: item {index} is not a dict of arrays ({type(exc).__name__}: "
+                f"{bounded_text(str(exc))})."
+            ) from exc
+        chunks.append(arrays)
+        total += max((a.shape[0] for a in arrays.values() if a.ndim), default=0)
+        if total > max_samples:
+            raise DataError(_too_many(source, "the feed dicts hold", max_samples))
+    return chunks
+
+
+def check_feeds(
+    feeds: Mapping[str, np.ndarray] | Iterable[Mapping[str, Any]],
+    model: ModelInfo,
+    *,
+    role: str = "calibration",
+    source: str | None = None,
+    max_samples: int = DEFAULT_MAX_SAMPLES,
+    layout: InputLayout | None = None,
+) -> Dataset:
+    """A dataset over in-memory arrays (one feed dict, or many: copied, at most ``max_samples`` samples) as
+    the model takes them, checked against ``model`` as ``layout`` lays its inputs out."""
+    layout = layout or InputLayout()
+    if isinstance(feeds, Mapping):
+        name = source or f"<{role} arrays>"
+        chunks = [{str(k): np.asarray(v) for k, v in feeds.items()}]
+    else:
+        name = source or f"<{role} feed dicts>"
+        chunks = _copied_feeds(feeds, name, max_samples)
+    return _scan(layout.sample_first(lambda: iter(chunks), name), name, model, role, layout=layout)
 
 
 _CHANGED_BETWEEN_PASSES = (
@@ -215,8 +256,10 @@ def load_dataset(
     max_samples: int = DEFAULT_MAX_SAMPLES,
     timeout_s: float = DEFAULT_DATA_TIMEOUT_S,
     progress: DataProgress | None = None,
+    layout: InputLayout | None = None,
 ) -> Dataset:
-    """Read the data named by ``spec`` and check it against ``model``'s inputs.
+    """Read the data named by ``spec`` and check it against ``model``'s inputs (as ``layout`` lays them
+    out: constant inputs are not in the data; an input's samples lie on its sample axis).
 
     At most ``max_samples`` samples are read; a ``module:function`` loader that yields no item for
     ``timeout_s`` seconds is abandoned (its thread cannot be stopped and is left to end with the process).
@@ -224,12 +267,21 @@ def load_dataset(
     """
     text = os.fspath(spec)
     report = progress or _silent
+    layout = layout or InputLayout()
     if is_loader_spec(text):
         chunks = _loader_chunks(text, model, search_path, timeout_s, report)
     else:
-        chunks = _file_chunks(Path(text), model, role, max_samples)
+        chunks = _file_chunks(Path(text), layout.data_view(model), role, max_samples)
     report(f"reading {role} data {text}")
-    return _scan(chunks, text, model, role, max_samples=max_samples, progress=report)
+    return _scan(
+        layout.sample_first(chunks, text),
+        text,
+        model,
+        role,
+        max_samples=max_samples,
+        progress=report,
+        layout=layout,
+    )
 
 
 def _silent(message: str) -> None:
@@ -532,8 +584,13 @@ def _scan(
     *,
     max_samples: int | None = None,
     progress: DataProgress = _silent,
+    layout: InputLayout | None = None,
 ) -> Dataset:
-    """One pass: count samples, check chunks (against ``model`` if given), fingerprint the content."""
+    """One pass: count samples, check chunks (samples on axis 0; against ``model`` as ``layout`` lays its
+    inputs out, if given), fingerprint the content."""
+    layout = layout or InputLayout()
+    if model is not None:
+        model = layout.data_view(model)
     digest = hashlib.sha256()
     total = 0
     names: tuple[str, ...] | None = None
@@ -563,6 +620,7 @@ def _scan(
         for tensor in model.inputs:
             _check_shape(source, tensor, shapes[tensor.name])
         multiple = _whole_batches(source, role, model, total)
+    layout.digest_update(digest)
     return Dataset(
         source=source,
         num_samples=total,
@@ -572,6 +630,7 @@ def _scan(
         chunks=chunks,
         batch_multiple=multiple,
         distinct_samples=len(distinct),
+        layout=layout,
     )
 
 
@@ -599,7 +658,15 @@ def _scan_chunk(
             f"{bounded_repr(list(names))}."
         )
     lengths = {k: (chunk[k].shape[0] if chunk[k].ndim else -1) for k in keys}
+    scalar = next((k for k in keys if lengths[k] == -1), None)
+    if scalar is not None and len(keys) > 1:
+        raise DataError(
+            f"{source}: array {bounded_repr(scalar)} is 0-d (one value, no sample axis); give it as a "
+            f"constant input instead: {_CONST_HINT.format(name=scalar, value='VALUE')}."
+        )
     if len(set(lengths.values())) != 1 or -1 in lengths.values():
+        if model is not None:
+            _suggest_sample_axis(source, index, chunk, lengths, model)
         raise DataError(
             f"{source}: arrays must share axis 0 (samples); chunk {index} has lengths "
             f"{bounded_repr(lengths)}."
@@ -650,9 +717,16 @@ def _sample_digests(chunk: Mapping[str, np.ndarray], keys: tuple[str, ...]) -> l
     return digests
 
 
-def check_dataset(dataset: Dataset, model: ModelInfo, *, role: str = "calibration") -> Dataset:
-    """``dataset`` checked against ``model``'s inputs; :class:`DataError` says exactly what does not fit."""
-    return _scan(dataset.chunks, dataset.source, model, role)
+def check_dataset(
+    dataset: Dataset, model: ModelInfo, *, role: str = "calibration", layout: InputLayout | None = None
+) -> Dataset:
+    """``dataset`` (made by :meth:`Dataset.from_arrays` or :meth:`Dataset.from_feeds`: arrays as the model
+    takes them) checked against ``model``'s inputs as ``layout`` lays them out; :class:`DataError` says
+    exactly what does not fit."""
+    if dataset.layout.trivial and layout is not None and not layout.trivial:
+        chunks = layout.sample_first(dataset.chunks, dataset.source)
+        return _scan(chunks, dataset.source, model, role, layout=layout)
+    return _scan(dataset.chunks, dataset.source, model, role, layout=dataset.layout)
 
 
 def _check_names(source: str, role: str, given_names: tuple[str, ...], model: ModelInfo) -> None:
@@ -660,6 +734,18 @@ def _check_names(source: str, role: str, given_names: tuple[str, ...], model: Mo
     if given == expected:
         return
     missing, extra = sorted(expected - given), sorted(given - expected)
+    for name in missing:
+        tensor = model.input(name)
+        if tensor.shape == ():
+            raise DataError(
+                f"{source}: input {name!r} is a 0-d {tensor.dtype} the {role} data does not provide; give it "
+                f"with {_CONST_HINT.format(name=name, value='VALUE')}."
+            )
+    if missing and not extra:
+        raise DataError(
+            f"{source}: {role} data has missing model input(s) {missing}; give them in the data, or "
+            f"as constants fed to every batch: {_CONST_HINT.format(name=missing[0], value='VALUE|FILE.npy')}."
+        )
     parts = []
     if missing:
         parts.append(f"missing model input(s) {missing}")
@@ -696,17 +782,22 @@ def _check_shape(source: str, tensor: TensorInfo, sample_shape: tuple[int, ...])
             )
 
 
-def fixed_batch_size(model: ModelInfo) -> int | None:
-    """The batch every run of ``model`` must have when its inputs fix axis 0 (often 1), else None."""
+def fixed_batch_size(model: ModelInfo, layout: InputLayout | None = None) -> int | None:
+    """The batch every run of ``model`` must have when its inputs fix their sample axis (often axis 0 at
+    1), else None; ``layout`` says which inputs are constants and where the others hold their samples."""
+    if layout is not None:
+        model = layout.data_view(model)
     fixed = {t.shape[0] for t in model.inputs if t.shape and isinstance(t.shape[0], int) and t.shape[0] > 0}
     if len(fixed) > 1:
         raise DataError(f"{model.source}: inputs have different fixed batch sizes {sorted(fixed)}.")
     return int(fixed.pop()) if fixed else None
 
 
-def batch_size_for(model: ModelInfo, requested: int = DEFAULT_BATCH_SIZE) -> int:
+def batch_size_for(
+    model: ModelInfo, requested: int = DEFAULT_BATCH_SIZE, layout: InputLayout | None = None
+) -> int:
     """A model exported with a fixed batch axis (often 1) must be fed exactly that many samples."""
-    return fixed_batch_size(model) or requested
+    return fixed_batch_size(model, layout) or requested
 
 
 def load_labels(path: str | os.PathLike[str], num_samples: int, *, classes: int | None = None) -> np.ndarray:
@@ -748,3 +839,333 @@ def check_labels(
         )
         raise DataError(f"{source}: label {int(labels[sample])} of sample {sample} is not a class; {known}.")
     return labels.astype(np.int64)
+
+
+# ---- how samples meet the model: constant inputs and sample axes -------------------------------------
+
+#: What a constant input may be given as: a number, nested lists of numbers, an array, or a ``.npy`` path.
+ConstantSource = int | float | str | os.PathLike[str] | np.ndarray | list[Any]
+#: A constant input is fed whole with every batch: a bound on what one may hold.
+MAX_CONSTANT_BYTES = 256 * 2**20
+
+
+def _spelling_hint(name: str) -> str:
+    setting = next(s for s in SETTINGS if s.name == name)
+    return (
+        f"{name_of(setting.option)} {{name}}={{value}} (manifest key {name_of(setting.manifest)}, "
+        f"int8gate check {name_of(setting.cli)})"
+    )
+
+
+_CONST_HINT = _spelling_hint("constants")
+_AXIS_HINT = _spelling_hint("sample_axes")
+
+
+@dataclass(frozen=True)
+class InputLayout:
+    """How a dataset's samples meet the model: inputs fed the same value with every batch (a 0-d sample
+    rate, a start state) and the axis that holds the samples of an input or output when it is not axis 0
+    (a recurrent state ``[layers, N, hidden]``: axis 1). Datasets keep samples on axis 0 and no constants;
+    :meth:`to_model` makes the feeds the model takes."""
+
+    constants: Mapping[str, np.ndarray] = field(default_factory=dict)
+    #: input or output name -> its sample axis (only axes other than 0 are kept)
+    sample_axes: Mapping[str, int] = field(default_factory=dict)
+    #: constants given as one sample (1 on their sample axis) and repeated to each batch's size
+    repeated: frozenset[str] = frozenset()
+
+    @property
+    def trivial(self) -> bool:
+        return not self.constants and not self.sample_axes
+
+    def axis(self, name: str) -> int:
+        return self.sample_axes.get(name, 0)
+
+    def data_view(self, model: ModelInfo) -> ModelInfo:
+        """``model``'s inputs as a dataset holds them: constants left out, each sample axis moved first."""
+        if self.trivial:
+            return model
+        inputs = []
+        for tensor in model.inputs:
+            if tensor.name in self.constants:
+                continue
+            axis = self.axis(tensor.name)
+            if axis and tensor.shape is not None:
+                dims = list(tensor.shape)
+                dims.insert(0, dims.pop(axis))
+                tensor = replace(tensor, shape=tuple(dims))
+            inputs.append(tensor)
+        return replace(model, inputs=tuple(inputs))
+
+    def sample_first(
+        self, chunks: Callable[[], Iterator[Feeds]], source: str
+    ) -> Callable[[], Iterator[Feeds]]:
+        """``chunks`` as the model takes them, turned into a dataset's chunks (samples on axis 0)."""
+        if self.trivial:
+            return chunks
+
+        def moved() -> Iterator[Feeds]:
+            for index, chunk in enumerate(chunks()):
+                yield self._sample_first(chunk, source, index)
+
+        return moved
+
+    def _sample_first(self, chunk: Feeds, source: str, index: int) -> Feeds:
+        given = sorted(set(chunk) & set(self.constants))
+        if given:
+            raise DataError(
+                f"{source}: input {given[0]!r} is given both as a constant and in the data (chunk {index}); "
+                "give it once."
+            )
+        moved: Feeds = {}
+        for name, array in chunk.items():
+            axis = self.axis(name)
+            if axis and np.ndim(array) <= axis:
+                raise DataError(
+                    f"{source}: array {bounded_repr(name)} has shape {list(np.shape(array))} in chunk "
+                    f"{index}, with no axis {axis}, the sample axis given for it "
+                    f"({_AXIS_HINT.format(name=name, value=axis)})."
+                )
+            moved[name] = np.moveaxis(array, axis, 0) if axis else array
+        return moved
+
+    def to_model(self, batch: Feeds) -> Feeds:
+        """A dataset's batch (samples on axis 0) as the model takes it: sample axes in place, constants
+        added (a repeated constant grown to the batch's size); :func:`sample_count` reads its size."""
+        if self.trivial:
+            return batch
+        count = int(next(iter(batch.values())).shape[0]) if batch else 0
+        feeds = ModelFeeds()
+        feeds.samples = count
+        feeds.layout = self
+        # an input with samples on axis 0 first: helpers that read a batch's size from its first feed
+        for name in sorted(batch, key=lambda key: self.axis(key) != 0):
+            axis = self.axis(name)
+            feeds[name] = np.moveaxis(batch[name], 0, axis) if axis else batch[name]
+        for name, value in self.constants.items():
+            if name in self.repeated:
+                value = np.repeat(value, count, axis=self.axis(name))
+            feeds[name] = value
+        return feeds
+
+    def output(self, name: str, value: np.ndarray, samples: int, precision: str) -> np.ndarray:
+        """``value`` of output ``name`` with its samples on axis 0; an output whose sample axis does not
+        hold the batch's samples is a :class:`DataError` that names the axis to give."""
+        axis = self.axis(name)
+        if axis:
+            if value.ndim <= axis:
+                raise DataError(
+                    f"the {precision} model's output {name!r} has shape {list(value.shape)}, with no axis "
+                    f"{axis}, the sample axis given for it."
+                )
+            value = np.moveaxis(value, axis, 0)
+        if self.trivial or (value.ndim and value.shape[0] == samples):
+            return value
+        shape = list(value.shape) if not axis else list(np.moveaxis(value, 0, axis).shape)
+        fits = [k for k, size in enumerate(shape) if size == samples]
+        way = (
+            f"its samples look to be on axis {fits[0]}: give {_AXIS_HINT.format(name=name, value=fits[0])}"
+            if len(fits) == 1
+            else f"give its sample axis with {_AXIS_HINT.format(name=name, value='AXIS')} or gate another "
+            "output (the output setting)"
+        )
+        raise DataError(
+            f"the {precision} model's output {name!r} has shape {shape}, whose axis {axis} does not hold the "
+            f"batch's {samples} samples; {way}."
+        )
+
+    def digest_update(self, digest: hashlib._Hash) -> None:
+        """The layout is part of what a dataset feeds: its fingerprint covers it."""
+        if self.trivial:
+            return
+        for name in sorted(self.constants):
+            digest.update(f"const|{name}|{name in self.repeated}".encode())
+            _fingerprint_update(digest, name, self.constants[name])
+        digest.update(f"axes|{sorted(self.sample_axes.items())}".encode())
+
+
+class ModelFeeds(dict[str, np.ndarray]):
+    """Feeds as the model takes them, which know their sample count (not always axis 0 of the first) and
+    the layout that made them (where each output holds its samples)."""
+
+    samples: int = 0
+    layout: InputLayout | None = None
+
+
+def sample_count(feeds: Mapping[str, np.ndarray]) -> int:
+    """Samples in one batch of feeds: as recorded by :meth:`InputLayout.to_model`, else axis 0 of the
+    first feed (1 for a scalar feed)."""
+    if isinstance(feeds, ModelFeeds):
+        return feeds.samples
+    first = np.asarray(next(iter(feeds.values())))
+    return int(first.shape[0]) if first.ndim else 1
+
+
+def resolve_layout(
+    model: ModelInfo,
+    constants: Mapping[str, ConstantSource] | None = None,
+    sample_axes: Mapping[str, int] | None = None,
+) -> InputLayout:
+    """The layout the settings give, checked against ``model``: each constant read, converted to its
+    input's dtype and shape-checked; each sample axis checked against its input's or output's rank. Output
+    sample axes not given follow the inputs' when the shapes name the same batch dimension. Every problem
+    is one :class:`DataError` sentence naming the input and the setting."""
+    constants = dict(constants or {})
+    axes = {str(k): int(v) for k, v in (sample_axes or {}).items()}
+    if not constants and not axes:
+        return InputLayout()
+    inputs = {t.name: t for t in model.inputs}
+    outputs = {t.name: t for t in model.outputs}
+    for name, axis in axes.items():
+        tensor = inputs.get(name) or outputs.get(name)
+        if tensor is None:
+            raise DataError(
+                f"sample axis {bounded_repr(name)}: the model has no input or output of that name; its "
+                f"inputs are {sorted(inputs)} and its outputs {sorted(outputs)}."
+            )
+        if axis < 0 or (tensor.shape is not None and axis >= len(tensor.shape)):
+            raise DataError(
+                f"sample axis {name}={axis}: {name!r} has shape {tensor.shape_text()}, which has no "
+                f"axis {axis}."
+            )
+    arrays: dict[str, np.ndarray] = {}
+    repeated = set()
+    for name, source in constants.items():
+        tensor = inputs.get(name)
+        if tensor is None:
+            raise DataError(
+                f"constant {bounded_repr(name)}: the model has no input of that name; its inputs are "
+                f"{sorted(inputs)}."
+            )
+        array = _constant_array(name, source, tensor)
+        if _check_constant_shape(name, array, tensor, axes.get(name, 0)):
+            repeated.add(name)
+        arrays[name] = array
+    if len(arrays) == len(inputs):
+        raise DataError(
+            f"constant: every model input ({', '.join(sorted(inputs))}) is given as a constant; the data "
+            "must provide at least one input that varies from sample to sample."
+        )
+    # an output whose declared shape names an input's batch dimension on another axis holds its samples there
+    batch_dims = {
+        t.shape[axes.get(t.name, 0)]
+        for t in model.inputs
+        if t.name not in arrays and t.shape and isinstance(t.shape[axes.get(t.name, 0)], str)
+    }
+    for name, tensor in outputs.items():
+        if name in axes or not tensor.shape or not batch_dims or tensor.shape[0] in batch_dims:
+            continue
+        found = [k for k, dim in enumerate(tensor.shape) if dim in batch_dims]
+        if len(found) == 1:
+            axes[name] = found[0]
+    return InputLayout(
+        constants=arrays,
+        sample_axes={k: v for k, v in axes.items() if v},
+        repeated=frozenset(repeated),
+    )
+
+
+def _constant_array(name: str, source: ConstantSource, tensor: TensorInfo) -> np.ndarray:
+    what = f"constant {name!r}"
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if path.suffix != ".npy":
+            raise DataError(
+                f"{what}: {bounded_repr(str(path))} is not a .npy file; give a number or a .npy file."
+            )
+        if not path.is_file():
+            raise DataError(f"{what}: {path} not found.")
+        header_rows = None
+        array = read_numpy_file(path, max_rows=header_rows)[""]
+        if array.nbytes > MAX_CONSTANT_BYTES:
+            raise DataError(
+                f"{what}: {path} holds {_bytes_text(array.nbytes)}, more than a constant input may "
+                f"({_bytes_text(MAX_CONSTANT_BYTES)})."
+            )
+        if array.dtype != tensor.dtype:
+            raise DataError(
+                f"{what}: {path} holds {array.dtype} but input {name!r} is {tensor.dtype}; convert it "
+                f"(e.g. .astype(np.{tensor.dtype})) when saving."
+            )
+    else:
+        try:
+            given = np.asarray(source)
+        except (ValueError, TypeError) as exc:
+            raise DataError(
+                f"{what}: {bounded_repr(source)} is not a number or an array of numbers."
+            ) from exc
+        if isinstance(source, int) and given.dtype.hasobject:  # beyond 64 bits
+            raise DataError(f"{what}: input is {tensor.dtype}, which cannot hold {bounded_repr(source)}.")
+        if given.dtype.kind not in "biuf" or given.dtype.hasobject:
+            raise DataError(f"{what}: {bounded_repr(source)} is not a number or an array of numbers.")
+        if given.nbytes > MAX_CONSTANT_BYTES:
+            raise DataError(f"{what}: holds {_bytes_text(given.nbytes)}, more than a constant input may.")
+        array = _converted(what, given, tensor)
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise DataError(f"{what}: holds NaN or Inf; a constant input must be finite.")
+    return array
+
+
+def _converted(what: str, given: np.ndarray, tensor: TensorInfo) -> np.ndarray:
+    """A value written as numbers, in the input's dtype; a value that dtype cannot hold is refused."""
+    target = tensor.dtype
+    if given.dtype.kind == "f" and not np.isfinite(given).all():
+        raise DataError(f"{what}: holds NaN or Inf; a constant input must be finite.")
+    if target.kind in "iu":
+        if given.dtype.kind == "f" and not np.all(given == np.round(given)):
+            raise DataError(f"{what}: input is {target}, which cannot hold {bounded_repr(given.tolist())}.")
+        info = np.iinfo(target.type)  # type: ignore[type-var]
+        if given.size and (given.min() < info.min or given.max() > info.max):
+            raise DataError(f"{what}: input is {target}, which cannot hold {bounded_repr(given.tolist())}.")
+    elif target.kind == "b":
+        if not np.isin(given, (0, 1)).all():
+            raise DataError(f"{what}: input is bool; give 0 or 1 (true or false).")
+    elif target.kind != "f":
+        raise DataError(f"{what}: input is {target}; give it as a .npy file of that dtype.")
+    return given.astype(target)
+
+
+def _check_constant_shape(name: str, array: np.ndarray, tensor: TensorInfo, axis: int) -> bool:
+    """Check ``array`` against the input's declared shape; True when it is one sample to repeat along a
+    symbolic sample axis."""
+    if tensor.shape is None:
+        return False
+    what = f"constant {name!r}"
+    if array.ndim != len(tensor.shape):
+        raise DataError(
+            f"{what}: has shape {list(array.shape)} but input {name!r} is {tensor.shape_text()}; give "
+            f"{'a number' if not tensor.shape else 'a .npy of that shape'}."
+        )
+    repeat = False
+    for k, (want, have) in enumerate(zip(tensor.shape, array.shape, strict=True)):
+        if isinstance(want, int) and want > 0:
+            if want != have:
+                raise DataError(f"{what}: axis {k} is {have} but input {name!r} is {tensor.shape_text()}.")
+        elif k == axis:
+            if have != 1:
+                raise DataError(
+                    f"{what}: holds {have} on its sample axis {k}; a constant gives one sample (1 on that "
+                    "axis), repeated to each batch's size."
+                )
+            repeat = True
+    return repeat
+
+
+def _suggest_sample_axis(
+    source: str, index: int, chunk: Feeds, lengths: Mapping[str, int], model: ModelInfo
+) -> None:
+    """Arrays that disagree on axis 0: when one holds the others' sample count on exactly one other axis,
+    name that axis and how to give it."""
+    for name, length in lengths.items():
+        others = {size for key, size in lengths.items() if key != name}
+        if len(others) != 1 or length in others or length < 0:
+            continue
+        common = others.pop()
+        fits = [k for k, size in enumerate(chunk[name].shape) if k and size == common]
+        if len(fits) == 1:
+            raise DataError(
+                f"{source}: array {bounded_repr(name)} has {length} on axis 0 but the other arrays hold "
+                f"{common} samples (chunk {index}); if its samples lie on axis {fits[0]}, give "
+                f"{_AXIS_HINT.format(name=name, value=fits[0])}."
+            )
+    del model

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from .backends import Runner
-from .data import Dataset, Feeds
+from .data import Dataset, Feeds, ModelFeeds, sample_count
 from .errors import DataError, ModelError, NonFiniteOutputError
 from .output_kinds import (
     SCORE_THRESHOLD,
@@ -252,7 +252,7 @@ def _labelled_batches(
 ) -> Iterator[tuple[int, Feeds, np.ndarray | None]]:
     start = 0
     for feeds in dataset.batches(batch_size):
-        n = next(iter(feeds.values())).shape[0]
+        n = sample_count(feeds)
         yield start, feeds, None if labels is None else labels[start : start + n]
         start += n
 
@@ -305,8 +305,12 @@ class GateAccumulator:
 def run_outputs(
     runner: Runner, feeds: Feeds, outputs: tuple[str, ...], *, precision: str, first_sample: int
 ) -> dict[str, np.ndarray]:
-    """``outputs`` of ``runner`` on one batch, each checked (a sample axis, no NaN or Inf)."""
+    """``outputs`` of ``runner`` on one batch, each checked (a sample axis, no NaN or Inf) and with its
+    samples on axis 0 (feeds made by a dataset's layout say where each output holds them)."""
     values = runner.run(feeds)
+    if isinstance(feeds, ModelFeeds) and feeds.layout is not None:
+        layout = feeds.layout
+        values = {name: layout.output(name, values[name], feeds.samples, precision) for name in outputs}
     return {
         name: checked_output(values[name], name, precision=precision, first_sample=first_sample)
         for name in outputs

@@ -15,6 +15,8 @@
         equalize: ["/conv2/Conv"]   # or true: cross-layer equalization before calibration
         bias_correction: ["/fc2/Gemm"]
         repairs: [calibrator, equalize, bias_correction]   # the bisection's ladder before float
+        const: {sr: 16000}          # inputs fed the same value with every batch (a number or a .npy)
+        sample_axis: {state: 1}     # an input's or output's samples on an axis other than 0
 
 Relative paths are relative to the manifest's folder. The valid keys and what each must be come from the
 settings table (``settings.SETTINGS``; the README lists them).
@@ -44,6 +46,8 @@ class ManifestError(Int8GateError):
 ENTRY_KEYS: dict[str, Setting] = {name_of(s.manifest): s for s in SETTINGS if on(s.manifest)}
 #: Keys naming a file or data, resolved against the manifest's folder.
 _PATH_KEYS = tuple(key for key, s in ENTRY_KEYS.items() if s.kind in ("path", "data"))
+#: Keys whose values may name a .npy file (constant inputs).
+_CONSTANT_KEYS = tuple(key for key, s in ENTRY_KEYS.items() if s.kind == "constants")
 _ID_SAFE = re.compile(r"[^\w.\-]+")
 
 
@@ -113,6 +117,12 @@ def load_manifest(path: str | os.PathLike[str]) -> tuple[ManifestEntry, ...]:
                     if not Path(merged[key]).is_absolute()
                     else merged[key]
                 )
+        for key in _CONSTANT_KEYS:  # a constant's .npy is relative to the manifest's folder too
+            if isinstance(merged.get(key), dict):
+                merged[key] = {
+                    name: str((file.parent / value).resolve()) if isinstance(value, str) else value
+                    for name, value in merged[key].items()
+                }
         if not Path(merged["model"]).is_file():
             raise ManifestError(f"{file}: {label}: 'model' {bounded_text(str(merged['model']))} not found.")
         name = str(item.get("name") or Path(str(merged["model"])).stem)

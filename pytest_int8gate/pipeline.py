@@ -33,12 +33,16 @@ from .data import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_DATA_TIMEOUT_S,
     DEFAULT_MAX_SAMPLES,
+    ConstantSource,
     Dataset,
+    InputLayout,
     batch_size_for,
     check_dataset,
+    check_feeds,
     check_labels,
     load_dataset,
     load_labels,
+    resolve_layout,
 )
 from .diagnostics import (
     check_calibration_table,
@@ -124,6 +128,10 @@ class GateSpec:
     strict_ci: bool = False
     #: Run the INT8 engine twice on a subset and report whether it is bit-exact.
     check_determinism: bool = False
+    #: Inputs fed the same value with every batch (a number, a list of numbers, an array or a .npy path).
+    constants: Mapping[str, ConstantSource] = field(default_factory=dict)
+    #: Input or output name -> the axis holding its samples, when not 0 (a recurrent state: 1).
+    sample_axes: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def display_name(self) -> str:
@@ -167,13 +175,17 @@ class GatePipeline:
     def model(self) -> LoadedModel:
         return with_placement(load_model(self.spec.model), self.spec.plan.placement)
 
+    @functools.cached_property
+    def layout(self) -> InputLayout:
+        """Constant inputs and sample axes, checked against the model."""
+        return resolve_layout(self.model.info, self.spec.constants, self.spec.sample_axes)
+
     def _dataset(self, source: DataSource, role: str) -> Dataset:
+        layout = self.layout
         if isinstance(source, Dataset):
-            return check_dataset(source, self.model.info, role=role)
+            return check_dataset(source, self.model.info, role=role, layout=layout)
         if isinstance(source, Mapping):
-            return check_dataset(
-                Dataset.from_arrays(source, source=f"<{role} arrays>"), self.model.info, role=role
-            )
+            return check_feeds(source, self.model.info, role=role, layout=layout)
         if isinstance(source, (str, os.PathLike)):
             return load_dataset(
                 source,
@@ -183,9 +195,11 @@ class GatePipeline:
                 max_samples=self.spec.max_samples,
                 timeout_s=self.spec.data_timeout,
                 progress=lambda message: self.progress("data", message),
+                layout=layout,
             )
-        feeds = Dataset.from_feeds(source, source=f"<{role} feed dicts>", max_samples=self.spec.max_samples)
-        return check_dataset(feeds, self.model.info, role=role)
+        return check_feeds(
+            source, self.model.info, role=role, max_samples=self.spec.max_samples, layout=layout
+        )
 
     @functools.cached_property
     def calibration_data(self) -> Dataset:
@@ -229,7 +243,7 @@ class GatePipeline:
 
     @functools.cached_property
     def batch_size(self) -> int:
-        return batch_size_for(self.model.info, self.spec.batch_size)
+        return batch_size_for(self.model.info, self.spec.batch_size, self.layout)
 
     @functools.cached_property
     def backend(self) -> Backend:

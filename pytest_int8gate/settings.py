@@ -76,10 +76,12 @@ Kind = Literal[
     "layer_calibrators",  # layer name -> calibrator
     "layers_or_all",  # layer names, or true for every layer that can be
     "repairs",  # rungs of the repair ladder
+    "constants",  # model input name -> a number, a list of numbers or a .npy file, fed with every batch
+    "axes",  # tensor name -> the axis that holds its samples
 ]
 
 #: Kinds a surface gives as a list (repeatable option, ini line list, YAML list, nargs on the command line).
-LIST_KINDS = ("paths", "budget", "tolerances", "layers", "layers_or_all", "repairs")
+LIST_KINDS = ("paths", "budget", "tolerances", "layers", "layers_or_all", "repairs", "constants", "axes")
 
 
 class SettingError(ValueError):
@@ -170,6 +172,8 @@ _KIND_MEANING: dict[str, str] = {
     "layer_calibrators": "a mapping of layer name: calibrator",
     "layers_or_all": "true, false or a list of layer names (strings)",
     "repairs": f"a list of repairs from {', '.join(REPAIRS)}",
+    "constants": "a mapping of input name: a number, a list of numbers or a .npy path",
+    "axes": "a mapping of input or output name: sample axis (an integer >= 0)",
 }
 
 _PER_MODEL = "layer names belong to one model: set them per model in the manifest or int8_gate.check(...)"
@@ -413,6 +417,32 @@ SETTINGS: tuple[Setting, ...] = (
         maximum=86_400.0,
         metavar="SECONDS",
         example=60.0,
+    ),
+    Setting(
+        "constants",
+        "constants",
+        {},
+        "an input fed the same value with every batch (a 0-d sample rate, a start state), as NAME=NUMBER or "
+        "NAME=FILE.npy; the data then leaves it out",
+        "--int8-const",
+        "int8_const",
+        "const",
+        "--const",
+        metavar="NAME=VALUE",
+        example={"sr": 16000},
+    ),
+    Setting(
+        "sample_axes",
+        "axes",
+        {},
+        "the axis that holds an input's or output's samples when it is not 0, as NAME=AXIS (a recurrent "
+        "state [2, N, 128]: state=1); data gives that input with its samples there",
+        "--int8-sample-axis",
+        "int8_sample_axis",
+        "sample_axis",
+        "--sample-axis",
+        metavar="NAME=AXIS",
+        example={"state": 1},
     ),
     Setting(
         "threads",
@@ -740,6 +770,14 @@ def from_yaml(setting: Setting, value: object) -> object:
         ok = isinstance(value, bool)
     elif kind in ("budget", "tolerances", "layer_calibrators"):
         ok = isinstance(value, dict)
+    elif kind in ("constants", "axes"):
+        if not isinstance(value, dict):
+            raise wrong
+        for name, item in value.items():
+            problem = _item_problem(kind, item) if isinstance(name, str) else "must have a string name"
+            if problem:
+                raise SettingError(f"[{bounded_repr(name)}] {problem}, not {bounded_repr(item)}")
+        ok = True
     elif kind == "layers_or_all" and isinstance(value, bool):
         ok = True
     elif kind in ("paths", "layers", "layers_or_all", "repairs"):
@@ -768,6 +806,66 @@ def from_yaml(setting: Setting, value: object) -> object:
     return value
 
 
+def _item_problem(kind: str, item: object) -> str | None:
+    """What is wrong with one manifest value of a ``constants`` or ``axes`` mapping (None: nothing)."""
+    if kind == "axes":
+        ok = isinstance(item, int) and not isinstance(item, bool) and item >= 0
+        return None if ok else "must be a sample axis (an integer >= 0)"
+    if isinstance(item, str):
+        return None if item.endswith(".npy") else "must be a number, a list of numbers or a .npy path"
+    if _numbers(item, depth=0):
+        return None
+    return "must be a number, a list of numbers or a .npy path (finite numbers only)"
+
+
+def _numbers(item: object, depth: int) -> bool:
+    """A finite number, or nested lists of them (bounded depth: a constant is small and written by hand)."""
+    if isinstance(item, (int, float)):
+        return math.isfinite(item)
+    if isinstance(item, list) and depth < 8:
+        return all(_numbers(v, depth + 1) for v in item)
+    return False
+
+
+def parse_items(setting: Setting, items: Sequence[str]) -> dict[str, object]:
+    """``NAME=VALUE`` items of a ``constants`` or ``axes`` setting as written on a command line or in an ini
+    file: a constant's value is a number or a ``.npy`` path (kept as written), an axis an integer >= 0."""
+    parsed: dict[str, object] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        name, text = name.strip(), text.strip()
+        if not sep or not name or not text:
+            raise SettingError(f"{bounded_repr(item)} is not {setting.metavar}")
+        if name in parsed:
+            raise SettingError(f"gives {bounded_repr(name)} twice")
+        value: object
+        if setting.kind == "axes":
+            try:
+                value = int(text)
+            except ValueError:
+                raise SettingError(f"{bounded_repr(item)}: the axis is not an integer") from None
+            if value < 0:
+                raise SettingError(f"{bounded_repr(item)}: the axis must be >= 0")
+        else:
+            value = _constant_text(item, text)
+        parsed[name] = value
+    return parsed
+
+
+def _constant_text(item: str, text: str) -> object:
+    for convert in (int, float):
+        try:
+            number = convert(text)
+        except ValueError:
+            continue
+        if not math.isfinite(number):
+            raise SettingError(f"{bounded_repr(item)}: the value is not finite")
+        return number
+    if text.endswith(".npy"):
+        return text
+    raise SettingError(f"{bounded_repr(item)}: the value is neither a number nor a .npy file")
+
+
 def ordered_repairs(rungs: Sequence[str]) -> tuple[str, ...]:
     """The given rungs in ladder order ("none" alone: no rung, straight to float)."""
     return tuple(r for r in REPAIRS if r in rungs)
@@ -794,6 +892,9 @@ def spec_value(setting: Setting, value: object) -> object:
     if kind == "repairs":
         assert isinstance(value, (list, tuple))
         return ordered_repairs([str(v) for v in value])
+    if kind in ("constants", "axes"):
+        assert isinstance(value, Mapping)
+        return {str(k): v for k, v in value.items()}
     return value
 
 

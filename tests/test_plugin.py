@@ -154,6 +154,8 @@ def test_defaults_without_any_option(project: pytest.Pytester) -> None:
         "percentile": 99.99,
         "rootdir": str(root),
         "repairs": ["calibrator", "equalize", "bias_correction"],
+        "constants": {},
+        "sample_axes": {},
     }
 
 
@@ -250,6 +252,8 @@ def test_ini_keys_resolve_paths_against_the_ini_files_folder(
         "percentile": 99.9,
         "rootdir": str(root),
         "repairs": ["calibrator", "bias_correction"],
+        "constants": {},
+        "sample_axes": {},
     }
 
 
@@ -326,6 +330,8 @@ def test_command_line_wins_over_ini_and_resolves_paths_against_the_invocation_di
         "percentile": 99.5,
         "rootdir": str(root),
         "repairs": [],
+        "constants": {},
+        "sample_axes": {},
     }
 
 

@@ -21,11 +21,13 @@ from .fixtures import (
     Int8Gate,
     fp32_engine,
     int8_calibration_data,
+    int8_constants,
     int8_engine,
     int8_eval_data,
     int8_gate,
     int8_labels,
     int8_model,
+    int8_sample_axes,
 )
 from .items import (
     MARKER,
@@ -52,11 +54,13 @@ __all__ = [
     "Int8Session",
     "fp32_engine",
     "int8_calibration_data",
+    "int8_constants",
     "int8_engine",
     "int8_eval_data",
     "int8_gate",
     "int8_labels",
     "int8_model",
+    "int8_sample_axes",
     "run_gate",
 ]
 

@@ -64,6 +64,20 @@ def int8_labels(pytestconfig: pytest.Config) -> str | None:
     return _session(pytestconfig).options.labels
 
 
+@pytest.fixture(scope="session")
+def int8_constants(pytestconfig: pytest.Config) -> Mapping[str, Any]:
+    """Inputs fed the same value with every batch (input name -> number, array or .npy path): --int8-const,
+    unless overridden in conftest.py."""
+    return dict(_session(pytestconfig).options.constants)
+
+
+@pytest.fixture(scope="session")
+def int8_sample_axes(pytestconfig: pytest.Config) -> Mapping[str, int]:
+    """Input or output name -> the axis holding its samples, when not 0: --int8-sample-axis, unless
+    overridden in conftest.py."""
+    return dict(_session(pytestconfig).options.sample_axes)
+
+
 def _session_pipeline(
     config: pytest.Config, model: Path, calib: DataSource, eval_data: DataSource, labels: str | None
 ) -> GatePipeline:
@@ -135,8 +149,17 @@ class Int8Gate:
     """What a test calls: ``int8_gate.check(...)`` runs a gate and fails the test with the report."""
 
     def __init__(
-        self, item: pytest.Item, model: Path, calib: DataSource, eval_data: DataSource, labels: str | None
+        self,
+        item: pytest.Item,
+        model: Path,
+        calib: DataSource,
+        eval_data: DataSource,
+        labels: str | None,
+        constants: Mapping[str, Any] | None = None,
+        sample_axes: Mapping[str, int] | None = None,
     ) -> None:
+        self.constants = dict(constants or {})
+        self.sample_axes = dict(sample_axes or {})
         self.item = item
         self.model = model
         self.calib = calib
@@ -169,6 +192,8 @@ class Int8Gate:
         kpi: KpiFunction | None = None,
         name: str | None = None,
         raise_on_failure: bool = True,
+        constants: Mapping[str, Any] | None = None,
+        sample_axes: Mapping[str, int] | None = None,
     ) -> GateVerdict:
         """Gate ``model`` (default: the ``int8_model`` fixture); fail the test when the budget is not met."""
         import numpy as np
@@ -205,6 +230,8 @@ class Int8Gate:
             "equalize": equalize if isinstance(equalize, bool) else _layer_names(equalize),
             "bias_correction": _layer_names(bias_correction),
             "name": name or f"{self.item.name}[{path.name}]",
+            "constants": {**self.constants, **(constants or {})},
+            "sample_axes": {**self.sample_axes, **(sample_axes or {})},
         }
         if output is not None:
             fields["output"] = output
@@ -238,6 +265,16 @@ def int8_gate(
     int8_calibration_data: DataSource,
     int8_eval_data: DataSource,
     int8_labels: str | None,
+    int8_constants: Mapping[str, Any],
+    int8_sample_axes: Mapping[str, int],
 ) -> Int8Gate:
     """Runs INT8 gates in a test, with the test's ``int8_budget`` marker as its budget."""
-    return Int8Gate(request.node, int8_model, int8_calibration_data, int8_eval_data, int8_labels)
+    return Int8Gate(
+        request.node,
+        int8_model,
+        int8_calibration_data,
+        int8_eval_data,
+        int8_labels,
+        int8_constants,
+        int8_sample_axes,
+    )

@@ -31,6 +31,7 @@ from ..settings import (
     negative_flag,
     on,
     ordered_repairs,
+    parse_items,
     spec_value,
     surface,
 )
@@ -78,6 +79,8 @@ class Int8Options:
     strict_ci: bool = False
     check_determinism: bool = False
     repairs: tuple[str, ...] = REPAIRS
+    constants: Mapping[str, object] = field(default_factory=dict)
+    sample_axes: Mapping[str, int] = field(default_factory=dict)
 
     def spec(self, model: Path, **overrides: Any) -> GateSpec:
         """A gate spec for ``model`` from these options; ``overrides`` replace fields."""
@@ -224,6 +227,13 @@ class _Resolver:
                 except SettingError as exc:
                     raise fail(item, str(exc)) from None
             return spec_value(setting, ordered_repairs(items))
+        if setting.kind in ("constants", "axes"):
+            try:
+                parsed = parse_items(setting, items)
+            except SettingError as exc:
+                raise fail(items, str(exc)) from None
+            # a .npy named on the command line or in the ini file is relative to where it was written
+            return {k: str((base / v).resolve()) if isinstance(v, str) else v for k, v in parsed.items()}
         try:
             if setting.kind == "budget":
                 return Budget.parse(items, source=name_of(setting.option))
