@@ -1,5 +1,6 @@
 """``python benchmarks/run_all.py --smoke``: the one command that runs every benchmark works, end to end, on a
-tiny case, and writes a results file with every section, the machine, the command and a verdict per target."""
+tiny case, and writes a results file with every section, the machine, the command and a verdict per target;
+the speed benchmark's measurements run in this process on a tiny network."""
 
 from __future__ import annotations
 
@@ -45,9 +46,26 @@ def test_run_all_smoke_writes_every_section(tmp_path: Path) -> None:
         "## 4. Warm re-run",
         "## 5. Gate overhead",
         "## 6. Plugin import",
+        "## 7. Speed where users wait",
     ):
         assert section in text, section
     assert "| bare FP32 pass (ONNX Runtime session + run) |" in text
     assert "| 8 | fc4, fc6 |" in text  # the bisection table of bench_bisect, N = 8
     if "**not met**" in summary:
         assert "## Where a target is missed: why, and what would meet it" in text
+
+
+def test_speed_benchmark_measures_every_figure_on_a_tiny_network(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import bench_speed
+
+    lines, figures = bench_speed.measure(bench_speed.SMOKE, tmp_path)
+
+    assert {f.benchmark for f in figures} == {"1 calibration", "4 warm re-run", "5 overhead"}
+    assert all(f.ratio > 0 for f in figures)
+    text = "\n".join(lines)
+    assert "reused from the cache: calibration table, FP32 outputs, INT8 outputs, diagnostics" in text
+    for heading in ("### Calibration", "### A rerun that changes only the budget", "### Simulated INT8"):
+        assert heading in text, heading
