@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
@@ -25,6 +26,10 @@ from filelock import FileLock
 from .errors import CacheError, bounded_text
 
 CHECKSUM_SUFFIX = ".sha256"
+#: Suffix of a file a writer is still filling (:meth:`ArtifactCache.partial_file`).
+PARTIAL_SUFFIX = ".partial"
+#: A partial file untouched this long was abandoned by a writer that was killed.
+PARTIAL_MAX_AGE_S = 24 * 3600.0
 #: Mode of the directories the cache creates (never group- or world-writable).
 DIRECTORY_MODE = 0o755
 LOCK_FILE_MODE = 0o644
@@ -100,10 +105,23 @@ def checksum_path(entry: Path) -> Path:
     return entry.with_name(entry.name + CHECKSUM_SUFFIX)
 
 
+#: Files are hashed this many bytes at a time (a large entry is never read into memory whole).
+_HASH_CHUNK_BYTES = 1 << 20
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 hex digest of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_HASH_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def write_checksum(entry: Path, data: bytes | None = None) -> str:
     """Write ``entry``'s checksum file (``sha256sum`` format) of ``data`` (default: the file's bytes);
     return the hex digest."""
-    digest = hashlib.sha256(entry.read_bytes() if data is None else data).hexdigest()
+    digest = file_sha256(entry) if data is None else hashlib.sha256(data).hexdigest()
     atomic_write_bytes(checksum_path(entry), f"{digest}  {entry.name}\n".encode(), mode=ENTRY_MODE)
     return digest
 
@@ -120,7 +138,7 @@ def entry_problem(entry: Path) -> str | None:
     except (OSError, UnicodeDecodeError) as exc:
         return f"has an unreadable checksum file ({exc})"
     try:
-        actual = hashlib.sha256(entry.read_bytes()).hexdigest()
+        actual = file_sha256(entry)
     except OSError as exc:
         return f"cannot be read ({exc})"
     if not recorded or recorded[0] != actual:
@@ -167,6 +185,42 @@ class ArtifactCache:
                 write_checksum(target, data)  # of what was built: a bad write cannot vouch for itself
             _LOG.info("int8gate: built cache entry %s", target)
         return target, False
+
+    def partial_file(self, kind: str, key: str, suffix: str) -> Path:
+        """A new empty file beside the entry ``kind/key+suffix``, for a writer that fills it over a while and
+        then hands it to :meth:`adopt` (its name never matches an entry; :meth:`adopt` removes abandoned
+        ones after :data:`PARTIAL_MAX_AGE_S`)."""
+        target = self.path(kind, key, suffix)
+        with self._usable(target, "create"):
+            make_directories(target.parent)
+            fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=PARTIAL_SUFFIX)
+            os.fchmod(fd, ENTRY_MODE & ~current_umask())
+            os.close(fd)
+        return Path(name)
+
+    def adopt(self, kind: str, key: str, suffix: str, partial: Path) -> Path:
+        """Make the finished ``partial`` file (from :meth:`partial_file`) the entry ``kind/key+suffix`` with
+        its checksum, unless a valid entry is there already (then ``partial`` is dropped)."""
+        target = self.path(kind, key, suffix)
+        with self._locked(target):
+            problem = self._problem(target)
+            if problem is None:
+                partial.unlink(missing_ok=True)
+                return target
+            if problem:
+                note = f"cache entry {target} {problem}; rebuilt it"
+                self.notes.append(note)
+                _LOG.warning("int8gate: %s", note)
+            with self._usable(target, "write"):
+                self._remove_leftovers(target)
+                now = time.time()
+                for stale in target.parent.glob(f".{target.name}.*{PARTIAL_SUFFIX}"):
+                    with contextlib.suppress(OSError):  # another writer's may vanish meanwhile
+                        if now - stale.stat().st_mtime > PARTIAL_MAX_AGE_S:
+                            stale.unlink()
+                os.replace(partial, target)
+                write_checksum(target)
+        return target
 
     def _problem(self, target: Path) -> str | None:
         with self._usable(target, "read"):

@@ -6,18 +6,25 @@ An entry holds one engine's gated outputs over a whole evaluation set (each ``[s
 order, computed batch by batch with the gate's batch size) and the engine's description. Its key names
 everything the values depend on: the model's content (the FP32 model's hash, or the digest of the Q/DQ
 model's bytes), the data's fingerprint, the gated outputs, the batch size, the backend's description (name,
-version, device, mode, options) and this package's version. An entry whose checksum, outputs or sample
-count do not match is computed again, never trusted. Outputs above :data:`OUTPUT_CACHE_LIMIT_BYTES` are
-not kept (the gate then streams as it always did, holding one batch at a time).
+version, device, mode, options) and this package's version. An entry whose checksum, layout, outputs or
+sample count do not match is computed again, never trusted.
+
+Memory stays flat in the number of samples: outputs are written to the entry's file batch by batch while
+the evaluation streams, and read back one batch at a time. Outputs above :data:`OUTPUT_CACHE_LIMIT_BYTES`
+per engine are not kept.
+
+An entry's file: :data:`_MAGIC`, the header's length (8 bytes, little-endian), a JSON header (the engine's
+description, the sample count, where the values start and, per output, its name, dtype, per-sample shape
+and offset), then each output's values in C order.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from io import BufferedReader
 from pathlib import Path
 
 import numpy as np
@@ -30,50 +37,119 @@ from .data import Dataset, Feeds
 from .evaluate import GateAccumulator, KpiFunction, ReferenceOutputs, checked_output, run_outputs
 from .results import Comparison
 
-#: The most bytes of one engine's outputs over an evaluation set that are kept (and held while recording).
-OUTPUT_CACHE_LIMIT_BYTES = 256 << 20
+#: The most bytes of one engine's outputs over an evaluation set that are kept in the cache.
+OUTPUT_CACHE_LIMIT_BYTES = 1 << 30
 _KIND = "outputs"
-_SUFFIX = ".npz"
+_SUFFIX = ".bin"
+_MAGIC = b"INT8GATE-OUTPUTS-1\n"
+_HEADER_LIMIT = 1 << 20
+_ALIGN = 64
+
+
+def _aligned(size: int) -> int:
+    return -(-size // _ALIGN) * _ALIGN
+
+
+@dataclass(frozen=True)
+class OutputLayout:
+    """Where one output's values sit in an entry: ``[samples, *shape]`` of ``dtype`` from ``offset`` on
+    (counted from the entry's data offset)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    offset: int
+
+    @property
+    def row_bytes(self) -> int:
+        return int(np.dtype(self.dtype).itemsize) * int(np.prod(self.shape, dtype=np.int64))
+
+
+def _header(layouts: tuple[OutputLayout, ...], samples: int, info: BackendInfo) -> tuple[bytes, int]:
+    """An entry's header and where its values start."""
+
+    def text(start: int) -> bytes:
+        outputs = [
+            {"name": lay.name, "dtype": lay.dtype, "shape": list(lay.shape), "offset": lay.offset}
+            for lay in layouts
+        ]
+        meta = {"samples": samples, "data": start, "info": info.as_dict(), "outputs": outputs}
+        return json.dumps(meta).encode()
+
+    start = _aligned(len(_MAGIC) + 8 + len(text(0)) + 16)  # room for the start's own digits
+    meta = text(start)
+    return _MAGIC + len(meta).to_bytes(8, "little") + meta, start
 
 
 @dataclass(frozen=True)
 class StoredOutputs:
-    """One engine's gated outputs over a whole evaluation set (by output name), and what computed them."""
+    """One engine's gated outputs over a whole evaluation set, in an entry's file, read a batch at a time."""
 
-    values: Mapping[str, np.ndarray]
+    path: Path
     info: BackendInfo
+    samples: int
+    layouts: tuple[OutputLayout, ...]
+    #: Byte offset of the values in the file (the layouts' offsets count from here).
+    data_offset: int
 
     @property
-    def samples(self) -> int:
-        return int(next(iter(self.values.values())).shape[0])
-
-    def batch(self, start: int, count: int, *, precision: str) -> dict[str, np.ndarray]:
-        """The outputs of samples ``start`` to ``start + count``, checked like computed ones."""
-        return {
-            name: checked_output(values[start : start + count], name, precision=precision, first_sample=start)
-            for name, values in self.values.items()
-        }
-
-    def to_bytes(self) -> bytes:
-        buffer = io.BytesIO()
-        meta = {"outputs": list(self.values), "info": self.info.as_dict()}
-        arrays: dict[str, np.ndarray] = {"meta": np.array(json.dumps(meta))}
-        arrays.update({f"output_{i}": values for i, values in enumerate(self.values.values())})
-        np.savez(buffer, allow_pickle=False, **arrays)
-        return buffer.getvalue()
+    def outputs(self) -> tuple[str, ...]:
+        return tuple(layout.name for layout in self.layouts)
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> StoredOutputs:
-        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
-            meta = json.loads(str(archive["meta"]))
-            values = {str(name): archive[f"output_{i}"] for i, name in enumerate(meta["outputs"])}
-        return cls(values=values, info=BackendInfo(**meta["info"]))
+    def open(cls, path: Path) -> StoredOutputs:
+        """The entry at ``path``; ValueError when its header or sizes do not hold together."""
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            if handle.read(len(_MAGIC)) != _MAGIC:
+                raise ValueError("it is not an outputs entry")
+            length = int.from_bytes(handle.read(8), "little")
+            if length > _HEADER_LIMIT:
+                raise ValueError("its header is too long")
+            meta = json.loads(handle.read(length))
+        samples, data_offset = int(meta["samples"]), int(meta["data"])
+        if samples < 1 or not meta["outputs"] or data_offset < len(_MAGIC) + 8 + length:
+            raise ValueError("its header does not hold together")
+        layouts = []
+        for entry in meta["outputs"]:
+            dtype = np.dtype(str(entry["dtype"]))
+            shape = tuple(int(d) for d in entry["shape"])
+            layout = OutputLayout(str(entry["name"]), dtype.str, shape, int(entry["offset"]))
+            if dtype.hasobject or min(shape, default=0) < 0 or layout.offset < 0:
+                raise ValueError(f"output {layout.name!r} has no valid layout")
+            if data_offset + layout.offset + layout.row_bytes * samples > size:
+                raise ValueError("it is shorter than its header says")
+            layouts.append(layout)
+        return cls(path, BackendInfo(**meta["info"]), samples, tuple(layouts), data_offset)
 
     def fits(self, outputs: tuple[str, ...], samples: int) -> bool:
         """True when these are ``outputs`` over ``samples`` samples (an entry that is not is never used)."""
-        return tuple(self.values) == outputs and all(
-            values.ndim >= 1 and values.shape[0] == samples for values in self.values.values()
-        )
+        return self.outputs == outputs and self.samples == samples
+
+    def batch(self, start: int, count: int, *, precision: str) -> dict[str, np.ndarray]:
+        """The outputs of samples ``start`` to ``start + count``, read now and checked like computed ones."""
+        values = {}
+        with open(self.path, "rb") as handle:
+            for layout in self.layouts:
+                values[layout.name] = checked_output(
+                    self._read(handle, layout, start, count),
+                    layout.name,
+                    precision=precision,
+                    first_sample=start,
+                )
+        return values
+
+    def _read(self, handle: BufferedReader, layout: OutputLayout, start: int, count: int) -> np.ndarray:
+        count = max(min(count, self.samples - start), 0)
+        handle.seek(self.data_offset + layout.offset + layout.row_bytes * start)
+        array: np.ndarray = np.empty((count, *layout.shape), dtype=np.dtype(layout.dtype))
+        if handle.readinto(array.reshape(-1).view(np.uint8).data) != array.nbytes:
+            raise ValueError(f"{self.path} is shorter than its header says")
+        return array
+
+    def read_all(self) -> dict[str, np.ndarray]:
+        """Every output over every sample (for small sets and tests)."""
+        return self.batch(0, self.samples, precision="stored")
 
 
 def outputs_key(
@@ -125,9 +201,9 @@ class OutputStore:
         if entry_problem(path) is not None:  # missing or damaged: computed again (and rewritten)
             return None
         try:
-            stored = StoredOutputs.from_bytes(path.read_bytes())
+            stored = StoredOutputs.open(path)
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            self._discard(path, f"cannot be read ({type(exc).__name__})")
+            self._discard(path, f"cannot be read ({exc})")
             return None
         if not stored.fits(outputs, samples):
             self._discard(path, f"does not hold the outputs {list(outputs)} over {samples} samples")
@@ -140,40 +216,98 @@ class OutputStore:
         checksum_path(path).unlink(missing_ok=True)
         path.unlink(missing_ok=True)
 
-    def put(self, key: str, stored: StoredOutputs) -> None:
-        self.cache.get_or_build(_KIND, key, _SUFFIX, stored.to_bytes)
+    def recorder(self, key: str, samples: int, info: BackendInfo) -> OutputRecorder:
+        """A writer of the entry ``key``, filled batch by batch."""
+        return OutputRecorder(self, key, samples, info)
+
+    def put(self, key: str, values: Mapping[str, np.ndarray], info: BackendInfo) -> StoredOutputs | None:
+        """Store whole outputs (each ``[samples, ...]``) at once."""
+        recorder = self.recorder(key, next(iter(values.values())).shape[0], info)
+        recorder.add(values)
+        return recorder.finish()
 
 
 class OutputRecorder:
-    """Keeps the batches of one engine's outputs while they stream by, until they would exceed ``limit``
-    bytes over ``samples`` samples (then keeps nothing: such outputs are not stored)."""
+    """Writes one engine's outputs into a new entry of the store batch by batch as they stream by. Keeps
+    nothing when they would exceed the store's limit, change shape between batches, or cannot be written
+    (then a note in the cache's notes says so)."""
 
-    def __init__(self, samples: int, limit: int) -> None:
+    def __init__(self, store: OutputStore, key: str, samples: int, info: BackendInfo) -> None:
+        self.store = store
+        self.key = key
         self.samples = samples
-        self.limit = limit
-        self.parts: dict[str, list[np.ndarray]] | None = {}
+        self.info = info
         self.seen = 0
+        self.dead = False
+        self._path: Path | None = None
+        self._layouts: tuple[OutputLayout, ...] = ()
+        self._data_offset = 0
 
     def add(self, values: Mapping[str, np.ndarray]) -> None:
-        if self.parts is None:
+        if self.dead:
             return
-        count = next(iter(values.values())).shape[0]
-        self.seen += count
-        projected = sum(v.nbytes for v in values.values()) * self.samples / max(count, 1)
-        if projected > self.limit:
-            self.parts = None
-            return
-        for name, value in values.items():
-            self.parts.setdefault(name, []).append(value.copy())
+        count = int(next(iter(values.values())).shape[0])
+        try:
+            if self._path is None and not self._start(values):
+                return
+            assert self._path is not None
+            given = tuple((name, v.dtype.str, tuple(v.shape[1:])) for name, v in values.items())
+            expected = tuple((lay.name, lay.dtype, lay.shape) for lay in self._layouts)
+            if given != expected or self.seen + count > self.samples:
+                self.abandon()  # e.g. a detection output whose size differs from batch to batch
+                return
+            with open(self._path, "r+b") as handle:
+                for layout in self._layouts:
+                    handle.seek(self._data_offset + layout.offset + layout.row_bytes * self.seen)
+                    handle.write(np.ascontiguousarray(values[layout.name]).data)
+            self.seen += count
+        except OSError as exc:
+            self._refused(exc)
 
-    def values(self) -> dict[str, np.ndarray] | None:
-        """The outputs over the whole set; None when they were not kept (too big, shapes that differ
-        between batches, or not every sample seen)."""
-        if self.parts is None or not self.parts or self.seen != self.samples:
+    def _start(self, values: Mapping[str, np.ndarray]) -> bool:
+        """Lay the entry out from the first batch and create its file; False when it is not kept."""
+        layouts = []
+        offset = 0
+        for name, value in values.items():
+            layout = OutputLayout(name, value.dtype.str, tuple(int(d) for d in value.shape[1:]), offset)
+            layouts.append(layout)
+            offset += _aligned(layout.row_bytes * self.samples)
+        if offset > self.store.limit or any(np.dtype(lay.dtype).hasobject for lay in layouts):
+            self.dead = True
+            return False
+        self._layouts = tuple(layouts)
+        header, self._data_offset = _header(self._layouts, self.samples, self.info)
+        self._path = self.store.cache.partial_file(_KIND, self.key, _SUFFIX)
+        with open(self._path, "r+b") as handle:
+            handle.write(header)
+            handle.truncate(self._data_offset + offset)
+        return True
+
+    def _refused(self, exc: OSError) -> None:
+        self.store.cache.notes.append(
+            f"the evaluation outputs could not be kept in the cache ({exc.strerror or exc}); "
+            "a rerun computes them again"
+        )
+        self.abandon()
+
+    def abandon(self) -> None:
+        """Keep nothing (the partial file is removed); idempotent."""
+        self.dead = True
+        if self._path is not None:
+            self._path.unlink(missing_ok=True)
+            self._path = None
+
+    def finish(self) -> StoredOutputs | None:
+        """The stored entry when every sample was written; else None (and nothing is kept)."""
+        if self.dead or self._path is None or self.seen != self.samples:
+            self.abandon()
             return None
         try:
-            return {name: np.concatenate(parts) for name, parts in self.parts.items()}
-        except ValueError:  # e.g. a detection output whose size differs from batch to batch
+            path = self.store.cache.adopt(_KIND, self.key, _SUFFIX, self._path)
+            self._path = None
+            return StoredOutputs.open(path)
+        except OSError as exc:
+            self._refused(exc)
             return None
 
 
@@ -294,39 +428,42 @@ class EvaluationOutputs:
         # the INT8 engine first: its build errors come before anything else
         int8_source: Source = int8_stored if int8_stored is not None else int8_runner()
         fp32_source: Source = self._fp32 if self._fp32 is not None else fp32_runner()
-        limit = self.store.limit
-        fp32_recorder = None if self._fp32 is not None else OutputRecorder(samples, limit)
-        int8_recorder = (
-            None if int8_stored is not None or int8_key is None else OutputRecorder(samples, limit)
+        recorders = (
+            None
+            if isinstance(fp32_source, StoredOutputs)
+            else self.store.recorder(self.fp32_key, samples, fp32_source.describe()),
+            None
+            if int8_key is None or isinstance(int8_source, StoredOutputs)
+            else self.store.recorder(int8_key, samples, int8_source.describe()),
         )
-        comparison = compare_sources(
-            fp32_source,
-            int8_source,
-            self.dataset,
-            outputs=self.outputs,
-            batch_size=self.batch_size,
-            labels=labels,
-            kpi=kpi,
-            recorders=(fp32_recorder, int8_recorder),
-        )
+        try:
+            comparison = compare_sources(
+                fp32_source,
+                int8_source,
+                self.dataset,
+                outputs=self.outputs,
+                batch_size=self.batch_size,
+                labels=labels,
+                kpi=kpi,
+                recorders=recorders,
+            )
+        except BaseException:
+            for recorder in recorders:
+                if recorder is not None:
+                    recorder.abandon()
+            raise
+        fp32_recorder, int8_recorder = recorders
         if self._fp32 is not None:
             if self._fp32_unreported:  # read from the store: reported once, at the first comparison
                 self.hits.append("FP32 outputs")
                 self._fp32_unreported = False
-        elif fp32_recorder is not None and (values := fp32_recorder.values()) is not None:
-            assert not isinstance(fp32_source, StoredOutputs)
-            self._fp32 = StoredOutputs(values, fp32_source.describe())
-            self.store.put(self.fp32_key, self._fp32)
+        elif fp32_recorder is not None:
+            self._fp32 = fp32_recorder.finish()
         if int8_stored is not None:
             self.hits.append("INT8 outputs")
             self.int8_info = int8_stored.info
-        elif (
-            int8_key is not None
-            and int8_recorder is not None
-            and (values := int8_recorder.values()) is not None
-        ):
-            assert not isinstance(int8_source, StoredOutputs)
-            self.store.put(int8_key, StoredOutputs(values, int8_source.describe()))
+        elif int8_recorder is not None:
+            int8_recorder.finish()
         return comparison
 
 

@@ -12,6 +12,7 @@ import numpy as np
 from example_files import CALIB, DIGITS, EVAL, LABELS, OUTLIER
 
 from pytest_int8gate.backends.onnxruntime import OrtRunner
+from pytest_int8gate.cache import ArtifactCache, write_checksum
 from pytest_int8gate.data import Dataset
 from pytest_int8gate.evaluate import ReferenceOutputs
 from pytest_int8gate.gate import Budget
@@ -58,7 +59,7 @@ def test_a_rerun_with_only_another_budget_builds_no_engine(tmp_path: Path) -> No
 def test_a_damaged_outputs_entry_is_computed_again(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     first = GatePipeline(spec(cache)).run()
-    entries = sorted((cache / "outputs").glob("*.npz"))
+    entries = sorted((cache / "outputs").glob("*.bin"))
     assert len(entries) == 2  # FP32 and INT8
     for entry in entries:
         data = bytearray(entry.read_bytes())
@@ -87,17 +88,21 @@ def test_a_changed_plan_reuses_the_fp32_outputs_only(tmp_path: Path) -> None:
     assert (verdict.fp32, verdict.int8) == (uncached.fp32, uncached.int8)
 
 
-def digits_outputs(samples: int) -> tuple[OrtRunner, Dataset, StoredOutputs]:
+def digits_outputs(samples: int, cache: Path) -> tuple[OrtRunner, Dataset, StoredOutputs]:
     runner = OrtRunner(load_model(DIGITS).proto, precision="fp32", optimize=True)
     with np.load(EVAL) as archive:
         images = archive["input"][:samples]
     whole = Dataset.from_arrays({"input": images})
-    values = np.concatenate([runner.run(feeds)["logits"] for feeds in whole.batches(32)])
-    return runner, whole, StoredOutputs({"logits": values}, runner.describe())
+    recorder = OutputStore(ArtifactCache(cache)).recorder("k", samples, runner.describe())
+    for feeds in whole.batches(32):  # written batch by batch, as an evaluation does
+        recorder.add({"logits": runner.run(feeds)["logits"]})
+    stored = recorder.finish()
+    assert stored is not None
+    return runner, whole, stored
 
 
-def test_the_search_reference_cut_from_stored_outputs_is_the_computed_one() -> None:
-    runner, whole, stored = digits_outputs(100)
+def test_the_search_reference_cut_from_stored_outputs_is_the_computed_one(tmp_path: Path) -> None:
+    runner, whole, stored = digits_outputs(100, tmp_path)
     for subset, first, sizes in (
         (whole.head(70), 0, [32, 32, 6]),  # the last batch is not one of the whole set's: computed again
         (whole.after(64), 64, [32, 4]),  # the unseen samples: batch-aligned, the first one is cut
@@ -113,32 +118,60 @@ def test_the_search_reference_cut_from_stored_outputs_is_the_computed_one() -> N
             assert np.array_equal(expected["logits"].view(np.uint32), got["logits"].view(np.uint32))
 
 
-def test_stored_outputs_round_trip() -> None:
+def test_stored_outputs_round_trip(tmp_path: Path) -> None:
     runner = OrtRunner(load_model(DIGITS).proto, precision="fp32", optimize=True)
     values = {"b": np.arange(12, dtype=np.float32).reshape(3, 4), "a/x": np.ones((3, 2, 2), np.float16)}
-    stored = StoredOutputs(values, runner.describe())
-    again = StoredOutputs.from_bytes(stored.to_bytes())
-    assert again.info == stored.info and list(again.values) == ["b", "a/x"]
-    for name, array in values.items():
-        assert np.array_equal(again.values[name], array) and again.values[name].dtype == array.dtype
+    stored = OutputStore(ArtifactCache(tmp_path)).put("k", values, runner.describe())
+    assert stored is not None
+    again = StoredOutputs.open(stored.path)
+    assert again == stored and again.info == runner.describe() and again.outputs == ("b", "a/x")
+    for name, array in again.read_all().items():
+        assert np.array_equal(array, values[name]) and array.dtype == values[name].dtype
+    assert np.array_equal(again.batch(1, 2, precision="FP32")["b"], values["b"][1:3])
     assert again.fits(("b", "a/x"), 3) and not again.fits(("b",), 3) and not again.fits(("b", "a/x"), 4)
+
+
+def test_outputs_that_change_shape_or_exceed_the_limit_are_not_kept(tmp_path: Path) -> None:
+    cache = ArtifactCache(tmp_path)
+    info = OrtRunner(load_model(DIGITS).proto, precision="fp32", optimize=True).describe()
+    ragged = OutputStore(cache).recorder("ragged", 5, info)
+    ragged.add({"boxes": np.zeros((3, 4), np.float32)})
+    ragged.add({"boxes": np.zeros((2, 7), np.float32)})  # a detection output of another size
+    assert ragged.finish() is None
+    big = OutputStore(cache, limit=100).recorder("big", 5, info)
+    big.add({"y": np.zeros((5, 8), np.float32)})
+    assert big.finish() is None
+    short = OutputStore(cache).recorder("short", 5, info)
+    short.add({"y": np.zeros((3, 8), np.float32)})
+    assert short.finish() is None  # not every sample seen
+    assert not list((tmp_path / "outputs").iterdir())  # no entry, no partial file left
 
 
 def test_an_intact_entry_holding_other_outputs_is_not_trusted(tmp_path: Path) -> None:
     """An entry whose checksum matches but that holds other outputs (or another sample count) is dropped
     and computed again; a note says so."""
-    _, _, stored = digits_outputs(40)
-    from pytest_int8gate.cache import ArtifactCache
-
+    _, _, stored = digits_outputs(40, tmp_path)
+    values = stored.read_all()
     cache = ArtifactCache(tmp_path)
     store = OutputStore(cache)
-    store.put("k", stored)
-    assert store.get("k", ("logits",), 40) is not None
+    assert store.get("k", ("logits",), 40) == stored
     assert store.get("k", ("logits",), 41) is None
-    assert not (tmp_path / "outputs" / "k.npz").exists()
+    assert not stored.path.exists()
     assert "does not hold the outputs ['logits'] over 41 samples" in cache.notes[0]
-    store.put("k", stored)  # written again
-    assert store.get("k", ("logits",), 40) is not None
+    assert store.put("k", values, stored.info) is not None  # written again
+    assert store.get("k", ("logits",), 40) == stored
+
+
+def test_an_entry_with_a_forged_header_is_not_trusted(tmp_path: Path) -> None:
+    """A header that claims more data than the file holds (its checksum rewritten to match) is refused."""
+    _, _, stored = digits_outputs(40, tmp_path)
+    data = bytearray(stored.path.read_bytes())
+    data[:] = data.replace(b'"samples": 40', b'"samples": 90')
+    stored.path.write_bytes(bytes(data))
+    write_checksum(stored.path)
+    cache = ArtifactCache(tmp_path)
+    assert OutputStore(cache).get("k", ("logits",), 90) is None
+    assert "shorter than its header says" in cache.notes[0]
 
 
 def test_every_output_of_a_two_output_model_is_reused_and_the_search_finds_the_same(tmp_path: Path) -> None:
@@ -176,3 +209,21 @@ def test_a_failing_gate_bisects_the_same_with_stored_outputs(tmp_path: Path) -> 
     assert warm.cache_hits.count("FP32 outputs") == 1  # told once, however often the search reads them
     assert warm.bisection is not None and cold.bisection is not None
     assert replace(warm.bisection, duration_s=0.0) == replace(cold.bisection, duration_s=0.0)
+
+
+def test_writing_and_reading_outputs_holds_one_batch_at_a_time(tmp_path: Path) -> None:
+    import tracemalloc
+
+    info = OrtRunner(load_model(DIGITS).proto, precision="fp32", optimize=True).describe()
+    batch = np.random.default_rng(0).standard_normal((8, 4096)).astype(np.float32)  # 128 KiB a batch
+    tracemalloc.start()
+    recorder = OutputStore(ArtifactCache(tmp_path)).recorder("k", 8 * 128, info)
+    for _ in range(128):  # 16 MiB in all
+        recorder.add({"y": batch})
+    stored = recorder.finish()
+    assert stored is not None
+    for start in range(0, stored.samples, 8):
+        assert np.array_equal(stored.batch(start, 8, precision="FP32")["y"], batch)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 4 << 20, peak  # a batch, and the checksum's 1 MiB read buffer
