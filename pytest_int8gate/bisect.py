@@ -48,18 +48,22 @@ quantized, sensitivity.py) comes from one extra pass over the subset.
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Generic, TypeVar
+
+import numpy as np
 
 from .choices import CALIBRATORS
 from .choices import STRATEGIES as STRATEGIES  # the names; this path stays importable
 from .equalize import fp32_difference
 from .evaluate import Comparison
 from .gate import MetricResult
-from .graph import Layer
-from .ladder import CALIBRATOR_ORDER, RepairLadder, Rung, plan_with, rung_of
+from .graph import COMPUTE_OPS, Layer
+from .ladder import CALIBRATOR_ORDER, CalibratorRung, RepairLadder, Rung, plan_with, rung_of
+from .placement import model_macs
 from .quantize import QuantPlan
 from .repair import FP32_TOLERANCE
 
@@ -69,14 +73,24 @@ from .results import LayerSensitivity as LayerSensitivity
 from .results import OffendingLayer as OffendingLayer
 from .results import RepairAction
 from .results import VerifiedFix as VerifiedFix
+from .sensitivity import SensitivityTable, sensitivity_table
 from .sensitivity import isolated_layer_model as isolated_layer_model  # this path stays importable
-from .sensitivity import layer_sensitivity
 
 if TYPE_CHECKING:
     from .context import GateContext, PlanEvaluator
 
 #: A longer prefix must beat a shorter one by more than this margin to count as non-monotonic.
 MONOTONIC_TOLERANCE = 0.01
+#: How the search walks a list of layers (the adaptive strategy walks it in sensitivity order with binary).
+SEARCH_WALKS = ("binary", "linear")
+#: The options that raise the search's limits (named where a limit stopped it).
+MAX_EVALS_OPTION = "--int8-bisect-max-evals"
+MAX_SECONDS_OPTION = "--int8-bisect-max-seconds"
+#: Adaptive: a layer whose own SQNR is this far below the median is a strong culprit candidate (dB).
+OUTLIER_DB = 15.0
+#: Adaptive: the greedy repair tries a calibrator on a layer only when it raises the layer's own SQNR by
+#: more than this (dB): smaller differences are within what one calibration set measures.
+MIN_GAIN_DB = 1.0
 #: The search starts from another calibrator for the whole model only when that calibrator closes more
 #: than this share of the spec's plan's gap to the budget (margins are negative when failing).
 SWITCH_SHARE = 0.5
@@ -131,6 +145,8 @@ class SearchState(Generic[RepairT]):
     repair_evaluations: int = 0
     notes: list[str] = field(default_factory=list)
     capped: bool = False
+    #: The option that raises the limit that stopped the search ("" when no limit stopped it).
+    stopped_by: str = ""
 
 
 def find_offenders(
@@ -142,16 +158,23 @@ def find_offenders(
     max_evaluations: int = 10_000,
     spent: int = 0,
     first: Probe | None = None,
+    search_limit: int | None = None,
+    time_left: Callable[[], bool] | None = None,
+    max_seconds: float | None = None,
 ) -> SearchState[RepairT]:
     """Run the culprit search over layer positions ``0..n_layers-1`` with ``oracle``.
 
-    ``spent`` evaluations made before the search count towards ``max_evaluations``.
+    ``spent`` evaluations made before the search count towards ``max_evaluations``. The search itself
+    never makes more than ``search_limit`` evaluations (default ``n_layers + 1``, what a linear scan
+    costs); when that limit stops it, the layers not yet searched are left undecided (not accepted).
+    ``time_left`` (with ``max_seconds``, for the note) stops it when the wall-time budget is spent.
 
     ``first`` is the already-measured probe of every layer quantized (binary strategy only): the
     evaluation that showed the failure is counted once and not repeated.
     """
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown bisection strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}.")
+    if strategy not in SEARCH_WALKS:
+        raise ValueError(f"unknown bisection strategy {strategy!r}; choose one of {', '.join(SEARCH_WALKS)}.")
+    limit = n_layers + 1 if search_limit is None else search_limit
     state: SearchState[RepairT] = SearchState()
 
     def probe(trial: Sequence[int]) -> Probe:
@@ -168,15 +191,32 @@ def find_offenders(
             state.overrides[offender] = calibrator
             state.accepted.append(offender)
 
+    def stop(note: str, option: str) -> bool:
+        if not state.capped:
+            state.notes.append(note)
+            state.stopped_by = option
+        state.capped = True
+        return False
+
     def budget_left() -> bool:
         if spent + state.search_evaluations + state.repair_evaluations >= max_evaluations:
-            if not state.capped:
-                state.notes.append(
-                    f"stopped at the cap of {max_evaluations} evaluations (--int8-bisect-max-evals); "
-                    "the search is incomplete"
-                )
-            state.capped = True
-            return False
+            return stop(
+                f"stopped at the cap of {max_evaluations} evaluations (--int8-bisect-max-evals); "
+                "the search is incomplete",
+                MAX_EVALS_OPTION,
+            )
+        if state.search_evaluations >= limit:
+            return stop(
+                f"stopped after {limit} search evaluations, what a linear scan of the {n_layers} layers "
+                "costs; the search is incomplete",
+                "",
+            )
+        if time_left is not None and not time_left():
+            return stop(
+                f"stopped at the wall-time budget of {max_seconds:g} s ({MAX_SECONDS_OPTION}); "
+                "the search is incomplete",
+                MAX_SECONDS_OPTION,
+            )
         return True
 
     if strategy == "linear":
@@ -194,7 +234,7 @@ def find_offenders(
     while position < n_layers and budget_left():
         rest = list(range(position, n_layers))
         if position == 0 and first is not None:
-            state.search_evaluations += 1
+            state.search_evaluations += 1  # measured before: counted here, not repeated
             whole = first
         else:
             whole = probe(rest)
@@ -207,11 +247,12 @@ def find_offenders(
         ambiguous = _non_monotonic_interval(probes)
         if ambiguous is not None:
             short_end, long_end = ambiguous
+            # the prefix up to short_end passed: the scan starts after it
             state.notes.append(
                 f"bisection assumption broke between positions {short_end} and {long_end} (a longer "
-                f"quantized prefix scored better); scanned positions {position}..{offender} linearly"
+                f"quantized prefix scored better); scanned positions {short_end + 1}..{offender} linearly"
             )
-            for i in range(position, offender):
+            for i in range(short_end + 1, offender):
                 if not budget_left():
                     return state
                 result = probe(list(range(position, i + 1)))
@@ -280,6 +321,47 @@ class SubsetOracle:
         self.base_plan = context.plan
         #: The best probe so far with what it quantized and its repairs (see :meth:`record`).
         self.best: tuple[Probe, list[int], dict[int, Rung]] | None = None
+        #: Every plan measured on the subset (by :meth:`key`), so that pruning never measures one twice.
+        self.measured: dict[tuple[object, ...], Probe] = {}
+        self._candidates = frozenset(layer.name for layer in self.layers)
+
+    def reorder(self, order: Sequence[int]) -> None:
+        """Walk the layers in ``order`` (positions in the current list); the best plan follows."""
+        self.layers = [self.layers[i] for i in order]
+        if self.best is not None:
+            position = {old: new for new, old in enumerate(order)}
+            probe, quantized, overrides = self.best
+            self.best = (
+                probe,
+                [position[i] for i in quantized],
+                {position[i]: r for i, r in overrides.items()},
+            )
+
+    def key(self, plan: QuantPlan) -> tuple[object, ...]:
+        """What decides a plan's Q/DQ model among the candidate layers (plans spelled with ``include``
+        or with ``exclude`` compare equal)."""
+        quantized = (
+            self._candidates if plan.include is None else plan.include & self._candidates
+        ) - plan.exclude
+        overrides = tuple(
+            sorted((n, c) for n, c in plan.overrides.items() if n in quantized and c != plan.calibrator)
+        )
+        return (
+            quantized,
+            plan.calibrator,
+            overrides,
+            plan.equalize,
+            plan.bias_correction & quantized,
+            plan.placement,
+        )
+
+    def measure(self, plan: QuantPlan) -> Probe:
+        """``plan`` judged on the subset (one evaluation), remembered."""
+        results = self.evaluator.judge(plan)
+        key = self.key(plan)
+        probe = probe_of(len(key[0]), results)  # type: ignore[arg-type]
+        self.measured[key] = probe
+        return probe
 
     def plan_for(self, quantized: Sequence[int], overrides: dict[int, Rung]) -> QuantPlan:
         """The base plan restricted to ``quantized``, with each layer's ladder rung applied."""
@@ -311,7 +393,8 @@ class SubsetOracle:
 
     def __call__(self, accepted: Sequence[int], trial: Sequence[int], overrides: dict[int, Rung]) -> Probe:
         quantized = [*accepted, *trial]
-        results = self.evaluator.judge(self.plan_for(quantized, overrides))
+        plan = self.plan_for(quantized, overrides)
+        results = self.evaluator.judge(plan)
         passed = all(r.passed for r in results)
         last = f"up to {self.layers[max(trial)].name}" if trial else "the whole plan" if quantized else "none"
         repairs = [f"{self.layers[i].name} with {overrides[i].text}" for i in trial if i in overrides]
@@ -322,14 +405,141 @@ class SubsetOracle:
             "bisect", f"{len(quantized)} of {len(self.layers)} layers quantized ({last}): {outcome}"
         )
         probe = probe_of(len(quantized), results)
+        self.measured[self.key(plan)] = probe
         self.record(probe, quantized, overrides)
         return probe
 
 
+@dataclass
+class SearchClock:
+    """The limits every phase of one search shares: the evaluation cap (global rungs, search, repair and
+    pruning count towards it) and the wall-time budget."""
+
+    max_evaluations: int
+    max_seconds: float | None
+    started: float
+    spent: int = 0
+    #: The option that raises the limit that stopped a phase ("" while none has).
+    stopped_by: str = ""
+
+    def time_left(self) -> bool:
+        return self.max_seconds is None or time.perf_counter() - self.started < self.max_seconds
+
+    def can_evaluate(self) -> bool:
+        """Whether one more evaluation fits; records which limit stopped it otherwise."""
+        if self.spent >= self.max_evaluations:
+            self.stopped_by = self.stopped_by or MAX_EVALS_OPTION
+            return False
+        if not self.time_left():
+            self.stopped_by = self.stopped_by or MAX_SECONDS_OPTION
+            return False
+        return True
+
+    def limit_text(self) -> str:
+        """The limit that stopped the search, as the note names it."""
+        if self.stopped_by == MAX_SECONDS_OPTION:
+            return f"the wall-time budget of {self.max_seconds:g} s"
+        return f"the cap of {self.max_evaluations} evaluations"
+
+
+@dataclass(frozen=True)
+class AdaptiveWalk:
+    """What the adaptive strategy read from the layers' own SQNR: the walk and the order it takes."""
+
+    mode: str  # "culprits": binary prefix search in sensitivity order; "spread": greedy INT8 repair first
+    order: tuple[int, ...]  # candidate positions, best own SQNR first (the layers the prefix adds last
+    # are the likeliest culprits)
+    note: str
+
+
+def choose_walk(sqnr: Sequence[float]) -> AdaptiveWalk:
+    """Few layers far below the others' own SQNR: strong culprits, found by a binary prefix search that
+    adds the worst layers last; otherwise the error is spread thin and a greedy INT8 repair of the worst
+    layers comes first."""
+    n = len(sqnr)
+    order = tuple(sorted(range(n), key=lambda i: (-_finite(sqnr[i]), i)))
+    if n == 0:
+        return AdaptiveWalk("culprits", order, "")
+    median = float(np.median([_finite(v) for v in sqnr]))
+    outliers = [i for i in range(n) if _finite(sqnr[i]) < median - OUTLIER_DB]
+    few = max(3, n // 8)
+    if 1 <= len(outliers) <= few:
+        return AdaptiveWalk(
+            "culprits",
+            order,
+            f"adaptive search: {len(outliers)} of {n} layers' own SQNR is over {OUTLIER_DB:g} dB below the "
+            f"median ({median:.1f} dB): few strong culprits, binary search adding the worst layers last",
+        )
+    spread = "no layer stands out" if not outliers else f"{len(outliers)} layers stand out"
+    return AdaptiveWalk(
+        "spread",
+        order,
+        f"adaptive search: {spread} in own SQNR (median {median:.1f} dB over {n} layers): error spread "
+        "thin, greedy INT8 repair of the worst layers first",
+    )
+
+
+def _finite(value: float) -> float:
+    if math.isnan(value) or value == -math.inf:
+        return -1e9
+    return min(value, 1e9)
+
+
+@dataclass
+class GreedyRepair:
+    """The greedy INT8 repair's outcome: the calibrator rungs kept (each raised the whole model's
+    margin), the last probe, and a report row per kept layer."""
+
+    repairs: dict[int, Rung] = field(default_factory=dict)
+    rows: dict[int, tuple[dict[str, float], tuple[str, ...]]] = field(default_factory=dict)
+    evaluations: int = 0
+
+
+def greedy_repair(
+    oracle: SubsetOracle,
+    table: SensitivityTable,
+    base: QuantPlan,
+    start: Probe,
+    worst_first: Sequence[int],
+    clock: SearchClock,
+    steps: int,
+) -> tuple[GreedyRepair, Probe]:
+    """Give the worst layers (own SQNR) the calibrator that serves them best, one whole-model evaluation
+    each, keeping a change only when it raises the model's margin; stop at a pass or after ``steps``."""
+    greedy = GreedyRepair()
+    probe = start
+    everything = list(range(len(oracle.layers)))
+    for index in worst_first:
+        if greedy.evaluations >= steps or not clock.can_evaluate():
+            break
+        name = oracle.layers[index].name
+        current = base.calibrator_for(name)
+        best = table.best_calibrator(name, current)
+        if best is None or not best[1] > MIN_GAIN_DB:
+            continue
+        calibrator, gain = best
+        rung = CalibratorRung(calibrator)
+        trial = oracle(everything, [], {**greedy.repairs, index: rung})
+        greedy.evaluations += 1
+        clock.spent += 1
+        if trial.passed or trial.margin > probe.margin:
+            greedy.repairs[index] = rung
+            own = table.sqnr(name, current)
+            greedy.rows[index] = (
+                dict(probe.metrics),
+                (f"greedy: own SQNR {own:.1f} dB with {current}, {own + gain:.1f} dB with {calibrator}",),
+            )
+            probe = trial
+            if trial.passed:
+                break
+    return greedy, probe
+
+
 def bisect_failure(context: GateContext, evaluator: PlanEvaluator, failing: Comparison) -> BisectionReport:
-    """Search, repair and verify for a gate whose full-set comparison ``failing`` missed the budget."""
+    """Search, repair, prune and verify for a gate whose full-set comparison ``failing`` missed the budget."""
     started = time.perf_counter()
     search = context.search
+    clock = SearchClock(search.max_evaluations, search.max_seconds, started)
     candidates = _candidate_layers(context)
     notes: list[str] = []
     oracle = SubsetOracle(context, evaluator, candidates, search.subset)
@@ -371,105 +581,147 @@ def bisect_failure(context: GateContext, evaluator: PlanEvaluator, failing: Comp
             "its fix is verified on samples it was searched on (more evaluation samples than "
             "--int8-bisect-subset leave some unseen)"
         )
+    # One FP32 pass: each layer's own SQNR under the spec's plan and under every calibrator.
+    context.progress("bisect", "measuring each layer's own SQNR under each calibrator")
+    table = sensitivity_table(
+        context, oracle.reference, candidates, [c for c in CALIBRATOR_ORDER if c in CALIBRATORS]
+    )
+
+    def report(**fields: object) -> BisectionReport:
+        values: dict[str, object] = {
+            "strategy": search.strategy,
+            "total_layers": len(candidates),
+            "subset_size": oracle.subset_size,
+            "search_evaluations": 0,
+            "repair_evaluations": 0,
+            "baseline_evaluations": baseline_evaluations,
+            "verification_evaluations": verifier.evaluations,
+            "offenders": (),
+            "sensitivity": table.layers,
+            "fix": None,
+            "notes": tuple(notes),
+            "duration_s": time.perf_counter() - started,
+            "unseen_samples": 0 if verifier.unseen is None else verifier.unseen.size,
+            "eval_samples": context.eval_data.num_samples,
+        }
+        values.update(fields)
+        return BisectionReport(**values)  # type: ignore[arg-type]
 
     # Cheap rungs first: the spec's plan under each other calibrator for the whole model.
     if unresolvable:
         rungs = GlobalRungs(context.plan, first)
     else:
-        rungs = GlobalRungs.climb(context, oracle, verifier, first)
+        rungs = GlobalRungs.climb(context, oracle, verifier, first, clock)
     notes.extend(rungs.notes)
+    global_evaluations = rungs.evaluations
     if rungs.fix is not None and rungs.fix.passed:
-        return BisectionReport(
-            strategy=search.strategy,
-            total_layers=len(candidates),
-            subset_size=oracle.subset_size,
-            search_evaluations=0,
-            repair_evaluations=0,
-            baseline_evaluations=baseline_evaluations,
-            verification_evaluations=verifier.evaluations,
-            offenders=(),
-            sensitivity=layer_sensitivity(context, oracle.reference, candidates),
-            fix=rungs.fix,
-            notes=tuple(notes),
-            duration_s=time.perf_counter() - started,
-            global_evaluations=rungs.evaluations,
-        )
+        return report(fix=rungs.fix, global_evaluations=global_evaluations, notes=tuple(notes))
     base = rungs.search_base
+    start_probe = rungs.search_probe
     if base != oracle.base_plan:
         oracle.base_plan, oracle.best = base, None
-        oracle.record(rungs.search_probe, list(range(len(candidates))), {})
+        oracle.record(start_probe, list(range(len(candidates))), {})
+
+    walk_mode = ""
+    greedy = GreedyRepair()
+    strategy = search.strategy
+    if strategy == "adaptive" and not unresolvable:
+        current = [_current_sqnr(table, context.plan, base, layer.name) for layer in candidates]
+        walk = choose_walk(current)
+        walk_mode = walk.mode
+        notes.append(walk.note)
+        oracle.reorder(walk.order)
+        if walk.mode == "spread":
+            steps = max(1, math.ceil(math.log2(max(len(candidates), 2)))) + 1
+            worst_first = list(reversed(range(len(candidates))))
+            greedy, start_probe = greedy_repair(oracle, table, base, start_probe, worst_first, clock, steps)
+            if greedy.repairs:
+                names = {oracle.layers[i].name: r for i, r in greedy.repairs.items()}
+                base = plan_with(base, names)
+                oracle.base_plan = base
+                oracle.best = None
+                oracle.record(start_probe, list(range(len(candidates))), {})
+        strategy = "binary"
     ladder = RepairLadder(context.model, base, search.repairs)
-    global_evaluations = rungs.evaluations
-    cap = search.max_evaluations
 
     def repair(index: int, state: SearchState[Rung]) -> Rung | None:
         def attempt(rung: Rung) -> bool | None:
-            if rungs.evaluations + state.search_evaluations + state.repair_evaluations >= cap:
+            if clock.spent + state.search_evaluations + state.repair_evaluations >= clock.max_evaluations:
+                clock.stopped_by = clock.stopped_by or MAX_EVALS_OPTION
+                return None
+            if not clock.time_left():
+                clock.stopped_by = clock.stopped_by or MAX_SECONDS_OPTION
                 return None
             state.repair_evaluations += 1
             return oracle(state.accepted, [index], {**state.overrides, index: rung}).passed
 
-        return ladder.climb(candidates[index].name, attempt)
+        return ladder.climb(oracle.layers[index].name, attempt)
 
-    start_probe = rungs.search_probe
-    state = (
-        SearchState()
-        if unresolvable
-        else find_offenders(
-            len(candidates),
+    greedy_passed = bool(greedy.repairs) and start_probe.passed
+    n = len(candidates)
+    if unresolvable or greedy_passed:
+        state: SearchState[Rung] = SearchState()
+    else:
+        # the whole-plan probe the walk starts from is counted as its first evaluation
+        reuse_first = strategy == "binary"
+        if reuse_first:
+            if greedy.repairs:
+                greedy.evaluations -= 1
+            elif base == context.plan:
+                baseline_evaluations -= 1
+            else:
+                global_evaluations -= 1
+        state = find_offenders(
+            n,
             oracle,
-            strategy=search.strategy,
+            strategy=strategy,
             repair=repair,
-            max_evaluations=search.max_evaluations,
-            spent=global_evaluations,
-            first=start_probe if search.strategy == "binary" else None,
+            max_evaluations=clock.max_evaluations,
+            spent=clock.spent - (1 if reuse_first and greedy.repairs else 0),
+            first=start_probe if reuse_first else None,
+            search_limit=n + 1 - greedy.evaluations,
+            time_left=clock.time_left,
+            max_seconds=clock.max_seconds,
         )
-    )
-    if search.strategy == "binary" and not unresolvable:
-        # the search counted the whole-plan probe it starts from as its first evaluation
-        if base == context.plan:
-            baseline_evaluations -= 1
-        else:
-            global_evaluations -= 1
+        clock.spent += (
+            state.search_evaluations + state.repair_evaluations - (1 if reuse_first and greedy.repairs else 0)
+        )
+        if state.stopped_by:
+            clock.stopped_by = clock.stopped_by or state.stopped_by
     notes.extend(state.notes)
     offenders: list[OffendingLayer] = []
-    for index in sorted([*state.offenders, *state.repaired]):
-        layer = candidates[index]
+    for index in state.offenders + list(state.repaired):
+        layer = oracle.layers[index]
         offenders.append(
             ladder.offender(layer, dict(state.offender_probes[index].metrics), state.repaired.get(index))
         )
+    for index, (metrics, attempts) in greedy.rows.items():
+        layer = oracle.layers[index]
+        row = ladder.offender(layer, metrics, greedy.repairs[index])
+        offenders.append(replace(row, attempts=attempts))
+    offenders.sort(key=lambda o: o.index)
     fix = None
-    pruned_repairs = 0
+    fix_plan: QuantPlan | None = None
+    pruning_evaluations = 0
+    pruned: tuple[str, ...] = ()
     if state.capped:
-        fix = _best_so_far(oracle, verifier, state, notes)
+        fix, fix_plan = _best_so_far(oracle, verifier, state, notes, clock)
     elif offenders:
-        fix = verifier.verify(_fix_plan(base, offenders))
+        fix_plan = _fix_plan(base, [o for o in offenders if o.index not in _indices(oracle, greedy)])
+        fix = verifier.verify(fix_plan)
         repaired = [o.name for o in offenders if o.action != "float"]
         if not fix.passed and repaired:
             in_float = [
                 replace(o, action=RepairAction.FLOAT, calibrator=None, producer=None) for o in offenders
             ]
-            fallback = verifier.verify(_fix_plan(base, in_float))
+            fallback_plan = _fix_plan(rungs.search_base, in_float)
+            fallback = verifier.verify(fallback_plan)
             if fallback.passed:
                 notes.append(
                     f"the repair of {', '.join(repaired)} met the budget on the {oracle.subset_size} "
                     f"search samples but not {verifier.where_failed(fix)}; kept in float instead"
                 )
-                offenders, fix = in_float, fallback
-        if fix.passed and base != context.plan:
-            # Fewest entries: the repairs may not need the model's calibrator switched (one subset
-            # evaluation, then the usual verification).
-            plain = _fix_plan(context.plan, offenders)
-            context.progress("bisect", f"trying the fix without calibrator {base.calibrator} for the model")
-            pruned_repairs += 1
-            if all(r.passed for r in oracle.evaluator.judge(plain)):
-                pruned = verifier.verify(plain)
-                if pruned.passed:
-                    notes.append(
-                        f"the repairs pass without calibrator {base.calibrator} for the whole model: "
-                        "the fix keeps the spec's calibrator (verified)"
-                    )
-                    fix = pruned
+                offenders, fix, fix_plan = in_float, fallback, fallback_plan
         if fix.fp32_max_abs_difference is not None and fix.fp32_reference_max_abs:
             relative = fix.fp32_max_abs_difference / fix.fp32_reference_max_abs
             if relative > FP32_TOLERANCE:
@@ -482,27 +734,141 @@ def bisect_failure(context: GateContext, evaluator: PlanEvaluator, failing: Comp
         notes.append(
             "no single layer is to blame: every prefix passes on the search subset, yet the full plan fails"
         )
+    if fix is not None and fix_plan is not None and fix.passed:
+        pruning = Pruning(context, oracle, verifier, clock)
+        fix = pruning.prune(fix_plan, fix)
+        pruning_evaluations = pruning.evaluations
+        pruned = tuple(pruning.dropped)
+        notes.extend(pruning.notes)
     if fix is None and rungs.fix is not None:
         fix = rungs.fix  # a calibrator for the model that passed on the subset only: shown as not a fix
     if fix is not None:
         searched_pass = not state.capped or (oracle.best is not None and oracle.best[0].passed)
         notes.extend(verifier.generalisation_notes(fix, passed_where_searched=searched_pass))
-    sensitivity = layer_sensitivity(context, oracle.reference, candidates)
-    return BisectionReport(
-        strategy=search.strategy,
-        total_layers=len(candidates),
-        subset_size=oracle.subset_size,
-        search_evaluations=state.search_evaluations,
-        repair_evaluations=state.repair_evaluations + pruned_repairs,
+    return report(
+        search_evaluations=state.search_evaluations + greedy.evaluations,
+        repair_evaluations=state.repair_evaluations,
         baseline_evaluations=baseline_evaluations,
         verification_evaluations=verifier.evaluations,
         offenders=tuple(offenders),
-        sensitivity=sensitivity,
         fix=fix,
         notes=tuple(notes),
         duration_s=time.perf_counter() - started,
         global_evaluations=global_evaluations,
+        pruning_evaluations=pruning_evaluations,
+        pruned=pruned,
+        walk=walk_mode,
+        stopped_by=clock.stopped_by,
     )
+
+
+def _indices(oracle: SubsetOracle, greedy: GreedyRepair) -> set[int]:
+    """Layer indices (topological) of the greedy repairs: already part of the search's base plan."""
+    return {oracle.layers[i].index for i in greedy.repairs}
+
+
+def _current_sqnr(table: SensitivityTable, spec: QuantPlan, base: QuantPlan, name: str) -> float:
+    """A layer's own SQNR under the plan the search starts from."""
+    if base.calibrator_for(name) == spec.calibrator_for(name):
+        for row in table.layers:
+            if row.name == name:
+                return row.sqnr_db
+    return table.sqnr(name, base.calibrator_for(name))
+
+
+class Pruning:
+    """After a fix passes: drop each entry it does not need (float layers first, then INT8 repairs, then
+    the calibrator for the whole model), each drop measured on the search samples, the pruned fix
+    verified like any fix."""
+
+    def __init__(
+        self, context: GateContext, oracle: SubsetOracle, verifier: Verifier, clock: SearchClock
+    ) -> None:
+        self.context = context
+        self.oracle = oracle
+        self.verifier = verifier
+        self.clock = clock
+        self.evaluations = 0
+        self.dropped: list[str] = []
+        self.notes: list[str] = []
+
+    def entries(self, plan: QuantPlan) -> list[tuple[str, str, str]]:
+        """(kind, layer, what the entry is) for each entry of ``plan`` beyond the spec's, in the order they
+        are tried: float layers first (the costliest), then INT8 repairs, then the model's calibrator."""
+        spec = self.context.plan
+        order = {layer.name: i for i, layer in enumerate(self.context.model.info.layers)}
+
+        def ordered(names: Iterable[str]) -> list[str]:
+            return sorted(names, key=lambda n: order.get(n, 0))
+
+        found = [("exclude", n, f"{n} in float") for n in ordered(plan.exclude - spec.exclude)]
+        found += [
+            ("override", n, f"{n} with calibrator {plan.overrides[n]}")
+            for n in ordered(plan.overrides)
+            if spec.overrides.get(n) != plan.overrides[n]
+        ]
+        found += [("equalize", n, f"{n} equalized") for n in ordered(plan.equalize - spec.equalize)]
+        found += [
+            ("bias_correction", n, f"{n} bias-corrected")
+            for n in ordered(plan.bias_correction - spec.bias_correction)
+        ]
+        if plan.calibrator != spec.calibrator:
+            found.append(("calibrator", "", f"calibrator {plan.calibrator} for the whole model"))
+        return found
+
+    def without(self, plan: QuantPlan, kind: str, name: str) -> QuantPlan:
+        """``plan`` with one entry dropped (back to the spec's setting)."""
+        spec = self.context.plan
+        if kind == "exclude":
+            return replace(plan, exclude=plan.exclude - {name})
+        if kind == "override":
+            kept = {k: v for k, v in plan.overrides.items() if k != name}
+            if name in spec.overrides:
+                kept[name] = spec.overrides[name]
+            return replace(plan, overrides=kept)
+        if kind == "equalize":
+            return replace(plan, equalize=plan.equalize - {name})
+        if kind == "bias_correction":
+            return replace(plan, bias_correction=plan.bias_correction - {name})
+        return replace(plan, calibrator=spec.calibrator)
+
+    def prune(self, plan: QuantPlan, fix: VerifiedFix) -> VerifiedFix:
+        entries = self.entries(plan)
+        if len(entries) < 1:
+            return fix
+        current = plan
+        for kind, name, label in entries:
+            candidate = self.without(current, kind, name)
+            known = self.oracle.measured.get(self.oracle.key(candidate))
+            if known is None:
+                if not self.clock.can_evaluate():
+                    self.notes.append(
+                        f"pruning stopped at {self.clock.limit_text()} ({self.clock.stopped_by}); "
+                        "the fix may hold entries it does not need"
+                    )
+                    break
+                self.context.progress("bisect", f"pruning: trying the fix without {label}")
+                known = self.oracle.measure(candidate)
+                self.evaluations += 1
+                self.clock.spent += 1
+            if known.passed:
+                current = candidate
+                self.dropped.append(label)
+        if not self.dropped:
+            return fix
+        pruned = self.verifier.verify(current)
+        if pruned.passed:
+            self.notes.append(
+                f"pruned {len(self.dropped)} of {len(entries)} entries the fix does not need "
+                f"({'; '.join(self.dropped)}): the smaller fix is verified"
+            )
+            return pruned
+        self.notes.append(
+            f"without {'; '.join(self.dropped)} the fix met the budget on the {self.oracle.subset_size} "
+            f"search samples but not {self.verifier.where_failed(pruned)}; those entries are kept"
+        )
+        self.dropped = []
+        return fix
 
 
 def _metrics_text(probe: Probe) -> str:
@@ -523,22 +889,22 @@ class GlobalRungs:
 
     @classmethod
     def climb(
-        cls, context: GateContext, oracle: SubsetOracle, verifier: Verifier, first: Probe
+        cls, context: GateContext, oracle: SubsetOracle, verifier: Verifier, first: Probe, clock: SearchClock
     ) -> GlobalRungs:
         rungs = cls(context.plan, first)
-        search = context.search
-        if RepairAction.CALIBRATOR.value not in search.repairs:
+        if RepairAction.CALIBRATOR.value not in context.search.repairs:
             return rungs
         everything = range(len(oracle.layers))
         for calibrator in CALIBRATOR_ORDER:
             if calibrator == context.plan.calibrator or calibrator not in CALIBRATORS:
                 continue
-            if rungs.evaluations >= search.max_evaluations:
+            if not clock.can_evaluate():
                 break
             plan = replace(context.plan, calibrator=calibrator)
             context.progress("bisect", f"trying calibrator {calibrator} for the whole model")
-            probe = probe_of(len(everything), oracle.evaluator.judge(oracle.plan_for_base(plan, everything)))
+            probe = oracle.measure(oracle.plan_for_base(plan, everything))
             rungs.evaluations += 1
+            clock.spent += 1
             context.progress(
                 "bisect", f"calibrator {calibrator} for the whole model: {'pass' if probe.passed else 'fail'}"
             )
@@ -578,6 +944,16 @@ class Verifier:
         self.searched = searched
         self.unseen = evaluator.unseen(searched) if searched < context.eval_data.num_samples else None
         self.evaluations = 0
+        self._macs = model_macs(context.model.proto.graph)
+        self._ops = {layer.name: layer.op_type for layer in context.model.info.layers}
+        self._quantized = tuple(context.default_quantized.quantized_layers)
+        self._total_macs = context.default_quantized.coverage.total_macs
+
+    def cost(self, plan: QuantPlan) -> tuple[int, float | None]:
+        """Layers of the spec plan's quantized ones that ``plan`` keeps in INT8, and their share of MACs."""
+        kept = [name for name in self._quantized if name not in plan.exclude]
+        macs = sum(self._macs.get(name, 0) for name in kept if self._ops.get(name) in COMPUTE_OPS)
+        return len(kept), (macs / self._total_macs if self._total_macs > 0 else None)
 
     def verify(self, plan: QuantPlan, *, calibrator: str | None = None) -> VerifiedFix:
         """``plan`` judged on every evaluation sample and on the unseen ones (when any were held out).
@@ -610,6 +986,9 @@ class Verifier:
             calibrator=calibrator,
             unseen_results=unseen,
             unseen_samples=0 if self.unseen is None else self.unseen.size,
+            int8_layers=self.cost(plan)[0],
+            quantized_layers=len(self._quantized),
+            int8_mac_share=self.cost(plan)[1],
         )
         if not plan.equalize:
             return fix
@@ -656,22 +1035,33 @@ def _fix_plan(base: QuantPlan, offenders: Sequence[OffendingLayer]) -> QuantPlan
 
 
 def _best_so_far(
-    oracle: SubsetOracle, verifier: Verifier, state: SearchState[Rung], notes: list[str]
-) -> VerifiedFix | None:
-    """At the evaluation cap: the best plan the search measured (the passing one with most layers in
+    oracle: SubsetOracle, verifier: Verifier, state: SearchState[Rung], notes: list[str], clock: SearchClock
+) -> tuple[VerifiedFix | None, QuantPlan | None]:
+    """When a limit stopped the search: the best plan it measured (the passing one with most layers in
     INT8, else the one with the best margin), verified, so the report never ends at "no fix"."""
     best = oracle.best
     if best is None:
-        return None
+        return None, None
     probe, quantized, overrides = best
     plan = oracle.deployable(quantized, overrides)
     in_float = len(oracle.layers) - len(quantized)
+    option = state.stopped_by or clock.stopped_by
+    if option == MAX_SECONDS_OPTION:
+        where, advice = (
+            f"the wall-time budget of {clock.max_seconds:g} s",
+            f"raise {option} to search further",
+        )
+    elif option:
+        where, advice = "the cap", f"raise {option} to search further"
+    else:
+        where = "the search limit"
+        advice = "the layers not yet searched are kept in float"
     notes.append(
-        f"best plan found before the cap: {len(quantized)} of {len(oracle.layers)} layers in INT8 "
+        f"best plan found before {where}: {len(quantized)} of {len(oracle.layers)} layers in INT8 "
         f"({in_float} kept in float), {_metrics_text(probe)} on the {oracle.subset_size} search samples; "
-        "raise --int8-bisect-max-evals to search further"
+        f"{advice}"
     )
-    return verifier.verify(plan)
+    return verifier.verify(plan), plan
 
 
 def _candidate_layers(context: GateContext) -> list[Layer]:

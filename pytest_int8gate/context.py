@@ -39,6 +39,7 @@ class SearchSettings:
     subset: int  # evaluation samples the search probes on
     max_evaluations: int
     repairs: tuple[str, ...]  # the ladder rungs tried before keeping a layer in float
+    max_seconds: float | None = None  # wall-time budget of the search (None: none)
 
 
 @dataclass(frozen=True)

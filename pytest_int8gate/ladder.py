@@ -117,15 +117,23 @@ def equalization_candidates(model: LoadedModel) -> dict[str, EqualizationCandida
 class RepairLadder:
     """The rungs tried on one offender, in order, and what each attempt found."""
 
-    def __init__(self, model: LoadedModel, base: QuantPlan, rungs: Sequence[str]) -> None:
+    def __init__(
+        self,
+        model: LoadedModel,
+        base: QuantPlan,
+        rungs: Sequence[str],
+        *,
+        calibrator_order: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
+        """``calibrator_order``: per layer, the calibrators to try first (e.g. by the layer's own SQNR
+        under each); the others follow in :data:`CALIBRATOR_ORDER`."""
         self.model = model
         self.base = base
         self.enabled = check_repairs(rungs, "repairs")
         self.calibrators = [c for c in CALIBRATOR_ORDER if c in CALIBRATORS]
+        self.calibrator_order = dict(calibrator_order or {})
         self.attempts: dict[str, list[str]] = {}
-        self._pairs = (
-            equalization_candidates(model) if RepairAction.EQUALIZE.value in self.enabled else {}
-        )
+        self._pairs = equalization_candidates(model) if RepairAction.EQUALIZE.value in self.enabled else {}
 
     def climb(self, name: str, attempt: Callable[[Rung], bool | None]) -> Rung | None:
         """The first rung that meets the budget for layer ``name``; None: keep it in float.
@@ -152,7 +160,9 @@ class RepairLadder:
         rungs: list[tuple[Rung, str]] = []
         if RepairAction.CALIBRATOR.value in self.enabled:
             current = self.base.calibrator_for(name)
-            rungs.extend((CalibratorRung(c), "") for c in self.calibrators if c != current)
+            preferred = [c for c in self.calibrator_order.get(name, ()) if c in self.calibrators]
+            ordered = list(dict.fromkeys([*preferred, *self.calibrators]))
+            rungs.extend((CalibratorRung(c), "") for c in ordered if c != current)
         if RepairAction.EQUALIZE.value in self.enabled:
             entry = self._pairs.get(name)
             rung = EqualizationRung(self.producer(name))

@@ -27,7 +27,7 @@ from .bisect import bisect_failure
 from .budget import Budget
 from .cache import ArtifactCache, content_key
 from .calibrate import CalibrationTable, CalibratorSettings, calibrate
-from .choices import DEFAULT_MIN_CALIB_SAMPLES, DEFAULT_PLACEMENT, REPAIRS
+from .choices import DEFAULT_MIN_CALIB_SAMPLES, DEFAULT_PLACEMENT, DEFAULT_STRATEGY, REPAIRS
 from .context import GateContext, PlanEvaluator, Progress, SearchSettings
 from .data import (
     DEFAULT_BATCH_SIZE,
@@ -60,7 +60,7 @@ from .progress import counted_batches
 from .quantize import QuantizedModel, QuantPlan, activation_tensors, quantize_model
 from .repair import RewrittenModel, bias_corrected, equalized_variant
 from .results import BisectionReport, Comparison, Finding, GateVerdict, MetricResult, sort_findings
-from .settings import DEFAULT_PERCENTILE
+from .settings import DEFAULT_BISECT_MAX_SECONDS, DEFAULT_PERCENTILE
 from .soundness import (
     check_coverage,
     check_labels_fit,
@@ -111,9 +111,11 @@ class GateSpec:
     data_search_path: Path | None = None
     name: str | None = None
     bisect: bool = True
-    bisect_strategy: str = "binary"
+    bisect_strategy: str = DEFAULT_STRATEGY
     bisect_subset: int = 200
     bisect_max_evaluations: int = 200
+    #: Wall-time budget of the bisection (seconds).
+    bisect_max_seconds: float = DEFAULT_BISECT_MAX_SECONDS
     #: Layers equalized with their producer before calibration; True: every pair that can be.
     equalize: bool | frozenset[str] = frozenset()
     #: Quantized layers whose bias is corrected after quantization.
@@ -457,6 +459,7 @@ class GatePipeline:
                 subset=spec.bisect_subset,
                 max_evaluations=spec.bisect_max_evaluations,
                 repairs=spec.repairs,
+                max_seconds=spec.bisect_max_seconds,
             ),
             progress=self.progress,
             fp32_runner=lambda: self.fp32_runner,

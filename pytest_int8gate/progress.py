@@ -26,6 +26,9 @@ ProgressMode = Literal["live", "stages", "all", "off"]
 LIVE_INTERVAL = 0.1
 #: Counter ticks print at most this often (seconds) when every event is printed (``-v``).
 TICK_INTERVAL = 1.0
+#: In logs (``stages``), a long stage with many steps (the culprit search) still prints its latest step
+#: at least this often (seconds), so that CI output never looks hung.
+HEARTBEAT_INTERVAL = 5.0
 _TICK = re.compile(r"^(\d+)/(\d+)\b")
 
 
@@ -71,6 +74,7 @@ class ProgressPrinter:
         self.stage_started = 0.0
         self.last_rewrite = -float("inf")
         self.last_tick_line = -float("inf")
+        self.last_line = -float("inf")
         self.live_text = ""
 
     def __call__(self, stage: str, message: str) -> None:
@@ -92,6 +96,11 @@ class ProgressPrinter:
                 self.last_tick_line = now
         elif self.mode == "all" or (self.mode == "stages" and new_stage and not tick):
             self.write_line(line)
+            self.last_line = now
+        elif self.mode == "stages" and now - self.last_line >= HEARTBEAT_INTERVAL:
+            steps = f" [{self.stage_events}, {now - self.stage_started:.0f} s]"
+            self.write_line(f"{self.prefix} {stage}{steps}: {message}")
+            self.last_line = now
         elif self.mode == "live" and (new_stage or now - self.last_rewrite >= LIVE_INTERVAL):
             assert self.rewrite is not None
             steps = f" [{self.stage_events}]" if self.stage_events > 1 else ""

@@ -253,6 +253,32 @@ class VerifiedFix:
     #: The budget judged on the evaluation samples the search never used (empty: none were held out).
     unseen_results: tuple[MetricResult, ...] = ()
     unseen_samples: int = 0
+    #: The fix's cost: layers it runs in INT8 (of the spec plan's quantized layers) and share of MACs.
+    int8_layers: int = 0
+    quantized_layers: int = 0  # what the spec's plan quantizes
+    int8_mac_share: float | None = None
+
+    @property
+    def entries(self) -> int:
+        """How many entries the fix adds to the spec (a calibrator, a layer in float, an override...)."""
+        return (
+            (1 if self.calibrator else 0)
+            + len(self.exclude)
+            + len(self.overrides)
+            + len(self.equalize)
+            + len(self.bias_correction)
+        )
+
+    def cost(self) -> str:
+        """One line, e.g. ``2 entries: 0 layers in float, 1 override; 51 of 51 layers and 100.0 % of MACs
+        in INT8``."""
+        share = "" if self.int8_mac_share is None else f" and {100 * self.int8_mac_share:.1f} % of MACs"
+        return (
+            f"{self.entries} {'entry' if self.entries == 1 else 'entries'}: {len(self.exclude)} "
+            f"{'layer' if len(self.exclude) == 1 else 'layers'} in float, {len(self.overrides)} "
+            f"{'override' if len(self.overrides) == 1 else 'overrides'}; {self.int8_layers} of "
+            f"{self.quantized_layers} layers{share} in INT8"
+        )
 
     @property
     def generalised(self) -> bool | None:
@@ -292,6 +318,11 @@ class VerifiedFix:
             "metrics": {r.name: r.as_dict() for r in self.results},
             "unseen_samples": self.unseen_samples,
             "unseen_metrics": {r.name: r.as_dict() for r in self.unseen_results},
+            "entries": self.entries,
+            "float_layers": len(self.exclude),
+            "int8_layers": self.int8_layers,
+            "quantized_layers": self.quantized_layers,
+            "int8_mac_share": self.int8_mac_share,
             "manifest": self.manifest_snippet(),
         }
 
@@ -318,6 +349,18 @@ class BisectionReport:
     duration_s: float
     #: The spec's plan under each other calibrator for the whole model, before the per-layer search.
     global_evaluations: int = 0
+    #: Dropping each entry of a passing fix it may not need, on the search samples.
+    pruning_evaluations: int = 0
+    #: The entries pruning dropped from the fix (e.g. "fc3 in float"), each measured, the result verified.
+    pruned: tuple[str, ...] = ()
+    #: The adaptive strategy's walk: "culprits" (sensitivity-ordered binary search) or "spread" (greedy
+    #: INT8 repair of the worst layers first); "" for the binary and linear strategies.
+    walk: str = ""
+    #: The option that raises the limit that stopped the search ("" when none did).
+    stopped_by: str = ""
+    #: Samples each phase used: the search samples (``subset_size``), those it never saw, all of them.
+    unseen_samples: int = 0
+    eval_samples: int = 0
 
     @property
     def evaluations(self) -> int:
@@ -326,8 +369,26 @@ class BisectionReport:
             + self.global_evaluations
             + self.search_evaluations
             + self.repair_evaluations
+            + self.pruning_evaluations
             + self.verification_evaluations
         )
+
+    def phases(self) -> dict[str, dict[str, int]]:
+        """Evaluations and samples per phase (baseline, global rungs, search, repair, pruning on the
+        search samples; verification on all samples and on those the search never used)."""
+        search = {"samples": self.subset_size}
+        return {
+            "baseline": {"evaluations": self.baseline_evaluations, **search},
+            "global_rungs": {"evaluations": self.global_evaluations, **search},
+            "search": {"evaluations": self.search_evaluations, **search},
+            "repair": {"evaluations": self.repair_evaluations, **search},
+            "pruning": {"evaluations": self.pruning_evaluations, **search},
+            "verification": {
+                "evaluations": self.verification_evaluations,
+                "samples": self.eval_samples,
+                "unseen_samples": self.unseen_samples,
+            },
+        }
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -339,7 +400,14 @@ class BisectionReport:
             "verification_evaluations": self.verification_evaluations,
             "search_evaluations": self.search_evaluations,
             "repair_evaluations": self.repair_evaluations,
+            "pruning_evaluations": self.pruning_evaluations,
             "evaluations": self.evaluations,
+            "phases": self.phases(),
+            "walk": self.walk,
+            "pruned": list(self.pruned),
+            "stopped_by": self.stopped_by,
+            "unseen_samples": self.unseen_samples,
+            "eval_samples": self.eval_samples,
             "offending_layers": [o.as_dict() for o in self.offenders],
             "sensitivity": [
                 {"index": s.index, "name": s.name, "op": s.op_type, "sqnr_db": _finite_or_none(s.sqnr_db)}

@@ -21,6 +21,7 @@ from .choices import (
     CALIBRATORS,
     DEFAULT_MIN_CALIB_SAMPLES,
     DEFAULT_PLACEMENT,
+    DEFAULT_STRATEGY,
     ORT_MODES,
     PLACEMENTS,
     REPAIRS,
@@ -36,6 +37,8 @@ DEFAULT_BATCH_SIZE = 32
 DEFAULT_PERCENTILE = 99.99
 #: Samples one data source may hold at most: a bound on memory and time (a loader that never ends stops).
 DEFAULT_MAX_SAMPLES = 100_000
+#: Seconds the bisection may take before it stops and reports the best plan found so far.
+DEFAULT_BISECT_MAX_SECONDS = 1800.0
 #: Seconds a ``module:function`` loader may take to yield one item before it is abandoned.
 DEFAULT_DATA_TIMEOUT_S = 300.0
 MANIFEST_NAME = "int8gate.yaml"
@@ -495,8 +498,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "bisect_strategy",
         "choice",
-        "binary",
-        "culprit search (linear: the seed method)",
+        DEFAULT_STRATEGY,
+        "culprit search (adaptive: by layer sensitivity; binary: prefix bisection; linear: the seed method)",
         "--int8-bisect-strategy",
         "int8_bisect_strategy",
         "bisect_strategy",
@@ -530,6 +533,20 @@ SETTINGS: tuple[Setting, ...] = (
         minimum=1,
         metavar="N",
         example=9,
+    ),
+    Setting(
+        "bisect_max_seconds",
+        "float",
+        DEFAULT_BISECT_MAX_SECONDS,
+        "wall-time budget of the bisection (seconds); the best plan so far is reported when it runs out",
+        "--int8-bisect-max-seconds",
+        "int8_bisect_max_seconds",
+        "bisect_max_seconds",
+        "--bisect-max-seconds",
+        minimum=0.0,
+        maximum=7 * 86_400.0,
+        metavar="SECONDS",
+        example=120.0,
     ),
     Setting(
         "equalize",

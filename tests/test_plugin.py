@@ -133,9 +133,10 @@ def test_defaults_without_any_option(project: pytest.Pytester) -> None:
         "backend": "onnxruntime",
         "ort_mode": "simulated",
         "bisect": True,
-        "bisect_strategy": "binary",
+        "bisect_strategy": "adaptive",
         "bisect_subset": 200,
         "bisect_max_evaluations": 200,
+        "bisect_max_seconds": 1800.0,
         "cache_dir": str(root / ".pytest_cache" / "d" / "int8gate"),
         "report_json": None,
         "report_md": None,
@@ -234,6 +235,7 @@ def test_ini_keys_resolve_paths_against_the_ini_files_folder(
         "bisect_strategy": "linear",
         "bisect_subset": 64,
         "bisect_max_evaluations": 9,
+        "bisect_max_seconds": 1800.0,
         "cache_dir": str(root / "build" / "cache"),
         "report_json": str(root / "build" / "report.json"),
         "report_md": None,
@@ -312,6 +314,7 @@ def test_command_line_wins_over_ini_and_resolves_paths_against_the_invocation_di
         "bisect_strategy": "binary",
         "bisect_subset": 32,
         "bisect_max_evaluations": 5,
+        "bisect_max_seconds": 1800.0,
         "cache_dir": str(sub / "c"),
         "report_json": str(sub / "r.json"),
         "report_md": None,
@@ -498,7 +501,7 @@ def test_header_names_the_backend_actually_used_under_auto(project: pytest.Pytes
     result.stdout.fnmatch_lines(
         [
             "int8gate: backend onnxruntime * (requested: auto)",
-            "int8gate: calibrator entropy; bisection binary*",
+            "int8gate: calibrator entropy; bisection adaptive*",
         ]
     )
 
@@ -868,7 +871,7 @@ def test_failing_gate_shows_table_offending_layer_verified_fix_and_snippet(proje
             "  metric * fp32 * int8 * drop * limit * result",
             "  top1_drop * 0.9740 * 0.1000 * 0.8740 * <= 0.01 * FAIL",
             "  cosine * >= 0.98 * FAIL",
-            "Offending layers (binary search: * evaluations over 5 quantized layers on 200 samples*",
+            "Offending layers (adaptive search (*): * evaluations over 5 quantized layers on 200 samples*",
             "* /conv2/Conv * Conv * stays INT8 via equalization with /conv1/Conv",
             "* tried: percentile failed; mse failed; max failed",
             "Verified fix on all 500 evaluation samples and on the 300 the search never used: "

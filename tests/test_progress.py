@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pytest_int8gate.progress import ProgressPrinter, counted_batches, in_ci, progress_mode
+from pytest_int8gate.progress import (
+    HEARTBEAT_INTERVAL,
+    ProgressPrinter,
+    counted_batches,
+    in_ci,
+    progress_mode,
+)
 
 
 class Clock:
@@ -75,6 +81,25 @@ def test_logs_get_one_line_per_stage_and_a_closing_line_for_long_stages() -> Non
         "int8gate bisect: done, 3 steps in 2.0 s",
     ]
     assert rewrites == []
+
+
+def test_logs_show_a_long_stage_at_least_every_few_seconds() -> None:
+    # A culprit search that takes minutes must not look hung in CI: its latest step is printed at least
+    # every HEARTBEAT_INTERVAL seconds (the benign twin above, a 2-second stage, prints one line).
+    clock = Clock()
+    show, lines, _ = printer("stages", clock)
+    show("bisect", "trying calibrator mse for the whole model")
+    for step in range(12):
+        clock.now += 1.0
+        show("bisect", f"{step + 1} of 51 layers quantized: fail")
+    show.close()
+    assert lines == [
+        "int8gate bisect: trying calibrator mse for the whole model",
+        "int8gate bisect [6, 5 s]: 5 of 51 layers quantized: fail",
+        "int8gate bisect [11, 10 s]: 10 of 51 layers quantized: fail",
+        "int8gate bisect: done, 13 steps in 12.0 s",
+    ]
+    assert HEARTBEAT_INTERVAL == 5.0  # the interval the lines above are 5 s apart by
 
 
 def test_a_terminal_gets_one_live_line_rewritten_in_place_and_cleared() -> None:

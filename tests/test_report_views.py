@@ -137,10 +137,16 @@ def test_a_bisected_failure_says_the_same_in_every_format(bisected: GateVerdict)
     shown = renderings(record, bisected)
 
     bisection, fix = record["bisection"], record["bisection"]["fix"]
+    walk = {"culprits": " (few strong culprits: sensitivity-ordered bisection)", "": ""}[bisection["walk"]]
     search = (
-        f"{bisection['strategy']} search: {bisection['search_evaluations']} evaluations over "
+        f"{bisection['strategy']} search{walk}: {bisection['search_evaluations']} evaluations over "
         f"{bisection['total_layers']} quantized layers on {bisection['subset_size']} samples; "
         f"{bisection['repair_evaluations']} repair attempts"
+    )
+    cost = (
+        f"fix: {fix['entries']} {'entry' if fix['entries'] == 1 else 'entries'}: "
+        f"{fix['float_layers']} layers in float, {len(fix['calibrator_overrides'])} overrides; {fix['int8_layers']} of "
+        f"{fix['quantized_layers']} layers and {100 * fix['int8_mac_share']:.1f} % of MACs in INT8"
     )
     fix_results = ", ".join(
         f"{name} {num(-m['delta'] if m['delta'] is not None else m['int8'])}"
@@ -165,6 +171,7 @@ def test_a_bisected_failure_says_the_same_in_every_format(bisected: GateVerdict)
     for where in ("text", "markdown", "html"):
         text = shown[where]
         assert search in text, where
+        assert cost in text, where
         assert "stays INT8 via equalization with /conv1/Conv" in text, where
         assert "percentile failed; mse failed; max failed" in text, where
         assert (

@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Any, Literal
 import pytest
 
 from ..budget import Budget
-from ..choices import DEFAULT_MIN_CALIB_SAMPLES, DEFAULT_PLACEMENT, REPAIRS
+from ..choices import DEFAULT_MIN_CALIB_SAMPLES, DEFAULT_PLACEMENT, DEFAULT_STRATEGY, REPAIRS
 from ..errors import Int8GateError, bounded_repr
 from ..settings import (
     DEFAULT_BATCH_SIZE,
+    DEFAULT_BISECT_MAX_SECONDS,
     DEFAULT_DATA_TIMEOUT_S,
     DEFAULT_MAX_SAMPLES,
     DEFAULT_PERCENTILE,
@@ -58,9 +59,10 @@ class Int8Options:
     backend: str = "onnxruntime"
     ort_mode: str = "simulated"
     bisect: bool = True
-    bisect_strategy: str = "binary"
+    bisect_strategy: str = DEFAULT_STRATEGY
     bisect_subset: int = 200
     bisect_max_evaluations: int = 200
+    bisect_max_seconds: float = DEFAULT_BISECT_MAX_SECONDS
     cache_dir: Path | None = None
     report_json: Path | None = None
     report_md: Path | None = None

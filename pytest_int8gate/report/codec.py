@@ -141,6 +141,11 @@ def encode_fix(fix: VerifiedFix) -> dict[str, Any]:
             "metrics": {r.key: encode_metric(r) for r in fix.results},
             "unseen_samples": fix.unseen_samples,
             "unseen_metrics": {r.key: encode_metric(r) for r in fix.unseen_results},
+            "entries": fix.entries,
+            "float_layers": len(fix.exclude),
+            "int8_layers": fix.int8_layers,
+            "quantized_layers": fix.quantized_layers,
+            "int8_mac_share": fix.int8_mac_share,
             "manifest": fix.manifest_snippet(),
         }
     )
@@ -157,7 +162,14 @@ def encode_bisection(report: BisectionReport) -> dict[str, Any]:
             "verification_evaluations": report.verification_evaluations,
             "search_evaluations": report.search_evaluations,
             "repair_evaluations": report.repair_evaluations,
+            "pruning_evaluations": report.pruning_evaluations,
             "evaluations": report.evaluations,
+            "phases": report.phases(),
+            "walk": report.walk,
+            "pruned": list(report.pruned),
+            "stopped_by": report.stopped_by,
+            "unseen_samples": report.unseen_samples,
+            "eval_samples": report.eval_samples,
             "offending_layers": [encode_offender(o) for o in report.offenders],
             "sensitivity": [
                 {"index": s.index, "name": s.name, "op": s.op_type, "sqnr_db": s.sqnr_db}

@@ -195,6 +195,9 @@ def decode_fix(data: object, where: str = "fix") -> VerifiedFix:
         calibrator=fields.optional_text("calibrator"),
         unseen_results=_metrics(fields, "unseen_metrics"),
         unseen_samples=fields.integer("unseen_samples"),
+        int8_layers=fields.integer("int8_layers"),
+        quantized_layers=fields.integer("quantized_layers"),
+        int8_mac_share=fields.optional_number("int8_mac_share"),
     )
 
 
@@ -229,6 +232,12 @@ def decode_bisection(data: object, where: str = "bisection") -> BisectionReport:
         notes=fields.texts("notes"),
         duration_s=fields.number("duration_s", 0.0),
         global_evaluations=fields.integer("global_evaluations"),
+        pruning_evaluations=fields.integer("pruning_evaluations"),
+        pruned=fields.texts("pruned"),
+        walk=fields.text("walk"),
+        stopped_by=fields.text("stopped_by"),
+        unseen_samples=fields.integer("unseen_samples"),
+        eval_samples=fields.integer("eval_samples"),
     )
 
 

@@ -12,7 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..results import SEVERITIES, Finding, GateVerdict, MetricResult, RepairAction, severity_counts
+from ..results import (
+    SEVERITIES,
+    BisectionReport,
+    Finding,
+    GateVerdict,
+    MetricResult,
+    RepairAction,
+    severity_counts,
+)
 from .codec import backend_text, decode_number
 from .decode import decode_record
 from .records import GateBaseline, GateError, GateRecord, MetricChange
@@ -306,6 +314,33 @@ def _repair_text(action: RepairAction, calibrator: str | None, producer: str | N
     return "keep in float"
 
 
+_WALKS = {
+    "culprits": "few strong culprits: sensitivity-ordered bisection",
+    "spread": "error spread thin: greedy INT8 repair first",
+}
+
+
+def _search_line(report: BisectionReport) -> str:
+    """The search's evaluations by phase, the samples each used, and the fix's cost."""
+    walk = f" ({_WALKS[report.walk]})" if report.walk in _WALKS else ""
+    line = (
+        f"{report.strategy} search{walk}: {report.search_evaluations} evaluations over {report.total_layers} "
+        f"quantized layers on {report.subset_size} samples; {report.repair_evaluations} repair attempts"
+    )
+    if report.global_evaluations:
+        line += f"; {report.global_evaluations} evaluations of calibrators for the whole model first"
+    if report.pruning_evaluations:
+        line += f"; {report.pruning_evaluations} pruning evaluations"
+    line += f"; {report.verification_evaluations} verification evaluations"
+    if report.eval_samples:
+        line += f" on {report.eval_samples} samples"
+        if report.unseen_samples:
+            line += f" and the {report.unseen_samples} the search never used"
+    if report.fix is not None and report.fix.quantized_layers:
+        line += f"; fix: {report.fix.cost()}"
+    return line
+
+
 def _bisection_view(verdict: GateVerdict) -> BisectionView | None:
     report = verdict.bisection
     if report is None:
@@ -366,16 +401,7 @@ def _bisection_view(verdict: GateVerdict) -> BisectionView | None:
     indexed = all(s.index >= 0 for s in report.sensitivity)  # else the report's (worst-first) order
     points = sorted(report.sensitivity, key=lambda s: s.index) if indexed else list(report.sensitivity)
     return BisectionView(
-        search=(
-            f"{report.strategy} search: {report.search_evaluations} evaluations over {report.total_layers} "
-            f"quantized layers on {report.subset_size} samples; {report.repair_evaluations} repair attempts"
-            + (
-                f"; {report.global_evaluations} evaluations of calibrators for the whole model first"
-                if report.global_evaluations
-                else ""
-            )
-            + f"; {report.verification_evaluations} verification evaluations"
-        ),
+        search=_search_line(report),
         offenders=offenders,
         fix=fix,
         notes=tuple(report.notes),

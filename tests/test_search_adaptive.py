@@ -1,0 +1,189 @@
+"""The adaptive search on real chains (ONNX Runtime): planted culprits named exactly within the issue's
+bound, never more than a linear scan's N + 1 search evaluations, the wall-time budget that stops it with
+the best plan so far, pruning of fix entries that are not needed, and the report's phases and fix cost.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pytest_int8gate.bisect import (
+    MAX_SECONDS_OPTION,
+    Pruning,
+    SearchClock,
+    SubsetOracle,
+    Verifier,
+    _candidate_layers,
+    choose_walk,
+    find_offenders,
+)
+from pytest_int8gate.gate import Budget, GateVerdict
+from pytest_int8gate.pipeline import GatePipeline, GateSpec
+from pytest_int8gate.report import verdict_record
+from pytest_int8gate.results import BisectionReport
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from planted import chain_weights, inputs, layer_name, plant, save_chain
+
+BUDGET = Budget({"cosine": 0.99})
+EVAL_SAMPLES = 256
+SEARCH_SUBSET = 64
+
+
+def issue_bound(n_layers: int, k: int) -> int:
+    return k * math.ceil(math.log2(n_layers)) + 2
+
+
+def planted_model(root: Path, n_layers: int, positions: tuple[int, ...]) -> Path:
+    weights = chain_weights(n_layers)
+    for position in positions:
+        weights = plant(weights, position, factor=1e4)
+    return save_chain(weights, root / f"chain{n_layers}-{'-'.join(map(str, positions))}.onnx")
+
+
+def spec_for(model: Path, **changes: object) -> GateSpec:
+    fields: dict[str, object] = {
+        "model": model,
+        "calib_data": inputs(EVAL_SAMPLES, seed=1),
+        "eval_data": inputs(EVAL_SAMPLES, seed=2),
+        "budget": BUDGET,
+        "bisect_subset": SEARCH_SUBSET,
+        "threads": 1,
+    }
+    fields.update(changes)
+    return GateSpec(**fields)  # type: ignore[arg-type]
+
+
+def bisection(verdict: GateVerdict) -> BisectionReport:
+    assert not verdict.passed
+    assert isinstance(verdict.bisection, BisectionReport)
+    return verdict.bisection
+
+
+CASES = [(8, (5,)), (16, (3, 12)), (32, (4, 17, 29)), (64, (40,))]
+
+
+@pytest.mark.parametrize(("n_layers", "positions"), CASES, ids=lambda c: str(c))
+def test_adaptive_search_names_exactly_the_planted_layers_within_the_bound(
+    tmp_path: Path, n_layers: int, positions: tuple[int, ...]
+) -> None:
+    verdict = GatePipeline(spec_for(planted_model(tmp_path, n_layers, positions))).run()
+    report = bisection(verdict)
+    k = len(positions)
+    assert report.strategy == "adaptive" and report.walk == "culprits"
+    assert [o.name for o in report.offenders] == [layer_name(p) for p in positions]
+    assert report.search_evaluations <= issue_bound(n_layers, k)
+    assert report.search_evaluations <= n_layers + 1
+    assert report.fix is not None and report.fix.passed and report.fix.int8_layers == n_layers
+    assert report.fix.int8_mac_share == 1.0 and report.stopped_by == ""
+    # the evaluations by phase add up to every evaluation the pipeline counted
+    phases = report.phases()
+    assert sum(p["evaluations"] for p in phases.values()) == report.evaluations == verdict.evaluations - 1
+    assert phases["search"]["samples"] == SEARCH_SUBSET
+    assert phases["verification"] == {
+        "evaluations": report.verification_evaluations,
+        "samples": EVAL_SAMPLES,
+        "unseen_samples": EVAL_SAMPLES - SEARCH_SUBSET,
+    }
+    record = verdict_record(verdict, nodeid="chain::int8_gate", duration_s=1.0)["bisection"]
+    assert record["phases"] == phases and record["walk"] == "culprits"
+    assert record["fix"]["entries"] == k and record["fix"]["float_layers"] == 0
+
+
+def test_a_clean_model_is_not_searched(tmp_path: Path) -> None:
+    # the benign twin: the same chain without a planted layer passes, and nothing is searched
+    verdict = GatePipeline(spec_for(planted_model(tmp_path, 16, ()))).run()
+    assert verdict.passed and verdict.bisection is None and verdict.evaluations == 1
+
+
+def test_the_walk_follows_the_shape_of_the_sensitivity() -> None:
+    few = choose_walk([30.0, 31.0, 0.5, 29.0, 30.5, 32.0, 31.5, 30.0])
+    assert few.mode == "culprits" and few.order[-1] == 2  # the worst layer is added last
+    spread = choose_walk([22.0, 25.0, 21.0, 24.0, 23.0, 26.0, 22.5, 24.5])
+    assert spread.mode == "spread" and spread.order[-1] == 2
+    many = choose_walk([1.0, 30.0, 2.0, 31.0, 1.5, 30.0, 0.5, 29.0])  # half the layers broken: not "few"
+    assert many.mode == "spread"
+
+
+class ManyOffenders:
+    """Every other layer breaks the budget: bisection would cost far more than a linear scan."""
+
+    def __init__(self, n_layers: int) -> None:
+        self.bad = set(range(0, n_layers, 2))
+        self.calls = 0
+
+    def __call__(self, accepted: object, trial: list[int], overrides: dict[int, str]) -> object:
+        from pytest_int8gate.bisect import Probe
+
+        self.calls += 1
+        quantized = [*accepted, *trial]  # type: ignore[misc]
+        bad = [i for i in quantized if i in self.bad and i not in overrides]
+        return Probe(len(quantized), -float(len(bad)) if bad else 0.01, not bad)
+
+
+@pytest.mark.parametrize("n_layers", [4, 8, 16, 33])
+def test_the_search_never_spends_more_than_a_linear_scan(n_layers: int) -> None:
+    oracle = ManyOffenders(n_layers)
+    state = find_offenders(n_layers, oracle)  # type: ignore[arg-type]
+    assert state.search_evaluations == oracle.calls <= n_layers + 1
+    assert state.capped and state.stopped_by == ""
+    assert state.offenders == sorted(oracle.bad)[: len(state.offenders)]  # what it found is right
+    (note,) = state.notes
+    assert note.startswith(f"stopped after {n_layers + 1} search evaluations, what a linear scan")
+    # the benign twin: one offender costs far less than the limit, and nothing is cut short
+    single = find_offenders(n_layers, ManyOffendersAt({n_layers // 2}))  # type: ignore[arg-type]
+    assert single.offenders == [n_layers // 2] and not single.capped and single.notes == []
+
+
+class ManyOffendersAt(ManyOffenders):
+    def __init__(self, bad: set[int]) -> None:
+        self.bad = bad
+        self.calls = 0
+
+
+def test_the_wall_time_budget_stops_the_search_and_reports_the_best_plan(tmp_path: Path) -> None:
+    model = planted_model(tmp_path, 16, (3, 12))
+    report = bisection(GatePipeline(spec_for(model, bisect_max_seconds=1e-9)).run())
+    assert report.stopped_by == MAX_SECONDS_OPTION
+    assert any(f"wall-time budget of 1e-09 s ({MAX_SECONDS_OPTION})" in note for note in report.notes)
+    (best,) = [
+        note for note in report.notes if note.startswith("best plan found before the wall-time budget")
+    ]
+    assert f"raise {MAX_SECONDS_OPTION}" in best and "cosine" in best
+    assert report.fix is not None and report.fix.results and not report.fix.passed
+    # the benign twin: the default budget does not stop the same search
+    full = bisection(GatePipeline(spec_for(model)).run())
+    assert full.stopped_by == "" and full.fix is not None and full.fix.passed
+
+
+def test_pruning_drops_the_entries_a_fix_does_not_need_and_keeps_the_rest(tmp_path: Path) -> None:
+    pipeline = GatePipeline(spec_for(planted_model(tmp_path, 16, (8,)), bisect=False))
+    assert not pipeline.run().passed
+    context, evaluator = pipeline.context, pipeline.evaluator
+    oracle = SubsetOracle(context, evaluator, _candidate_layers(context), SEARCH_SUBSET)
+    verifier = Verifier(context, evaluator, oracle.subset_size)
+    needed = replace(context.plan, equalize=frozenset({"fc8"}))
+    padded = replace(needed, exclude=frozenset({"fc3"}), overrides={"fc5": "percentile"})
+
+    pruning = Pruning(context, oracle, verifier, SearchClock(200, None, time.perf_counter()))
+    fix = pruning.prune(padded, verifier.verify(padded))
+    assert pruning.dropped == ["fc3 in float", "fc5 with calibrator percentile"]
+    assert pruning.evaluations == 3  # fc3, fc5, then fc8's equalization (needed: the drop fails)
+    assert fix.passed and fix.exclude == () and fix.overrides == {} and fix.equalize == ("fc8",)
+    assert fix.int8_layers == 16 and fix.entries == 1
+    (note,) = pruning.notes
+    assert note.startswith("pruned 2 of 3 entries the fix does not need")
+
+    # the benign twin: a fix with nothing to spare keeps its one entry; the plan without it was measured
+    # above, so pruning remembers it fails instead of evaluating it again
+    minimal = Pruning(context, oracle, verifier, SearchClock(200, None, time.perf_counter()))
+    kept = minimal.prune(needed, verifier.verify(needed))
+    assert minimal.dropped == [] and minimal.evaluations == 0 and kept.equalize == ("fc8",)
+    assert np.isclose(kept.results[0].observed, fix.results[0].observed)
