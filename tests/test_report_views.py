@@ -143,9 +143,11 @@ def test_a_bisected_failure_says_the_same_in_every_format(bisected: GateVerdict)
         f"{bisection['total_layers']} quantized layers on {bisection['subset_size']} samples; "
         f"{bisection['repair_evaluations']} repair attempts"
     )
+    floats, overrides = fix["float_layers"], len(fix["calibrator_overrides"])
     cost = (
         f"fix: {fix['entries']} {'entry' if fix['entries'] == 1 else 'entries'}: "
-        f"{fix['float_layers']} layers in float, {len(fix['calibrator_overrides'])} overrides; {fix['int8_layers']} of "
+        f"{floats} {'layer' if floats == 1 else 'layers'} in float, "
+        f"{overrides} {'override' if overrides == 1 else 'overrides'}; {fix['int8_layers']} of "
         f"{fix['quantized_layers']} layers and {100 * fix['int8_mac_share']:.1f} % of MACs in INT8"
     )
     fix_results = ", ".join(
