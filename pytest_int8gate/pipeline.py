@@ -50,8 +50,9 @@ from .diagnostics import (
     model_diagnostics,
     result_diagnostics,
 )
-from .errors import NonFiniteOutputError
+from .errors import ModelError, NonFiniteOutputError
 from .evaluate import KpiFunction
+from .external_qdq import GivenQdq, contains_qdq, fix_note, read_given_qdq
 from .gate import default_budget_text
 from .graph import LoadedModel, load_model
 from .outputs import EvaluationOutputs, OutputStore, file_digest
@@ -134,6 +135,9 @@ class GateSpec:
     constants: Mapping[str, ConstantSource] = field(default_factory=dict)
     #: Input or output name -> the axis holding its samples, when not 0 (a recurrent state: 1).
     sample_axes: Mapping[str, int] = field(default_factory=dict)
+    #: A Q/DQ model made elsewhere to gate against ``model`` (nothing is calibrated or quantized here);
+    #: ``model`` itself may be a Q/DQ model, whose FP32 reference is then derived from it (external_qdq.py).
+    qdq_model: Path | None = None
 
     @property
     def display_name(self) -> str:
@@ -174,8 +178,41 @@ class GatePipeline:
 
     # ---- inputs -------------------------------------------------------------------------------
     @functools.cached_property
+    def _loaded_model(self) -> LoadedModel:
+        return load_model(self.spec.model)
+
+    @functools.cached_property
+    def given_qdq(self) -> GivenQdq | None:
+        """The Q/DQ model made elsewhere that this gate judges: ``qdq_model``, or ``model`` when it holds
+        Q/DQ nodes (its FP32 reference then derived from it); None when this tool quantizes."""
+        spec = self.spec
+        if spec.qdq_model is not None:
+            given = read_given_qdq(load_model(spec.qdq_model), self._loaded_model)
+        elif contains_qdq(self._loaded_model.proto):
+            given = read_given_qdq(self._loaded_model, None)
+        else:
+            return None
+        if spec.equalize or spec.bias_correction:
+            raise ModelError(
+                f"{given.qdq.info.source}: equalize and bias_correction rewrite the model before and while "
+                "this tool quantizes it; a given Q/DQ model is already quantized, so neither applies."
+            )
+        return given
+
+    @functools.cached_property
     def model(self) -> LoadedModel:
-        return with_placement(load_model(self.spec.model), self.spec.plan.placement)
+        """The FP32 model INT8 is made from, whose layers plans name: the spec's model, or the FP32 model
+        derived from a given Q/DQ model (same node names)."""
+        given = self.given_qdq
+        if given is not None:
+            return given.fp32
+        return with_placement(self._loaded_model, self.spec.plan.placement)
+
+    @property
+    def reference_model(self) -> LoadedModel:
+        """The model the FP32 engine runs: :attr:`model`, or the FP32 model given beside a Q/DQ model."""
+        given = self.given_qdq
+        return given.reference if given is not None else self.model
 
     @functools.cached_property
     def layout(self) -> InputLayout:
@@ -364,6 +401,8 @@ class GatePipeline:
 
     def _quantize_now(self, plan: QuantPlan) -> QuantizedModel:
         plan.validate(self.model.info)
+        if self.given_qdq is not None:
+            return self._given_quantized(self.given_qdq, plan)
         source = self.fp32_model(plan.equalize)
         quantized = quantize_model(source, self.table_for(source), plan)
         if plan.bias_correction:
@@ -377,6 +416,24 @@ class GatePipeline:
             )
         return quantized
 
+    def _given_quantized(self, given: GivenQdq, plan: QuantPlan) -> QuantizedModel:
+        """The given Q/DQ model with the pairs of the layers ``plan`` does not quantize removed."""
+        allowed = {layer.name for layer in plan.quantized_layers(self.model.info)}
+        proto, quantized, floated = given.keeping(allowed)
+        floated = {
+            name: "excluded by the plan" if name in plan.exclude else reason
+            for name, reason in floated.items()
+        }
+        layer_scales = given.activation_scales(proto, quantized)
+        return QuantizedModel(
+            proto=proto,
+            quantized_layers=quantized,
+            skipped=floated,
+            activation_scales={t: s for scales in layer_scales.values() for t, s in scales.items()},
+            layer_scales=layer_scales,
+            coverage=given.coverage(quantized, floated),
+        )
+
     def quantized(self, plan: QuantPlan | None = None) -> QuantizedModel:
         """The Q/DQ model for ``plan`` (default: the spec's plan); the spec's plan is made once."""
         if plan is None or plan == self.plan:
@@ -387,7 +444,9 @@ class GatePipeline:
     def default_quantized(self) -> QuantizedModel:
         plan = self.plan
         quantized = self._quantize(plan)
-        if self.cache is not None:
+        if self.given_qdq is not None:
+            self.quantized_model_path = Path(self.given_qdq.qdq.info.source)
+        elif self.cache is not None:
             table_key = self._table_key_for(self.fp32_model(plan.equalize))
             key = content_key({"table": table_key, "plan": plan.key(), "version": __version__})
             # quantizing is cheap and pure; the file is the artefact a user deploys or hands to trtexec
@@ -401,7 +460,9 @@ class GatePipeline:
     def fp32_runner(self) -> Runner:
         self.progress("build", f"building the FP32 engine ({self.backend.name})")
         with self.timer.stage("fp32_eval"):
-            return TimedRunner(self.backend.fp32_runner(self.model.proto), self.timer, "fp32_eval")
+            return TimedRunner(
+                self.backend.fp32_runner(self.reference_model.proto), self.timer, "fp32_eval"
+            )
 
     def int8_runner(self, plan: QuantPlan | None = None) -> Runner:
         return self.backend.int8_runner(self.quantized(plan).proto)
@@ -451,14 +512,17 @@ class GatePipeline:
             output=spec.output,
             backend=self.backend,
             ort_mode=spec.ort_mode,
-            min_calib_samples=spec.min_calib_samples,
+            # a given Q/DQ model is not calibrated here: the data only feeds it
+            min_calib_samples=spec.min_calib_samples if self.given_qdq is None else 0,
             fp32_reference=spec.fp32_reference,
             check_determinism=spec.check_determinism,
             search=SearchSettings(
                 strategy=spec.bisect_strategy,
                 subset=spec.bisect_subset,
                 max_evaluations=spec.bisect_max_evaluations,
-                repairs=spec.repairs,
+                # the rungs re-calibrate or rewrite what this tool quantized; a given model keeps its
+                # scales, so the search keeps a layer in float or leaves its Q/DQ
+                repairs=spec.repairs if self.given_qdq is None else (),
                 max_seconds=spec.bisect_max_seconds,
             ),
             progress=self.progress,
@@ -487,7 +551,7 @@ class GatePipeline:
             return None
         return EvaluationOutputs(
             OutputStore(self.cache),
-            fp32_model_hash=self.model.info.model_hash,
+            fp32_model_hash=self.reference_model.info.model_hash,  # the model the FP32 engine runs
             dataset=self.eval_data,
             outputs=outputs,
             batch_size=self.batch_size,
@@ -576,8 +640,47 @@ class GatePipeline:
         bisection = None
         if any(not r.passed for r in results) and self.spec.bisect:
             with timer.stage("search"):
-                bisection = bisect_failure(self.context, self.evaluator, comparison)
+                bisection = self._given_outside_layers(started) if self.given_qdq is not None else None
+                if bisection is None:
+                    bisection = bisect_failure(self.context, self.evaluator, comparison)
         return self._verdict(comparison, results, findings, bisection, started)
+
+    def _given_outside_layers(self, started: float) -> BisectionReport | None:
+        """A given Q/DQ model that misses the budget even with every layer's pairs removed loses its accuracy
+        in pairs on other nodes, which no plan removes: the search would blame every layer, so it is not run
+        and the report says where the remaining pairs are. None when that plan passes (search as usual)."""
+        assert self.given_qdq is not None
+        plan = replace(self.plan, include=frozenset())
+        self.progress("bisect", "checking the given model with every layer's Q/DQ removed")
+        results = self.evaluator.judge(self.evaluator.compare(plan))
+        if all(r.passed for r in results):
+            return None
+        remaining = [
+            node.name
+            for node in self.quantized(plan).proto.graph.node
+            if node.op_type == "QuantizeLinear"
+        ]
+        shown = ", ".join(remaining[:5]) + (f" and {len(remaining) - 5} more" if len(remaining) > 5 else "")
+        measured = ", ".join(f"{r.name} {r.observed:.4g}" for r in results)
+        note = (
+            f"with the Q/DQ of all {len(self.model.info.layers)} layers removed, the given model still "
+            f"misses the budget ({measured}): the loss comes from Q/DQ pairs on other nodes "
+            f"({shown or 'none'}), which no layer's plan removes; the search was not run"
+        )
+        return BisectionReport(
+            strategy=self.spec.bisect_strategy,
+            total_layers=len(self.model.info.layers),
+            subset_size=self.eval_data.num_samples,
+            search_evaluations=0,
+            repair_evaluations=0,
+            baseline_evaluations=1,
+            verification_evaluations=0,
+            offenders=(),
+            sensitivity=(),
+            fix=None,
+            notes=(note,),
+            duration_s=time.perf_counter() - started,
+        )
 
     def _verdict(
         self,
@@ -589,7 +692,13 @@ class GatePipeline:
     ) -> GateVerdict:
         quantized = self.quantized()
         notes = list(self.model.info.notes)
-        if self.spec.eval_data is None:
+        given = self.given_qdq
+        if given is not None:
+            notes.extend(given.notes())
+            fix = bisection.fix if bisection is not None else None
+            if fix is not None and fix.passed and fix.exclude:
+                notes.append(fix_note(fix.exclude))
+        elif self.spec.eval_data is None:  # (a given model is not calibrated: no held-out note for it)
             notes.append("evaluation data = calibration data (no held-out set given)")
         elif not self.held_out:
             notes.append("evaluation data = calibration data (the same content was given for both)")
@@ -612,7 +721,7 @@ class GatePipeline:
             model=str(self.spec.model),
             backend=info.as_dict(),
             backend_text=str(info),
-            calibrator=self.spec.calibrator,
+            calibrator=self.spec.calibrator if given is None else given.header(),
             calibration_samples=self.calibration_data.num_samples,
             eval_samples=comparison.num_samples,
             output_name=comparison.output_name,

@@ -235,7 +235,8 @@ def quantize_model(loaded: LoadedModel, table: AmaxSource, plan: QuantPlan) -> Q
     if existing_qdq:
         raise ModelError(
             f"{info.source}: the model already contains Q/DQ nodes (e.g. {existing_qdq[0]!r}); "
-            "give the FP32 model, quantization is this tool's job."
+            "to gate a Q/DQ model made elsewhere, give it with --int8-qdq-model (qdq_model:) beside its FP32 "
+            "model, or alone as the model."
         )
 
     initializers = {init.name: init for init in source.initializer}

@@ -145,6 +145,16 @@ def isolated_layers_model(
                 copy.CopyFrom(init)
                 copy.name = renamed(init.name)
                 graph.initializer.append(copy)
+        # only the Q/DQ nodes the twins read (a given Q/DQ model also has pairs elsewhere, e.g. on its
+        # outputs, whose tensors the FP32 graph defines itself)
+        producers = {o: n for n in qdq.graph.node if n.name not in fp32_names for o in n.output}
+        pending = [i for n in qdq.graph.node if n.name in wanted for i in n.input]
+        needed: set[str] = set()
+        while pending:
+            producer = producers.get(pending.pop())
+            if producer is not None and producer.name not in needed:
+                needed.add(producer.name)
+                pending.extend(producer.input)
         pairs: dict[str, tuple[str, str]] = {}
         for node in qdq.graph.node:
             if node.name in wanted:
@@ -156,7 +166,7 @@ def isolated_layers_model(
                 twin.output.extend(f"{o}__int8_twin{suffix}" for o in node.output)
                 graph.node.append(twin)
                 pairs[node.name] = (node.output[0], twin.output[0])
-            elif node.name not in fp32_names:  # Q/DQ nodes reading FP32 tensors
+            elif node.name in needed:  # Q/DQ nodes reading FP32 tensors
                 copy = onnx.NodeProto()
                 copy.CopyFrom(node)
                 copy.name = node.name + suffix

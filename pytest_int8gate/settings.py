@@ -224,6 +224,20 @@ SETTINGS: tuple[Setting, ...] = (
         example="model.onnx",
     ),
     Setting(
+        "qdq_model",
+        "path",
+        None,
+        "a Q/DQ model made elsewhere (ModelOpt, ONNX Runtime, a QAT export) to gate against the FP32 model "
+        "as given: nothing is calibrated or quantized (a Q/DQ model given alone as the model is gated "
+        "against the FP32 model derived from it)",
+        "--int8-qdq-model",
+        "int8_qdq_model",
+        "qdq_model",
+        "--qdq-model",
+        metavar="PATH",
+        example="model.qdq.onnx",
+    ),
+    Setting(
         "calib_data",
         "data",
         None,

@@ -191,11 +191,15 @@ class Int8Gate:
         bias_correction: str | Sequence[str] = (),
         kpi: KpiFunction | None = None,
         name: str | None = None,
+        qdq_model: str | os.PathLike[str] | None = None,
         raise_on_failure: bool = True,
         constants: Mapping[str, Any] | None = None,
         sample_axes: Mapping[str, int] | None = None,
     ) -> GateVerdict:
-        """Gate ``model`` (default: the ``int8_model`` fixture); fail the test when the budget is not met."""
+        """Gate ``model`` (default: the ``int8_model`` fixture); fail the test when the budget is not met.
+
+        ``qdq_model``: a Q/DQ model made elsewhere, gated against ``model`` as given (nothing is calibrated);
+        a Q/DQ model given as ``model`` alone is gated against the FP32 model derived from it."""
         import numpy as np
 
         from ..report import failure_text
@@ -237,6 +241,8 @@ class Int8Gate:
             fields["output"] = output
         if calibrator is not None:
             fields["calibrator"] = calibrator
+        if qdq_model is not None:
+            fields["qdq_model"] = Path(os.fspath(qdq_model))
         try:
             verdict = run_gate(self.item, options.spec(path, **fields), kpi=kpi, raise_failure=False)
         except Int8GateError as exc:

@@ -50,6 +50,7 @@ class Int8Options:
     """
 
     models: tuple[Path, ...] = ()
+    qdq_model: Path | None = None
     calib_data: str | None = None
     eval_data: str | None = None
     labels: str | None = None
