@@ -124,6 +124,7 @@ def test_defaults_without_any_option(project: pytest.Pytester) -> None:
     root = project.path.resolve()
     assert options == {
         "models": [],
+        "qdq_model": None,
         "calib_data": None,
         "eval_data": None,
         "labels": None,
@@ -223,6 +224,7 @@ def test_ini_keys_resolve_paths_against_the_ini_files_folder(
     options = json.loads((root / "sub" / "probe.json").read_text())
     assert options == {
         "models": [str(root / "models" / "digits_cnn.onnx")],
+        "qdq_model": None,
         "calib_data": str(root / "data" / "calib.npz"),
         "eval_data": str(root / "data" / "eval.npz"),
         "labels": str(root / "data" / "eval_labels.npy"),
@@ -295,6 +297,7 @@ def test_command_line_wins_over_ini_and_resolves_paths_against_the_invocation_di
     options = json.loads((sub / "probe.json").read_text())
     assert options == {
         "models": [str(sub / "other.onnx")],
+        "qdq_model": None,
         "calib_data": str(sub / "c.npz"),
         "eval_data": str(sub / "e.npz"),
         "labels": str(sub / "l.npy"),
