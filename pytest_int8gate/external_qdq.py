@@ -5,10 +5,11 @@ chosen layers only.
 
 A *layer* is a Conv, ConvTranspose, Gemm or MatMul node with an activation input (what this tool's plans
 name and its search walks); it is INT8 in the given model when its activation input and its weight (its
-first two inputs) each arrive through a DequantizeLinear. Q/DQ pairs on other nodes (Relu, pooling,
-residual Adds, outputs) stay as given in every plan. A layer is kept in float by removing its pairs: each
-of its inputs that arrives through a DequantizeLinear reads the float tensor instead (the Q's input, or
-the dequantized weight).
+first two inputs) each arrive through a DequantizeLinear. A layer is kept in float by removing its pairs:
+each of its inputs that arrives through a DequantizeLinear reads the float tensor instead (the Q's input,
+or the FP32 or dequantized weight), and a pair on its output is bypassed for readers that are not INT8
+layers. Other Q/DQ pairs (on Relu, pooling, residual Adds) stay as given in every plan. A pair whose
+lowest level is 0 clamps like the Relu ONNX Runtime removed before it, so removing it puts a Relu back.
 """
 
 from __future__ import annotations
@@ -696,7 +697,8 @@ def fix_note(names: Sequence[str]) -> str:
     """How to apply a fix that keeps ``names`` in float to the tool that made the given Q/DQ model."""
     listed = ", ".join(names)
     return (
-        f"to apply the fix to the given Q/DQ model, remove the Q/DQ on the inputs of these nodes: {listed}; "
+        "to apply the fix to the given Q/DQ model, remove the Q/DQ on the inputs of these nodes (and on "
+        f"their outputs, where the tool quantized those too): {listed}; "
         f"with NVIDIA ModelOpt, quantize again with --nodes_to_exclude {nodes_to_exclude_argument(names)} "
         "(each name anchored, so that no other node matches)"
     )

@@ -9,6 +9,7 @@ benign twin that must pass.
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from example_files import DATA_ARGS, DIGITS, EVAL
+from example_files import CALIB, DATA_ARGS, DIGITS, EVAL, LABELS
 from onnx import TensorProto, helper, numpy_helper
 from qdq_models import CONV2, CONV2_INPUT, fake_quantized, ort_static, own, with_scale_scaled
 
@@ -246,7 +247,8 @@ def test_a_given_qdq_model_passes_and_its_corrupted_twin_fails_naming_the_exact_
             "*INT8 gate failed: digits_cnn.onnx*given Q/DQ model, no calibration*5 of 5 quantizable layers*",
             f"* 1  {CONV2} *Conv*keep in float",
             f"Verified fix*exclude ?{CONV2}?*PASS",
-            f"*remove the Q/DQ on the inputs of these nodes: {CONV2}; with NVIDIA ModelOpt, quantize again "
+            f"*remove the Q/DQ on the inputs of these nodes (and on their outputs, *): {CONV2}; "
+            "with NVIDIA ModelOpt, quantize again "
             f"with --nodes_to_exclude '^{CONV2}$'*",
         ]
     )
@@ -327,3 +329,38 @@ def test_a_float_model_given_as_the_qdq_model_is_an_error_not_a_pass(project: py
     assert result.ret != 0
     result.stdout.fnmatch_lines(["*holds no QuantizeLinear/DequantizeLinear node*measure nothing*"])
     assert "passed" not in result.stdout.lines[-1]
+
+
+# ---- the README's section runs as written ------------------------------------------------------------
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _readme_blocks(heading: str) -> list[tuple[str, str]]:
+    text = README.read_text(encoding="utf-8")
+    start = text.index(heading)
+    section = text[start : text.index("\n### ", start + 1)]
+    return re.findall(r"```(\w+)\n(.*?)```", section, re.S)
+
+
+def test_the_readme_section_on_a_qdq_model_made_elsewhere_runs(
+    empty_project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = empty_project.path
+    for folder, files in (("models", (DIGITS,)), ("data", (CALIB, EVAL, LABELS))):
+        (root / folder).mkdir()
+        for source in files:
+            shutil.copy(source, root / folder / source.name)
+    monkeypatch.chdir(root)
+    blocks = _readme_blocks("### Gating a Q/DQ model you made elsewhere")
+    (python,) = [code for language, code in blocks if language == "python"]
+    commands = [line for language, code in blocks if language == "bash" for line in code.splitlines() if line]
+
+    exec(compile(python, str(README), "exec"), {"__name__": "readme"})
+
+    assert contains_qdq(onnx.load(root / "digits_cnn.qdq.onnx"))
+    assert len(commands) == 2
+    for command in commands:
+        program, *args = shlex.split(command)
+        assert program == "pytest"
+        empty_project.runpytest(*args).assert_outcomes(passed=1)
