@@ -812,6 +812,10 @@ class Pruning:
             ("bias_correction", n, f"{n} bias-corrected")
             for n in ordered(plan.bias_correction - spec.bias_correction)
         ]
+        found += [
+            ("smoothquant", n, f"{n} smoothed")
+            for n in ordered(set(plan.smoothquant) - set(spec.smoothquant))
+        ]
         if plan.calibrator != spec.calibrator:
             found.append(("calibrator", "", f"calibrator {plan.calibrator} for the whole model"))
         return found
@@ -830,6 +834,8 @@ class Pruning:
             return replace(plan, equalize=plan.equalize - {name})
         if kind == "bias_correction":
             return replace(plan, bias_correction=plan.bias_correction - {name})
+        if kind == "smoothquant":
+            return replace(plan, smoothquant={k: v for k, v in plan.smoothquant.items() if k != name})
         return replace(plan, calibrator=spec.calibrator)
 
     def prune(self, plan: QuantPlan, fix: VerifiedFix) -> VerifiedFix:
@@ -983,6 +989,7 @@ class Verifier:
             passed,
             equalize=tuple(sorted(plan.equalize)),
             bias_correction=tuple(sorted(plan.bias_correction)),
+            smoothquant=dict(plan.smoothquant),
             calibrator=calibrator,
             unseen_results=unseen,
             unseen_samples=0 if self.unseen is None else self.unseen.size,

@@ -18,6 +18,7 @@ class RepairAction(str, enum.Enum):
     CALIBRATOR = "calibrator"  # another calibrator's amax for its activation inputs
     EQUALIZE = "equalize"  # cross-layer equalization with the layer producing its input
     BIAS_CORRECTION = "bias_correction"  # its bias absorbs the mean output error INT8 adds
+    SMOOTHQUANT = "smoothquant"  # its input's outlier channels migrate into its weight (SmoothQuant)
     FLOAT = "float"  # kept in float
 
     def __str__(self) -> str:

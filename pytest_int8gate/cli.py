@@ -12,6 +12,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,8 @@ from .quantize import QuantPlan, activation_tensors, quantize_model
 from .repair import FP32_TOLERANCE
 from .report import dumps, verdict_record, verdict_text
 from .settings import BY_NAME, Setting, SettingError, from_text, name_of, parse_items, spec_value, surface
+from .smoothquant import ALPHAS as SMOOTH_ALPHAS
+from .smoothquant import select_targets
 
 PROG = "int8gate"
 #: How many tensors' amax ``calibrate`` prints (the table file has them all).
@@ -159,7 +162,48 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings(eq, *_INPUT_OPTIONS)
     _add_run_options(eq)
     eq.set_defaults(run=run_equalize)
+
+    sq = commands.add_parser(
+        "smoothquant",
+        help="SmoothQuant: a rewritten FP32 model whose MatMul/Gemm input outliers move into the weights",
+        description="Migrate per-channel activation outliers of MatMul/Gemm layers into their weights "
+        "(Xiao et al. 2023), folding 1/s into the producing LayerNorm or MatMul where possible, else "
+        "inserting a Mul. Without --alpha, each alpha of a small grid is quantized and evaluated as the "
+        "gate evaluates (FP32 vs INT8 on --eval-data, else --data) and the best is written.",
+    )
+    sq.add_argument("model", metavar="MODEL", help="the FP32 ONNX model")
+    sq.add_argument(
+        "--data", required=True, metavar="CALIB", help="calibration data (measures the activations)"
+    )
+    sq.add_argument("--eval-data", metavar="EVAL", help="data the alphas are judged on (default: --data)")
+    sq.add_argument("--out", required=True, metavar="MODEL.sq.onnx", help="where to write the new model")
+    sq.add_argument(
+        "--layers",
+        nargs="+",
+        metavar="NODE",
+        help="MatMul/Gemm layers to smooth (default: every one that can be)",
+    )
+    sq.add_argument(
+        "--alpha",
+        type=_alpha,
+        metavar="A",
+        help="migration strength in (0, 1) (default: the best of "
+        f"{', '.join(f'{a:g}' for a in SMOOTH_ALPHAS)})",
+    )
+    add_settings(sq, "calibrator", "placement", "budget", *_INPUT_OPTIONS)
+    _add_run_options(sq)
+    sq.set_defaults(run=run_smoothquant)
     return parser
+
+
+def _alpha(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {text!r}")
+    return value
 
 
 #: Settings every subcommand that runs the model takes.
@@ -221,7 +265,7 @@ def parse_overrides(items: Sequence[str]) -> dict[str, str]:
     return overrides
 
 
-def parse_cli_items(setting: Setting, items: Sequence[str]) -> dict[str, object]:
+def parse_cli_items(setting: Setting, items: Sequence[str]) -> dict[str, Any]:
     """``NAME=VALUE`` items of --const / --sample-axis; a bad one is one error line naming the flag."""
     try:
         return parse_items(setting, items)
@@ -233,8 +277,8 @@ def _layout(args: argparse.Namespace, model: ModelInfo) -> InputLayout:
     """The constant inputs and sample axes a subcommand was given, checked against ``model``."""
     return resolve_layout(
         model,
-        parse_cli_items(BY_NAME["constants"], args.constants or ()),  # type: ignore[arg-type]
-        parse_cli_items(BY_NAME["sample_axes"], args.sample_axes or ()),  # type: ignore[arg-type]
+        parse_cli_items(BY_NAME["constants"], args.constants or ()),
+        parse_cli_items(BY_NAME["sample_axes"], args.sample_axes or ()),
     )
 
 
@@ -403,6 +447,65 @@ def run_equalize(args: argparse.Namespace) -> int:
     return status
 
 
+# ---- smoothquant ----------------------------------------------------------------------------------
+def run_smoothquant(args: argparse.Namespace) -> int:
+    spec = GateSpec(
+        model=Path(args.model),
+        calib_data=args.data,
+        eval_data=args.eval_data,
+        calibrator=args.calibrator,
+        placement=args.placement,
+        budget=Budget.parse(args.budget or [], source=name_of(BY_NAME["budget"].cli)),
+        constants=parse_cli_items(BY_NAME["constants"], args.constants or ()),
+        sample_axes=parse_cli_items(BY_NAME["sample_axes"], args.sample_axes or ()),
+        batch_size=args.batch_size,
+        threads=args.threads,
+        data_search_path=Path.cwd(),
+        bisect=False,
+    )
+    with GatePipeline(spec) as pipeline:
+        targets, refusals = select_targets(pipeline.model, args.layers)
+        name = Path(args.model).name
+        for refusal in refusals:
+            print(f"  refused {refusal.layer}: {refusal.reason}")
+        if not targets:
+            raise Int8GateError(f"{args.model}: no MatMul or Gemm layer that SmoothQuant can apply to.")
+        layers = [t.layer for t in targets]
+        alphas = (args.alpha,) if args.alpha is not None else SMOOTH_ALPHAS
+        base = replace(pipeline.plan, smoothquant={})
+        print(f"INT8 ({spec.calibrator}) of {name} on {pipeline.eval_data.num_samples} samples:")
+        best: tuple[tuple[int, float], QuantPlan] | None = None
+        for alpha in (None, *alphas):
+            plan = base if alpha is None else replace(base, smoothquant={layer: alpha for layer in layers})
+            results = pipeline.evaluator.judge(pipeline.evaluate(plan))
+            passed = sum(r.passed for r in results)
+            sqnr = pipeline.evaluator.compare(plan).primary.int8.get("sqnr_db", 0.0)
+            label = "without SmoothQuant" if alpha is None else f"alpha {alpha:g}"
+            metrics = ", ".join(f"{r.key} {r.observed:.4g} {'PASS' if r.passed else 'FAIL'}" for r in results)
+            print(f"  {label:<20} {metrics}; sqnr {sqnr:.1f} dB")
+            if alpha is not None and (best is None or (passed, sqnr) > best[0]):
+                best = ((passed, sqnr), plan)
+        assert best is not None
+        chosen = pipeline.smoothed(best[1])
+        print(f"smoothed {len(chosen.report.layers)} layer(s) of {name}:")
+        for layer in chosen.report.layers:
+            print(f"  {layer.describe()}")
+        data = chosen.model.proto.SerializeToString(deterministic=True)
+    try:
+        target = Path(args.out)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    except OSError as exc:
+        raise Int8GateError(f"{args.out}: cannot write the smoothed model ({exc}).") from exc
+    difference = chosen.fp32_difference
+    print(
+        f"FP32 outputs on {difference.samples} samples: max abs difference {difference.max_abs:.3g} from the "
+        f"original (largest output {difference.reference_max_abs:.3g})"
+    )
+    print(f"wrote {args.out} (sha256 {hashlib.sha256(data).hexdigest()})")
+    return EXIT_PASS
+
+
 # ---- check ----------------------------------------------------------------------------------------
 def check_spec(args: argparse.Namespace) -> GateSpec:
     """The gate spec ``int8gate check`` runs: every setting on the command line's surface."""
@@ -417,7 +520,7 @@ def check_spec(args: argparse.Namespace) -> GateSpec:
             value = parse_overrides(value)
         elif setting.kind == "layers_or_all" and not value:
             value = True  # --equalize without NODE: every pair
-        elif setting.kind in ("constants", "axes"):
+        elif setting.kind in ("constants", "axes", "layer_alphas"):
             value = parse_cli_items(setting, value)
         else:
             value = spec_value(setting, value)

@@ -5,7 +5,9 @@ a. :class:`CalibratorRung` — another calibrator's amax for the layer's activat
    quantization");
 b. :class:`EqualizationRung` — cross-layer equalization with the layer producing its input (equalize.py);
 c. :class:`BiasCorrectionRung` — its bias absorbs the mean output error INT8 adds (bias_correction.py);
-d. :class:`FloatRung` — keep it in float ("mixed precision"), when nothing above meets the budget.
+d. :class:`SmoothQuantRung` — its input's outlier channels migrate into its weight (smoothquant.py), at each
+   migration strength of a small grid;
+e. :class:`FloatRung` — keep it in float ("mixed precision"), when nothing above meets the budget.
 
 The search (bisect.py) climbs the ladder with an oracle; the rewrites a plan asks for are made by the
 pipeline (repair.py joins them to its cache).
@@ -23,6 +25,8 @@ from .equalize import EqualizationCandidate, EqualizationPair, EqualizationRefus
 from .graph import Layer, LoadedModel
 from .quantize import QuantPlan
 from .results import OffendingLayer, RepairAction
+from .smoothquant import ALPHAS as SMOOTHQUANT_ALPHAS
+from .smoothquant import SmoothRefusal, smoothquant_targets
 
 #: The order in which other calibrators are tried on an offender.
 CALIBRATOR_ORDER = ("percentile", "mse", "entropy", "max")
@@ -67,6 +71,21 @@ class BiasCorrectionRung:
 
 
 @dataclass(frozen=True)
+class SmoothQuantRung:
+    """The layer stays INT8, smoothed (SmoothQuant) at migration strength ``alpha``."""
+
+    alpha: float
+    action: ClassVar[RepairAction] = RepairAction.SMOOTHQUANT
+
+    @property
+    def text(self) -> str:
+        return f"SmoothQuant alpha {self.alpha:g}"
+
+    def apply(self, plan: QuantPlan, layer: str) -> QuantPlan:
+        return replace(plan, smoothquant={**plan.smoothquant, layer: self.alpha})
+
+
+@dataclass(frozen=True)
 class FloatRung:
     """The layer is kept in float: the last rung, always possible."""
 
@@ -77,7 +96,7 @@ class FloatRung:
         return replace(plan, exclude=plan.exclude | {layer})
 
 
-Rung = CalibratorRung | EqualizationRung | BiasCorrectionRung | FloatRung
+Rung = CalibratorRung | EqualizationRung | BiasCorrectionRung | SmoothQuantRung | FloatRung
 
 
 def plan_with(plan: QuantPlan, repairs: Mapping[str, Rung]) -> QuantPlan:
@@ -96,6 +115,8 @@ def rung_of(offender: OffendingLayer) -> Rung:
         return EqualizationRung(offender.producer)
     if offender.action is RepairAction.BIAS_CORRECTION:
         return BiasCorrectionRung()
+    if offender.action is RepairAction.SMOOTHQUANT:
+        return SmoothQuantRung(offender.alpha or SMOOTHQUANT_ALPHAS[0])
     return FloatRung()
 
 
@@ -134,6 +155,9 @@ class RepairLadder:
         self.calibrator_order = dict(calibrator_order or {})
         self.attempts: dict[str, list[str]] = {}
         self._pairs = equalization_candidates(model) if RepairAction.EQUALIZE.value in self.enabled else {}
+        self._smoothable = (
+            smoothquant_targets(model) if RepairAction.SMOOTHQUANT.value in self.enabled else {}
+        )
 
     def climb(self, name: str, attempt: Callable[[Rung], bool | None]) -> Rung | None:
         """The first rung that meets the budget for layer ``name``; None: keep it in float.
@@ -177,6 +201,19 @@ class RepairLadder:
                 rungs.append((BiasCorrectionRung(), "already corrected by the plan"))
             else:
                 rungs.append((BiasCorrectionRung(), bias_problem(self.model, name)))
+        if RepairAction.SMOOTHQUANT.value in self.enabled:
+            target = self._smoothable.get(name)
+            why = (
+                "already smoothed by the plan"
+                if name in self.base.smoothquant
+                else "not a MatMul or Gemm layer"
+                if target is None
+                else target.reason
+                if isinstance(target, SmoothRefusal)
+                else ""
+            )
+            alphas = SMOOTHQUANT_ALPHAS if not why else SMOOTHQUANT_ALPHAS[:1]
+            rungs.extend((SmoothQuantRung(alpha), why) for alpha in alphas)
         return rungs
 
     @staticmethod
@@ -202,4 +239,5 @@ class RepairLadder:
             calibrator=settled.calibrator if isinstance(settled, CalibratorRung) else None,
             producer=settled.producer if isinstance(settled, EqualizationRung) else None,
             attempts=tuple(self.attempts.get(layer.name, ())),
+            alpha=settled.alpha if isinstance(settled, SmoothQuantRung) else None,
         )

@@ -59,7 +59,7 @@ from .outputs import EvaluationOutputs, OutputStore, file_digest
 from .placement import with_placement
 from .progress import counted_batches
 from .quantize import QuantizedModel, QuantPlan, activation_tensors, quantize_model
-from .repair import RewrittenModel, bias_corrected, equalized_variant
+from .repair import RewrittenModel, SmoothedVariant, bias_corrected, equalized_variant, smoothed_variant
 from .results import BisectionReport, Comparison, Finding, GateVerdict, MetricResult, sort_findings
 from .settings import DEFAULT_BISECT_MAX_SECONDS, DEFAULT_PERCENTILE
 from .soundness import (
@@ -138,6 +138,8 @@ class GateSpec:
     #: A Q/DQ model made elsewhere to gate against ``model`` (nothing is calibrated or quantized here);
     #: ``model`` itself may be a Q/DQ model, whose FP32 reference is then derived from it (external_qdq.py).
     qdq_model: Path | None = None
+    #: MatMul/Gemm layers smoothed (SmoothQuant) before calibration: layer -> migration strength alpha.
+    smoothquant: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def display_name(self) -> str:
@@ -152,6 +154,7 @@ class GateSpec:
             overrides=dict(self.overrides),
             equalize=frozenset() if isinstance(self.equalize, bool) else self.equalize,
             bias_correction=self.bias_correction,
+            smoothquant=dict(self.smoothquant),
             placement=self.placement,
         )
 
@@ -175,6 +178,7 @@ class GatePipeline:
         self.findings: list[Finding] = []
         self._tables: dict[str, CalibrationTable] = {}  # by model hash: the spec's and rewritten models
         self._rewritten: dict[frozenset[str], RewrittenModel] = {}
+        self._smoothed: dict[tuple[frozenset[str], tuple[tuple[str, float], ...]], SmoothedVariant] = {}
 
     # ---- inputs -------------------------------------------------------------------------------
     @functools.cached_property
@@ -399,11 +403,34 @@ class GatePipeline:
         with self.timer.stage("quantize"):
             return self._quantize_now(plan)
 
+    def smoothed(self, plan: QuantPlan) -> SmoothedVariant:
+        """The FP32 model of ``plan``'s equalization with its SmoothQuant layers smoothed (measured on the
+        calibration data, checked to compute what the spec's model computes, written to the cache)."""
+        key = (plan.equalize, tuple(plan.smoothquant.items()))
+        if key not in self._smoothed:
+            layers = ", ".join(f"{name} (alpha {alpha:g})" for name, alpha in plan.smoothquant.items())
+            self.progress("smoothquant", f"smoothing {layers}")
+            self._smoothed[key] = smoothed_variant(
+                self.model,
+                self.fp32_model(plan.equalize),
+                plan.smoothquant,
+                lambda: self.calibration_data.batches(self.batch_size),
+                self.cache,
+                threads=self.spec.threads,
+            )
+        return self._smoothed[key]
+
+    def source_model(self, plan: QuantPlan) -> LoadedModel:
+        """The FP32 model ``plan``'s INT8 model is made from: equalized, then smoothed, as it asks."""
+        if plan.smoothquant:
+            return self.smoothed(plan).model
+        return self.fp32_model(plan.equalize)
+
     def _quantize_now(self, plan: QuantPlan) -> QuantizedModel:
         plan.validate(self.model.info)
         if self.given_qdq is not None:
             return self._given_quantized(self.given_qdq, plan)
-        source = self.fp32_model(plan.equalize)
+        source = self.source_model(plan)
         quantized = quantize_model(source, self.table_for(source), plan)
         if plan.bias_correction:
             self.progress("bias", f"correcting the bias of {', '.join(sorted(plan.bias_correction))}")
@@ -447,7 +474,7 @@ class GatePipeline:
         if self.given_qdq is not None:
             self.quantized_model_path = Path(self.given_qdq.qdq.info.source)
         elif self.cache is not None:
-            table_key = self._table_key_for(self.fp32_model(plan.equalize))
+            table_key = self._table_key_for(self.source_model(plan))
             key = content_key({"table": table_key, "plan": plan.key(), "version": __version__})
             # quantizing is cheap and pure; the file is the artefact a user deploys or hands to trtexec
             path, _ = self.cache.get_or_build(
@@ -710,6 +737,8 @@ class GatePipeline:
                 notes.append(f"{entry.layer} ({entry.op}) stays in float: {entry.reason}")
         if self.plan.equalize:
             notes.append(self.rewritten(self.plan.equalize).deploy_note())
+        if self.plan.smoothquant:
+            notes.append(self.smoothed(self.plan).deploy_note())
         if self.cache is not None:
             notes.extend(self.cache.notes)  # damaged cache entries that were found and rebuilt
         outputs = self.stored_outputs

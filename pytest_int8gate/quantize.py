@@ -85,6 +85,8 @@ class QuantPlan:
     include: frozenset[str] | None = None
     equalize: frozenset[str] = frozenset()
     bias_correction: frozenset[str] = frozenset()
+    #: Layers smoothed (smoothquant.py) before calibration: layer -> migration strength alpha.
+    smoothquant: Mapping[str, float] = field(default_factory=dict)
     #: The placement profile (placement.py): which layers and inputs get Q/DQ.
     placement: str = DEFAULT_PLACEMENT
 
@@ -102,6 +104,7 @@ class QuantPlan:
         if self.include is not None:
             object.__setattr__(self, "include", frozenset(self.include))
         object.__setattr__(self, "overrides", dict(sorted(self.overrides.items())))
+        object.__setattr__(self, "smoothquant", {k: float(v) for k, v in sorted(self.smoothquant.items())})
 
     def __hash__(self) -> int:
         return hash(self.key())
@@ -118,6 +121,8 @@ class QuantPlan:
             document["equalize"] = sorted(self.equalize)
         if self.bias_correction:
             document["bias_correction"] = sorted(self.bias_correction)
+        if self.smoothquant:
+            document["smoothquant"] = dict(self.smoothquant)
         if self.placement != "minimal":
             document["placement"] = self.placement
         return document
@@ -153,6 +158,7 @@ class QuantPlan:
             ("include", sorted(self.include or ())),
             ("equalize", sorted(self.equalize)),
             ("bias_correction", sorted(self.bias_correction)),
+            ("smoothquant", list(self.smoothquant)),
         ):
             for name in names:
                 if name not in known_set:

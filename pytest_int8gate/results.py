@@ -207,6 +207,7 @@ class OffendingLayer:
     calibrator: str | None = None
     producer: str | None = None  # the layer it was equalized with
     attempts: tuple[str, ...] = ()  # the rungs tried before, and why a rung could not be tried
+    alpha: float | None = None  # the SmoothQuant migration strength that settled it
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -218,6 +219,7 @@ class OffendingLayer:
             "calibrator": self.calibrator,
             "producer": self.producer,
             "attempts": list(self.attempts),
+            "alpha": self.alpha,
         }
 
 
@@ -267,6 +269,7 @@ class VerifiedFix:
             + len(self.overrides)
             + len(self.equalize)
             + len(self.bias_correction)
+            + len(self.smoothquant)
         )
 
     def cost(self) -> str:
@@ -279,6 +282,8 @@ class VerifiedFix:
             f"{'override' if len(self.overrides) == 1 else 'overrides'}; {self.int8_layers} of "
             f"{self.quantized_layers} layers{share} in INT8"
         )
+    #: every layer the fix's plan smooths (SmoothQuant), with its alpha
+    smoothquant: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def generalised(self) -> bool | None:
@@ -301,6 +306,9 @@ class VerifiedFix:
             if names:
                 lines.append(f"{key}:")
                 lines.extend(f"  - {_yaml_str(name)}" for name in names)
+        if self.smoothquant:
+            lines.append("smoothquant:")
+            lines.extend(f"  {_yaml_str(name)}: {alpha:g}" for name, alpha in self.smoothquant.items())
         return "\n".join(lines)
 
     def as_dict(self) -> dict[str, object]:
@@ -309,6 +317,7 @@ class VerifiedFix:
             "calibrator_overrides": self.overrides,
             "equalize": list(self.equalize),
             "bias_correction": list(self.bias_correction),
+            "smoothquant": dict(self.smoothquant),
             "fp32_model": self.fp32_model,
             "fp32_sha256": self.fp32_sha256,
             "fp32_max_abs_difference": self.fp32_max_abs_difference,

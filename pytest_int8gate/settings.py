@@ -81,10 +81,21 @@ Kind = Literal[
     "repairs",  # rungs of the repair ladder
     "constants",  # model input name -> a number, a list of numbers or a .npy file, fed with every batch
     "axes",  # tensor name -> the axis that holds its samples
+    "layer_alphas",  # layer name -> SmoothQuant migration strength in (0, 1)
 ]
 
 #: Kinds a surface gives as a list (repeatable option, ini line list, YAML list, nargs on the command line).
-LIST_KINDS = ("paths", "budget", "tolerances", "layers", "layers_or_all", "repairs", "constants", "axes")
+LIST_KINDS = (
+    "paths",
+    "budget",
+    "tolerances",
+    "layers",
+    "layers_or_all",
+    "repairs",
+    "constants",
+    "axes",
+    "layer_alphas",
+)
 
 
 class SettingError(ValueError):
@@ -177,6 +188,7 @@ _KIND_MEANING: dict[str, str] = {
     "repairs": f"a list of repairs from {', '.join(REPAIRS)}",
     "constants": "a mapping of input name: a number, a list of numbers or a .npy path",
     "axes": "a mapping of input or output name: sample axis (an integer >= 0)",
+    "layer_alphas": "a mapping of layer name: SmoothQuant alpha in (0, 1)",
 }
 
 _PER_MODEL = "layer names belong to one model: set them per model in the manifest or int8_gate.check(...)"
@@ -587,6 +599,18 @@ SETTINGS: tuple[Setting, ...] = (
         example=["/fc2/Gemm"],
     ),
     Setting(
+        "smoothquant",
+        "layer_alphas",
+        {},
+        "MatMul/Gemm layers smoothed (SmoothQuant) before calibration, with the migration strength alpha",
+        Absent(_PER_MODEL),
+        Absent(_PER_MODEL),
+        "smoothquant",
+        "--smoothquant",
+        metavar="NODE=ALPHA",
+        example={"/fc1/Gemm": 0.5},
+    ),
+    Setting(
         "repairs",
         "repairs",
         REPAIRS,
@@ -801,7 +825,7 @@ def from_yaml(setting: Setting, value: object) -> object:
         ok = isinstance(value, bool)
     elif kind in ("budget", "tolerances", "layer_calibrators"):
         ok = isinstance(value, dict)
-    elif kind in ("constants", "axes"):
+    elif kind in ("constants", "axes", "layer_alphas"):
         if not isinstance(value, dict):
             raise wrong
         for name, item in value.items():
@@ -842,6 +866,9 @@ def _item_problem(kind: str, item: object) -> str | None:
     if kind == "axes":
         ok = isinstance(item, int) and not isinstance(item, bool) and item >= 0
         return None if ok else "must be a sample axis (an integer >= 0)"
+    if kind == "layer_alphas":
+        ok = isinstance(item, (int, float)) and not isinstance(item, bool) and 0 < item < 1
+        return None if ok else "must be a SmoothQuant alpha in (0, 1)"
     if isinstance(item, str):
         return None if item.endswith(".npy") else "must be a number, a list of numbers or a .npy path"
     if _numbers(item, depth=0):
@@ -863,7 +890,8 @@ def parse_items(setting: Setting, items: Sequence[str]) -> dict[str, object]:
     file: a constant's value is a number or a ``.npy`` path (kept as written), an axis an integer >= 0."""
     parsed: dict[str, object] = {}
     for item in items:
-        name, sep, text = item.partition("=")
+        # layer names may hold '=', input names and values do not
+        name, sep, text = item.rpartition("=") if setting.kind == "layer_alphas" else item.partition("=")
         name, text = name.strip(), text.strip()
         if not sep or not name or not text:
             raise SettingError(f"{bounded_repr(item)} is not {setting.metavar}")
@@ -877,6 +905,13 @@ def parse_items(setting: Setting, items: Sequence[str]) -> dict[str, object]:
                 raise SettingError(f"{bounded_repr(item)}: the axis is not an integer") from None
             if value < 0:
                 raise SettingError(f"{bounded_repr(item)}: the axis must be >= 0")
+        elif setting.kind == "layer_alphas":
+            try:
+                value = float(text)
+            except ValueError:
+                raise SettingError(f"{bounded_repr(item)}: alpha is not a number") from None
+            if not 0 < value < 1:
+                raise SettingError(f"{bounded_repr(item)}: alpha must be in (0, 1)")
         else:
             value = _constant_text(item, text)
         parsed[name] = value
@@ -926,6 +961,9 @@ def spec_value(setting: Setting, value: object) -> object:
     if kind in ("constants", "axes"):
         assert isinstance(value, Mapping)
         return {str(k): v for k, v in value.items()}
+    if kind == "layer_alphas":
+        assert isinstance(value, Mapping)
+        return {str(k): float(v) for k, v in value.items()}
     return value
 
 

@@ -155,7 +155,7 @@ def test_defaults_without_any_option(project: pytest.Pytester) -> None:
         "data_timeout": 300.0,
         "percentile": 99.99,
         "rootdir": str(root),
-        "repairs": ["calibrator", "equalize", "bias_correction"],
+        "repairs": ["calibrator", "equalize", "bias_correction", "smoothquant"],
         "constants": {},
         "sample_axes": {},
     }

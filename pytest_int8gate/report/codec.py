@@ -121,6 +121,7 @@ def encode_offender(offender: OffendingLayer) -> dict[str, Any]:
             "calibrator": offender.calibrator,
             "producer": offender.producer,
             "attempts": list(offender.attempts),
+            "alpha": offender.alpha,
         }
     )
 
@@ -132,6 +133,7 @@ def encode_fix(fix: VerifiedFix) -> dict[str, Any]:
             "calibrator_overrides": dict(fix.overrides),
             "equalize": list(fix.equalize),
             "bias_correction": list(fix.bias_correction),
+            "smoothquant": dict(fix.smoothquant),
             "fp32_model": fix.fp32_model,
             "fp32_sha256": fix.fp32_sha256,
             "fp32_max_abs_difference": fix.fp32_max_abs_difference,

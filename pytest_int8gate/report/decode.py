@@ -167,6 +167,7 @@ def decode_offender(data: object, where: str = "offending layer") -> OffendingLa
         calibrator=fields.optional_text("calibrator"),
         producer=fields.optional_text("producer"),
         attempts=fields.texts("attempts"),
+        alpha=fields.optional_number("alpha"),
     )
 
 
@@ -188,6 +189,7 @@ def decode_fix(data: object, where: str = "fix") -> VerifiedFix:
         passed=fields.flag("passed"),
         equalize=fields.texts("equalize"),
         bias_correction=fields.texts("bias_correction"),
+        smoothquant=fields.numbers("smoothquant"),
         fp32_model=fields.optional_text("fp32_model"),
         fp32_sha256=fields.optional_text("fp32_sha256"),
         fp32_max_abs_difference=fields.optional_number("fp32_max_abs_difference"),

@@ -303,8 +303,12 @@ def _inline(results: tuple[MetricResult, ...]) -> str:
     return ", ".join(f"{r.key} {observed_text(r)}" for r in results)
 
 
-def _repair_text(action: RepairAction, calibrator: str | None, producer: str | None) -> str:
+def _repair_text(
+    action: RepairAction, calibrator: str | None, producer: str | None, alpha: float | None = None
+) -> str:
     """The rung of the repair ladder that settled an offending layer."""
+    if action is RepairAction.SMOOTHQUANT:
+        return f"stays INT8 via SmoothQuant (alpha {alpha:g})" if alpha else "stays INT8 via SmoothQuant"
     if action is RepairAction.CALIBRATOR:
         return f"stays INT8 with {calibrator}"
     if action is RepairAction.EQUALIZE:
@@ -351,7 +355,7 @@ def _bisection_view(verdict: GateVerdict) -> BisectionView | None:
             name=o.name,
             op=o.op_type,
             metrics=", ".join(f"{k} {fmt(v)}" for k, v in o.metrics.items()),
-            repair=_repair_text(o.action, o.calibrator, o.producer),
+            repair=_repair_text(o.action, o.calibrator, o.producer, o.alpha),
             attempts=tuple(o.attempts),
         )
         for o in report.offenders
@@ -371,6 +375,8 @@ def _bisection_view(verdict: GateVerdict) -> BisectionView | None:
         for label, names in (("equalize", f.equalize), ("bias correction", f.bias_correction)):
             if names:
                 changes.append(FixChange(label, tuple((name, None) for name in names)))
+        if f.smoothquant:
+            changes.append(FixChange("smoothquant", tuple((n, f"{a:g}") for n, a in f.smoothquant.items())))
         deploy: tuple[str, ...] = ()
         if f.fp32_sha256 is not None:
             where = f.fp32_model or "not written (no cache directory; `int8gate equalize` writes it)"
