@@ -353,6 +353,44 @@ def read_layers(given: onnx.GraphProto, layers: Sequence[Layer]) -> tuple[GivenL
     return tuple(found)
 
 
+def layer_regions(graph: onnx.GraphProto, layers: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """Layer -> the other nodes with an input through a DequantizeLinear that it owns: those whose first
+    traced input (through Q/DQ and other nodes) comes from it, before the next layer.
+
+    ONNX Runtime's default op set quantizes the inputs of Relu, pooling, Add, Mul and more; keeping a layer
+    in float also removes the pairs in its region (the ops TensorRT would run in its precision), so that a
+    search over the layers can reach every pair after the first layer.
+    """
+    producers = _producers(graph)
+    names = set(layers)
+    owner: dict[str, str] = {}
+    regions: dict[str, list[str]] = {name: [] for name in layers}
+
+    def source(tensor: str) -> onnx.NodeProto | None:
+        node = producers.get(tensor)
+        while node is not None and node.op_type in QDQ_OPS:
+            node = producers.get(node.input[0])
+        return node
+
+    for node in graph.node:
+        if node.op_type in QDQ_OPS:
+            continue
+        if node.name in names:
+            owner[node.name] = node.name
+            continue
+        for tensor in node.input:
+            found = source(tensor) if tensor else None
+            if found is not None and found.name in owner:
+                owner[node.name] = owner[found.name]
+                break
+        dequantized = any(
+            (p := producers.get(t)) is not None and p.op_type == "DequantizeLinear" for t in node.input
+        )
+        if node.name in owner and dequantized:
+            regions[owner[node.name]].append(node.name)
+    return {name: tuple(nodes) for name, nodes in regions.items() if nodes}
+
+
 def _constant(graph: onnx.GraphProto, tensor: str) -> bool:
     return any(init.name == tensor for init in graph.initializer)
 
@@ -364,6 +402,7 @@ def layers_kept_in_float(
     *,
     int8: Collection[str] = (),
     reference: onnx.GraphProto | None = None,
+    regions: Mapping[str, Collection[str]] | None = None,
 ) -> onnx.ModelProto:
     """A copy of ``given`` with ``layers`` in float: each of their inputs that arrives through a
     DequantizeLinear reads the Q's float input (activations) or a float initializer (weights, biases)
@@ -371,12 +410,14 @@ def layers_kept_in_float(
     quantization that excludes the node deploys those; a corrupted weight scale does not survive), else
     the dequantized values; and a Q/DQ pair on one of their outputs is bypassed for every reader that is
     not one of the ``int8`` layers (ONNX Runtime quantizes a node's output too; the next INT8 layer
-    keeps its input pair). Q/DQ nodes left without readers are removed."""
+    keeps its input pair). The nodes of a floated layer's ``regions`` (the other nodes it owns, see
+    :func:`layer_regions`) read float inputs too. Q/DQ nodes left without readers are removed."""
     model = onnx.ModelProto()
     model.CopyFrom(given)
     graph = model.graph
-    wanted = set(layers)
-    staying = set(int8) - wanted
+    floated = set(layers)
+    staying = set(int8) - floated
+    wanted = floated | {node for layer in floated for node in (regions or {}).get(layer, ())}
     initializers = {init.name: init for init in graph.initializer}
     producers = _producers(graph)
     taken = {name for node in graph.node for name in (*node.input, *node.output)} | set(initializers)
@@ -399,6 +440,13 @@ def layers_kept_in_float(
             )
         return str(relus[quantize.name].output[0])
 
+    quantizers: dict[str, list[onnx.NodeProto]] = {}  # tensor -> the QuantizeLinears reading it
+    dequantizers: dict[str, list[onnx.NodeProto]] = {}  # Q output -> the DequantizeLinears reading it
+    for node in graph.node:
+        if node.op_type == "QuantizeLinear":
+            quantizers.setdefault(node.input[0], []).append(node)
+        elif node.op_type == "DequantizeLinear":
+            dequantizers.setdefault(node.input[0], []).append(node)
     for node in graph.node:
         if node.name not in wanted:
             continue
@@ -421,13 +469,12 @@ def layers_kept_in_float(
                 node.input[index] = name
             elif quantize is not None and quantize.op_type == "QuantizeLinear":
                 node.input[index] = float_input(quantize)
+        if node.name not in floated:
+            continue
         for output in node.output:
-            for quantize in graph.node:
-                if quantize.op_type != "QuantizeLinear" or quantize.input[0] != output:
-                    continue
-                for dq in graph.node:
-                    if dq.op_type == "DequantizeLinear" and dq.input[0] == quantize.output[0]:
-                        bypass[dq.output[0]] = float_input(quantize)
+            for quantize in quantizers.get(output, ()):
+                for dq in dequantizers.get(quantize.output[0], ()):
+                    bypass[dq.output[0]] = float_input(quantize)
     if bypass:
         for node in graph.node:
             if node.name in staying or node.op_type in QDQ_OPS:
@@ -538,6 +585,8 @@ class GivenQdq:
     layers: tuple[GivenLayer, ...]
     qdq_nodes: int
     macs: Mapping[str, int] = field(default_factory=dict)
+    #: Layer -> the other nodes with Q/DQ'd inputs it owns (see :func:`layer_regions`).
+    regions: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def derived_reference(self) -> bool:
@@ -572,12 +621,18 @@ class GivenQdq:
                 self.qdq.info.source,
                 int8=self.int8_layers,
                 reference=None if self.derived_reference else self.reference.proto.graph,
+                regions=self.regions,
             )
             if floated
             else self.qdq.proto
         )
         quantized = tuple(name for name in self.int8_layers if name in kept)
         return proto, quantized, dict.fromkeys(floated, "its Q/DQ removed by the plan")
+
+    def fix_note(self, layers: Sequence[str]) -> str:
+        """How to apply a fix that keeps ``layers`` in float to the given model: the exact nodes whose Q/DQ
+        the fix removed (each layer and the nodes of its region)."""
+        return fix_note([node for layer in layers for node in (layer, *self.regions.get(layer, ()))])
 
     def coverage(self, quantized: Collection[str], floated: Mapping[str, str]) -> Coverage:
         kept = set(quantized)
@@ -669,6 +724,7 @@ def read_given_qdq(qdq: LoadedModel, fp32: LoadedModel | None) -> GivenQdq:
         layers=layers,
         qdq_nodes=count,
         macs={layer.name: macs.get(layer.name, 0) for layer in plan_layers},
+        regions=layer_regions(qdq.proto.graph, [layer.name for layer in plan_layers]),
     )
 
 

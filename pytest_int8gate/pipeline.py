@@ -52,7 +52,7 @@ from .diagnostics import (
 )
 from .errors import ModelError, NonFiniteOutputError
 from .evaluate import KpiFunction
-from .external_qdq import GivenQdq, contains_qdq, fix_note, read_given_qdq
+from .external_qdq import GivenQdq, contains_qdq, read_given_qdq
 from .gate import default_budget_text
 from .graph import LoadedModel, load_model
 from .outputs import EvaluationOutputs, OutputStore, file_digest
@@ -724,7 +724,7 @@ class GatePipeline:
             notes.extend(given.notes())
             fix = bisection.fix if bisection is not None else None
             if fix is not None and fix.passed and fix.exclude:
-                notes.append(fix_note(fix.exclude))
+                notes.append(given.fix_note(fix.exclude))
         elif self.spec.eval_data is None:  # (a given model is not calibrated: no held-out note for it)
             notes.append("evaluation data = calibration data (no held-out set given)")
         elif not self.held_out:

@@ -104,18 +104,22 @@ def fake_quantized(source: Path, path: Path) -> Path:
 
 
 def with_scale_scaled(source: Path, path: Path, tensor: str, factor: float) -> Path:
-    """A copy of ``source`` whose Q/DQ pair on ``tensor`` uses ``factor`` times its scale (both nodes)."""
+    """A copy of ``source`` whose Q/DQ pair on ``tensor`` (both nodes) uses ``factor`` times its scale, in an
+    initializer of its own (ONNX Runtime shares a scale across the pairs around pooling and reshapes)."""
     model = onnx.load(source)
     graph = model.graph
-    scales = {
-        node.input[1] for node in graph.node if node.op_type == "QuantizeLinear" and node.input[0] == tensor
-    }
-    assert len(scales) == 1, scales
-    (scale_name,) = scales
-    for init in graph.initializer:
-        if init.name == scale_name:
-            init.CopyFrom(
-                numpy_helper.from_array(numpy_helper.to_array(init) * np.float32(factor), init.name)
-            )
+    quantizers = [node for node in graph.node if node.op_type == "QuantizeLinear" and node.input[0] == tensor]
+    assert len(quantizers) == 1, [q.name for q in quantizers]
+    (quantize,) = quantizers
+    scale = next(init for init in graph.initializer if init.name == quantize.input[1])
+    corrupted = f"{scale.name}_corrupted"
+    graph.initializer.append(
+        numpy_helper.from_array(numpy_helper.to_array(scale) * np.float32(factor), corrupted)
+    )
+    for node in graph.node:
+        if node.name == quantize.name or (
+            node.op_type == "DequantizeLinear" and node.input[0] == quantize.output[0]
+        ):
+            node.input[1] = corrupted
     onnx.save(model, path)
     return path

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import shlex
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from example_files import CALIB, DATA_ARGS, DIGITS, EVAL, LABELS
 from onnx import TensorProto, helper, numpy_helper
 from qdq_models import CONV2, CONV2_INPUT, fake_quantized, ort_static, own, with_scale_scaled
 
+from pytest_int8gate.budget import Budget
 from pytest_int8gate.errors import CoverageError, ModelError
 from pytest_int8gate.external_qdq import (
     anchored_pattern,
@@ -30,6 +32,7 @@ from pytest_int8gate.external_qdq import (
     read_given_qdq,
 )
 from pytest_int8gate.graph import load_model, prepare_model
+from pytest_int8gate.pipeline import GatePipeline, GateSpec
 
 LAYERS = ("/conv1/Conv", "/conv2/Conv", "/conv3/Conv", "/fc1/Gemm", "/fc2/Gemm")
 
@@ -112,6 +115,48 @@ def test_a_layer_kept_in_float_reads_the_float_tensor_and_the_others_keep_their_
     )
     conv3 = next(node for node in proto.graph.node if node.name == "/conv3/Conv")
     assert producers[conv3.input[0]].op_type == "DequantizeLinear"
+
+
+def test_a_layer_owns_the_quantized_nodes_after_it_and_floating_it_removes_their_pairs(
+    made: dict[str, Path],
+) -> None:
+    given = read_given_qdq(load_model(made["ort_symmetric"]), load_model(DIGITS))
+
+    proto, _, _ = given.keeping(set(LAYERS) - {CONV2})
+
+    # ONNX Runtime quantizes the inputs of Relu and MaxPool too: conv2 owns those up to conv3
+    assert given.regions[CONV2] == ("/relu2/Relu", "/pool/MaxPool")
+    producers = {out: node for node in proto.graph.node for out in node.output}
+    for name in ("/relu2/Relu", "/pool/MaxPool"):
+        node = next(n for n in proto.graph.node if n.name == name)
+        assert producers[node.input[0]].op_type != "DequantizeLinear", name
+    assert given.fix_note([CONV2]).count("'^") == 3
+
+
+def test_a_corrupted_pair_inside_a_layers_region_is_found_at_that_layer(
+    made: dict[str, Path], tmp_path: Path
+) -> None:
+    broken = with_scale_scaled(made["ort_symmetric"], tmp_path / "broken.onnx", "/relu2/Relu_output_0", 0.02)
+    spec = GateSpec(
+        model=DIGITS,
+        qdq_model=broken,
+        calib_data=str(CALIB),
+        eval_data=str(EVAL),
+        labels=str(LABELS),
+        budget=Budget.from_mapping({"top1_drop": 0.01}),
+        bisect_subset=100,
+    )
+    benign = replace(spec, qdq_model=made["ort_symmetric"])
+
+    with GatePipeline(spec) as pipeline:
+        verdict = pipeline.run()
+    with GatePipeline(benign) as pipeline:
+        assert pipeline.run().passed
+
+    assert not verdict.passed and verdict.bisection is not None
+    assert [o.name for o in verdict.bisection.offenders] == [CONV2]
+    assert verdict.bisection.fix is not None and verdict.bisection.fix.passed
+    assert any("/pool/MaxPool" in note and "'^/conv2/Conv$'" in note for note in verdict.notes)
 
 
 def test_a_qoperator_model_is_refused_in_one_sentence(tmp_path: Path) -> None:
@@ -247,9 +292,8 @@ def test_a_given_qdq_model_passes_and_its_corrupted_twin_fails_naming_the_exact_
             "*INT8 gate failed: digits_cnn.onnx*given Q/DQ model, no calibration*5 of 5 quantizable layers*",
             f"* 1  {CONV2} *Conv*keep in float",
             f"Verified fix*exclude ?{CONV2}?*PASS",
-            f"*remove the Q/DQ on the inputs of these nodes (and on their outputs, *): {CONV2}; "
-            "with NVIDIA ModelOpt, quantize again "
-            f"with --nodes_to_exclude '^{CONV2}$'*",
+            f"*remove the Q/DQ on the inputs of these nodes (and on their outputs, *): {CONV2}*; "
+            f"with NVIDIA ModelOpt, quantize again with --nodes_to_exclude '^{CONV2}$'*",
         ]
     )
     assert "FP32 reference derived" not in broken.stdout.str()
