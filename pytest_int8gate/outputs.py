@@ -33,7 +33,7 @@ import onnx
 from . import __version__
 from .backends.base import BackendInfo, Runner
 from .cache import ArtifactCache, checksum_path, content_key, entry_problem
-from .data import Dataset, Feeds
+from .data import Dataset, Feeds, sample_count
 from .evaluate import GateAccumulator, KpiFunction, ReferenceOutputs, checked_output, run_outputs
 from .results import Comparison
 
@@ -354,7 +354,7 @@ def _batches(dataset: Dataset, batch_size: int, all_stored: bool) -> Iterator[tu
         return
     start = 0
     for feeds in dataset.batches(batch_size):
-        count = next(iter(feeds.values())).shape[0]
+        count = sample_count(feeds)
         yield start, feeds, count
         start += count
 

@@ -227,3 +227,32 @@ def test_writing_and_reading_outputs_holds_one_batch_at_a_time(tmp_path: Path) -
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert peak < 4 << 20, peak  # a batch, and the checksum's 1 MiB read buffer
+
+
+def test_outputs_of_a_model_with_a_constant_and_a_sample_axis_1_are_reused(tmp_path: Path) -> None:
+    """Feeds whose first input is a 0-d constant and whose state holds its samples on axis 1: the stored
+    outputs line up sample for sample, and the search on a warm run finds what it finds cold."""
+    from recurrent_models import vad_data, vad_model
+
+    vad_model(tmp_path / "vad.onnx", outlier=True)
+    vad_data(tmp_path / "calib.npz", 96, seed=1)
+    vad_data(tmp_path / "eval.npz", 96, seed=2)
+    layout = {
+        "model": tmp_path / "vad.onnx",
+        "calib_data": str(tmp_path / "calib.npz"),
+        "eval_data": str(tmp_path / "eval.npz"),
+        "labels": None,
+        "budget": Budget.from_mapping({}),
+        "constants": {"sr": 16000},
+        "sample_axes": {"state": 1},
+        "bisect": True,
+    }
+    cache = tmp_path / "cache"
+    cold = GatePipeline(spec(None, **layout)).run()
+    GatePipeline(spec(cache, **layout)).run()
+    warm = GatePipeline(spec(cache, **layout)).run()
+    assert {"FP32 outputs", "INT8 outputs"} <= set(warm.cache_hits)
+    for field in ("fp32", "int8", "outputs", "results"):
+        assert getattr(warm, field) == getattr(cold, field), field
+    assert not warm.passed and warm.bisection is not None and cold.bisection is not None
+    assert warm.bisection.offenders == cold.bisection.offenders
