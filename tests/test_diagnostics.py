@@ -444,3 +444,45 @@ def test_a_one_point_budget_on_200_samples_is_too_small_and_500_are_enough() -> 
     )
     assert "Evaluate on about 27" in finding.fix  # 2.77 / (n + 2) <= 0.01 at no disagreement
     assert "eval-set-too-small" not in codes(GatePipeline(example_spec()).run())
+
+
+def test_activation_ranges_are_measured_in_memory_sized_steps_with_the_same_result(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pytest_int8gate.diagnostics import ranges
+    from pytest_int8gate.diagnostics.ranges import ActivationProbe
+    from pytest_int8gate.graph import load_model
+    from pytest_int8gate.quantize import activation_tensors
+
+    loaded = load_model(DIGITS)
+    tensors = list(activation_tensors(loaded))
+    with np.load(EVAL) as archive:
+        images = archive["input"][:64]
+    batches = [{"input": images[:32]}, {"input": images[32:]}]
+
+    def measured(budget: int) -> tuple[dict[str, ranges.ActivationRange], int]:
+        monkeypatch.setattr(ranges, "ACTIVATION_BUDGET_BYTES", budget)
+        with ActivationProbe(loaded.proto, tensors) as probe:
+            runs = 0
+            run = probe.run
+
+            def counted(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+                nonlocal runs
+                runs += 1
+                return run(feeds)
+
+            probe.run = counted  # type: ignore[method-assign]
+            whole = probe.measure(batches, {t: 1e9 for t in tensors})
+            amax = {t: 0.5 * max(abs(r.minimum), abs(r.maximum)) for t, r in whole.items()}
+            runs = 0
+            return probe.measure(batches, amax), runs
+
+    split, split_runs = measured(1)  # a budget below one sample: one sample per step
+    whole, whole_runs = measured(1 << 40)
+    assert (split_runs, whole_runs) == (64, 1 + 1 + 1)  # whole: the first sample alone, then the rest
+    for name, expected in whole.items():
+        got = split[name]
+        assert got.count == expected.count
+        assert np.isclose(got.minimum, expected.minimum, rtol=1e-5, atol=1e-6)
+        assert np.isclose(got.maximum, expected.maximum, rtol=1e-5, atol=1e-6)
+        assert abs(got.clipped - expected.clipped) <= max(1, expected.count // 1000)

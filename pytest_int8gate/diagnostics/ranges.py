@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
-from ..data import Feeds
+from ..calibrate import ACTIVATION_BUDGET_BYTES
+from ..data import Feeds, sample_count
 from ..probe import ExposedModel
 from ..results import Finding
 from .limits import CLIP_RATE_FACTOR, CLIP_RATE_LIMIT, DIAGNOSTIC_SAMPLES, MAX_LISTED, ONE_SIDED_BITS
@@ -58,13 +59,28 @@ class ActivationProbe(ExposedModel):
         super().__init__(model, tensors, precision="fp32", optimize=True, threads=threads, known_only=True)
 
     def measure(self, batches: Iterable[Feeds], amax: Mapping[str, float]) -> dict[str, ActivationRange]:
+        """Each tensor's range and clipping over ``batches``, run in steps of as many samples as keep the
+        exposed activations within calibration's budget (a batch of 32 large activations would cost
+        gigabytes; ranges and counts do not depend on how the samples are split)."""
         ranges = {name: ActivationRange() for name in self.tensors}
-
-        def accumulate(feeds: Mapping[str, np.ndarray], values: Mapping[str, np.ndarray]) -> None:
-            for name, measured in ranges.items():
-                measured.update(values[name], amax[name])
-
-        self.over(batches, accumulate)
+        step: int | None = None
+        for feeds in batches:
+            size = sample_count(feeds)
+            # feeds that do not all hold the samples on axis 0 (constants, a state [2, N, 128]) run whole
+            whole = any(np.shape(value)[:1] != (size,) for value in feeds.values())
+            start = 0
+            while True:
+                count = size if whole else min(step or 1, size - start)
+                part = feeds if count == size else {k: v[start : start + count] for k, v in feeds.items()}
+                values = self.run(part)
+                if step is None and not whole:
+                    per_sample = sum(value.nbytes for value in values.values()) // max(count, 1)
+                    step = max(1, ACTIVATION_BUDGET_BYTES // max(per_sample, 1))
+                for name, measured in ranges.items():
+                    measured.update(values[name], amax[name])
+                start += count
+                if whole or start >= size:
+                    break
         return ranges
 
 
