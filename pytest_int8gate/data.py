@@ -213,18 +213,19 @@ _CHANGED_BETWEEN_PASSES = (
 )
 
 
-#: The most bytes of a non-contiguous array copied at once while hashing it (memory flat in the data's size).
-_HASH_BLOCK_BYTES = 1 << 22
+#: The most bytes of an array copied (hashing a strided one) or scanned (for NaN/Inf) at once: memory stays
+#: flat in the data's size.
+_SCAN_BLOCK_BYTES = 1 << 22
 
 
 def _byte_blocks(array: np.ndarray) -> Iterator[memoryview]:
     """``array``'s bytes in C order as flat byte views: of the array itself when it is C-contiguous (no
-    copy), else of copies of a few rows at a time (at most about :data:`_HASH_BLOCK_BYTES` each)."""
+    copy), else of copies of a few rows at a time (at most about :data:`_SCAN_BLOCK_BYTES` each)."""
     if array.flags.c_contiguous or array.ndim == 0:
         yield np.ascontiguousarray(array).reshape(-1).view(np.uint8).data
         return
     row_bytes = max(array.nbytes // max(array.shape[0], 1), 1)
-    rows = max(_HASH_BLOCK_BYTES // row_bytes, 1)
+    rows = max(_SCAN_BLOCK_BYTES // row_bytes, 1)
     for start in range(0, array.shape[0], rows):
         yield np.ascontiguousarray(array[start : start + rows]).reshape(-1).view(np.uint8).data
 
@@ -760,9 +761,18 @@ def _check_values(source: str, first_sample: int, tensor: TensorInfo, array: np.
             f"{source}: input {tensor.name!r} has dtype {array.dtype} but the model expects "
             f"{tensor.dtype}; convert it (e.g. .astype(np.{tensor.dtype})) when saving."
         )
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
+    if array.dtype.kind == "f" and not _all_finite(array):
         bad = first_sample + int(np.argwhere(~np.isfinite(array.reshape(array.shape[0], -1)))[0][0])
         raise DataError(f"{source}: input {tensor.name!r} holds NaN or Inf (sample {bad}).")
+
+
+def _all_finite(array: np.ndarray) -> bool:
+    """True when no value of ``array`` is NaN or Inf; scanned a few rows at a time, so that the check makes
+    no temporary the size of the data."""
+    if array.ndim == 0 or array.shape[0] == 0:
+        return bool(np.isfinite(array).all())
+    rows = max(_SCAN_BLOCK_BYTES // max(array.nbytes // array.shape[0], 1), 1)
+    return all(bool(np.isfinite(array[at : at + rows]).all()) for at in range(0, array.shape[0], rows))
 
 
 def _check_shape(source: str, tensor: TensorInfo, sample_shape: tuple[int, ...]) -> None:

@@ -33,7 +33,7 @@ def test_fingerprints_are_those_of_the_c_order_bytes_whatever_the_layout() -> No
 
 
 def test_fingerprinting_copies_no_whole_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(data, "_HASH_BLOCK_BYTES", 1 << 20)  # a strided chunk is copied 1 MiB at a time
+    monkeypatch.setattr(data, "_SCAN_BLOCK_BYTES", 1 << 20)  # a strided chunk is copied 1 MiB at a time
     images = np.random.default_rng(1).standard_normal((256, 32, 32, 16)).astype(np.float32)  # 16 MiB
     for array in (images, images.transpose(0, 3, 1, 2)):
         tracemalloc.start()
@@ -43,3 +43,16 @@ def test_fingerprinting_copies_no_whole_chunk(monkeypatch: pytest.MonkeyPatch) -
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
         assert peak < array.nbytes / 4, (array.flags.c_contiguous, peak)
+
+
+def test_the_nan_check_scans_in_blocks_and_finds_the_last_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(data, "_SCAN_BLOCK_BYTES", 1 << 20)
+    images = np.zeros((256, 16, 32, 32), np.float32)  # 16 MiB
+    tracemalloc.start()
+    assert data._all_finite(images)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < images.nbytes / 16, peak  # a boolean block, not a boolean copy of the data
+    images[-1, -1, -1, -1] = np.inf
+    assert not data._all_finite(images) and not data._all_finite(images[:, 1::2][:, :, ::-1])
+    assert data._all_finite(np.float32(1.0)) and not data._all_finite(np.array(np.nan))
