@@ -305,7 +305,7 @@ def collect_statistics(
         threads=threads,
         session_config={"session.intra_op.allow_spinning": "0"},
     )
-    splittable = not _fixed_batch(model, graph_inputs)
+    splittable = not fixed_batch_axis(model, graph_inputs)
     if overlap is None:
         overlap = _usable_cpus() > 1
     stats = {name: TensorStatistics() for name in names}
@@ -384,7 +384,7 @@ def collect_statistics(
     )
 
 
-def _fixed_batch(model: onnx.ModelProto, graph_inputs: Sequence[str]) -> bool:
+def fixed_batch_axis(model: onnx.ModelProto, graph_inputs: Sequence[str]) -> bool:
     """Whether an input declares a fixed size on axis 0 (such a model is fed its batches whole)."""
     for value_info in model.graph.input:
         if value_info.name in graph_inputs:

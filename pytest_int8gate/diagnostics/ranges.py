@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
-from ..calibrate import ACTIVATION_BUDGET_BYTES
+from ..calibrate import ACTIVATION_BUDGET_BYTES, fixed_batch_axis
 from ..data import Feeds, sample_count
 from ..probe import ExposedModel
 from ..results import Finding
@@ -57,17 +57,21 @@ class ActivationProbe(ExposedModel):
 
     def __init__(self, model: onnx.ModelProto, tensors: Sequence[str], *, threads: int = 0) -> None:
         super().__init__(model, tensors, precision="fp32", optimize=True, threads=threads, known_only=True)
+        weights = {init.name for init in model.graph.initializer}
+        fed = [value.name for value in model.graph.input if value.name not in weights]
+        self._fixed_batch = fixed_batch_axis(model, fed)
 
     def measure(self, batches: Iterable[Feeds], amax: Mapping[str, float]) -> dict[str, ActivationRange]:
         """Each tensor's range and clipping over ``batches``, run in steps of as many samples as keep the
         exposed activations within calibration's budget (a batch of 32 large activations would cost
         gigabytes; ranges and counts do not depend on how the samples are split)."""
         ranges = {name: ActivationRange() for name in self.tensors}
-        step: int | None = None
+        # a model exported with a fixed batch axis runs whole batches only (step 0: never split)
+        step: int | None = 0 if self._fixed_batch else None
         for feeds in batches:
             size = sample_count(feeds)
             # feeds that do not all hold the samples on axis 0 (constants, a state [2, N, 128]) run whole
-            whole = any(np.shape(value)[:1] != (size,) for value in feeds.values())
+            whole = step == 0 or any(np.shape(value)[:1] != (size,) for value in feeds.values())
             start = 0
             while True:
                 count = size if whole else min(step or 1, size - start)
