@@ -19,6 +19,8 @@ measured in the same run, with the issue's target and whether it is met.
 7. Speed where users wait, on a ResNet-style network at 224 px (``bench_speed.py``): calibration as a whole
    process and in the loop against a bare FP32 pass, peak memory, growth with samples and width, a rerun
    that changes only the budget, simulated INT8 evaluation against the FP32 pass.
+8. The search side by side (``bench_search.py``): adaptive, binary-only and a linear scan on planted
+   culprits (k = 1, 2, 3 among N = 8...64) and on chains with error spread thin over every layer.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 import bench_bisect  # noqa: E402
 import bench_calibrate  # noqa: E402
 import bench_plugin_import  # noqa: E402
+import bench_search  # noqa: E402
 import bench_speed  # noqa: E402
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
@@ -421,6 +424,51 @@ def bisection_section(sizes: Sequence[int], repeats: int, workdir: Path, figures
     ]
 
 
+# ---- 8: the search side by side -----------------------------------------------------------------------
+
+
+def search_section(smoke: bool, workdir: Path, figures: list[Figure]) -> list[str]:
+    runs = bench_search.measure(smoke, workdir)
+    by_case: dict[str, dict[str, bench_search.Run]] = {}
+    for run_ in runs:
+        by_case.setdefault(run_.case.name, {})[run_.strategy] = run_
+    for name, strategies in by_case.items():
+        adaptive, linear = strategies["adaptive"], strategies["linear"]
+        target = bench_search.target(adaptive)
+        if adaptive.case.planted:
+            figures.append(
+                Figure(
+                    "8 search",
+                    f"adaptive search evaluations, {name}",
+                    adaptive.report.search_evaluations / linear.report.search_evaluations,
+                    f"linear ({linear.report.search_evaluations})",
+                    f"<= k*ceil(log2 N)+2 = {target}, planted layers named exactly",
+                    adaptive.report.search_evaluations <= target and adaptive.named_exactly is True,
+                )
+            )
+        else:
+            fix = adaptive.report.fix
+            figures.append(
+                Figure(
+                    "8 search",
+                    f"adaptive evaluations in all, {name}",
+                    adaptive.report.evaluations / linear.report.evaluations,
+                    f"linear ({linear.report.evaluations})",
+                    f"about 2*ceil(log2 N)+4 = {target}, verified fix",
+                    adaptive.report.evaluations <= target + 2 and fix is not None and fix.passed,
+                )
+            )
+    return [
+        "Adaptive (the default), binary-only and a linear scan on the same models and data "
+        "(`bench_search.py`):",
+        "",
+        *bench_search.summary(runs),
+        "",
+        bench_search.table(runs),
+        "",
+    ]
+
+
 # ---- 4: warm vs cold -----------------------------------------------------------------------------------
 
 
@@ -606,6 +654,7 @@ class Plan:
     large_memory_samples: tuple[int, ...]
     bisect_sizes: tuple[int, ...]
     bisect_repeats: int
+    search_smoke: bool  # bench_search's one tiny case per family
     rounds: int
     import_runs: int  # runs of each variant of the plugin-import benchmark
     speed: bench_speed.Sizes
@@ -628,6 +677,7 @@ FULL = Plan(
     large_memory_samples=(64, 256, 1024),
     bisect_sizes=(8, 16, 32, 64),
     bisect_repeats=3,
+    search_smoke=False,
     rounds=5,
     import_runs=15,
     speed=bench_speed.FULL,
@@ -642,6 +692,7 @@ SMOKE = Plan(
     large_memory_samples=(),
     bisect_sizes=(8,),
     bisect_repeats=1,
+    search_smoke=True,
     rounds=1,
     import_runs=1,
     speed=bench_speed.SMOKE,
@@ -766,6 +817,14 @@ def run(plan: Plan, workdir: Path) -> tuple[list[str], list[Figure]]:
     speed_lines, speed_figures = bench_speed.measure(plan.speed, speed_dir)
     figures += [Figure(f.benchmark, f.what, f.ratio, f.baseline, f.target, f.met) for f in speed_figures]
     sections += ["## 7. Speed where users wait: a realistic model (`bench_speed.py`)", "", *speed_lines]
+    print("  the search side by side", file=sys.stderr)
+    search_dir = workdir / "search"
+    search_dir.mkdir()
+    sections += [
+        "## 8. Search: adaptive, binary-only, linear",
+        "",
+        *search_section(plan.search_smoke, search_dir, figures),
+    ]
     return sections, figures
 
 

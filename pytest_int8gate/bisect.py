@@ -88,9 +88,13 @@ MAX_EVALS_OPTION = "--int8-bisect-max-evals"
 MAX_SECONDS_OPTION = "--int8-bisect-max-seconds"
 #: Adaptive: a layer whose own SQNR is this far below the median is a strong culprit candidate (dB).
 OUTLIER_DB = 15.0
-#: Adaptive: the greedy repair tries a calibrator on a layer only when it raises the layer's own SQNR by
-#: more than this (dB): smaller differences are within what one calibration set measures.
+#: Adaptive: the ladder tries another calibrator on an offender only when it raises the layer's own SQNR
+#: by more than this (dB); the repair that would not change the layer's own output is not worth an
+#: evaluation.
 MIN_GAIN_DB = 1.0
+#: Adaptive: a layer is predicted to need another calibrator when that calibrator raises its own SQNR by
+#: more than this (dB, one bit): smaller differences do not decide a model's budget on their own.
+DEFICIT_DB = 6.0
 #: The search starts from another calibrator for the whole model only when that calibrator closes more
 #: than this share of the spec's plan's gap to the budget (margins are negative when failing).
 SWITCH_SHARE = 0.5
@@ -446,7 +450,7 @@ class SearchClock:
 class AdaptiveWalk:
     """What the adaptive strategy read from the layers' own SQNR: the walk and the order it takes."""
 
-    mode: str  # "culprits": binary prefix search in sensitivity order; "spread": greedy INT8 repair first
+    mode: str  # "culprits": binary prefix search in sensitivity order; "spread": predicted INT8 repairs first
     order: tuple[int, ...]  # candidate positions, best own SQNR first (the layers the prefix adds last
     # are the likeliest culprits)
     note: str
@@ -454,8 +458,8 @@ class AdaptiveWalk:
 
 def choose_walk(sqnr: Sequence[float]) -> AdaptiveWalk:
     """Few layers far below the others' own SQNR: strong culprits, found by a binary prefix search that
-    adds the worst layers last; otherwise the error is spread thin and a greedy INT8 repair of the worst
-    layers comes first."""
+    adds the worst layers last; otherwise the error is spread thin and the INT8 repairs the sensitivity
+    table predicts come first."""
     n = len(sqnr)
     order = tuple(sorted(range(n), key=lambda i: (-_finite(sqnr[i]), i)))
     if n == 0:
@@ -475,7 +479,7 @@ def choose_walk(sqnr: Sequence[float]) -> AdaptiveWalk:
         "spread",
         order,
         f"adaptive search: {spread} in own SQNR (median {median:.1f} dB over {n} layers): error spread "
-        "thin, greedy INT8 repair of the worst layers first",
+        "thin, the INT8 repairs predicted by each layer's own SQNR first",
     )
 
 
@@ -485,54 +489,40 @@ def _finite(value: float) -> float:
     return min(value, 1e9)
 
 
-@dataclass
-class GreedyRepair:
-    """The greedy INT8 repair's outcome: the calibrator rungs kept (each raised the whole model's
-    margin), the last probe, and a report row per kept layer."""
+@dataclass(frozen=True)
+class PredictedRepair:
+    """Calibrator overrides for the few layers the sensitivity table says another calibrator serves far
+    better (own SQNR) than the plan the search starts from, evaluated together in one go."""
 
-    repairs: dict[int, Rung] = field(default_factory=dict)
-    rows: dict[int, tuple[dict[str, float], tuple[str, ...]]] = field(default_factory=dict)
-    evaluations: int = 0
+    #: layer -> (its calibrator, own SQNR with the plan's calibrator, own SQNR with its own)
+    repairs: dict[str, tuple[str, float, float]]
+
+    def plan(self, base: QuantPlan) -> QuantPlan:
+        overrides = {name: CalibratorRung(calibrator) for name, (calibrator, _, _) in self.repairs.items()}
+        return plan_with(base, overrides)
+
+    def text(self) -> str:
+        return ", ".join(f"{name} {calibrator}" for name, (calibrator, _, _) in self.repairs.items())
 
 
-def greedy_repair(
-    oracle: SubsetOracle,
-    table: SensitivityTable,
-    base: QuantPlan,
-    start: Probe,
-    worst_first: Sequence[int],
-    clock: SearchClock,
-    steps: int,
-) -> tuple[GreedyRepair, Probe]:
-    """Give the worst layers (own SQNR) the calibrator that serves them best, one whole-model evaluation
-    each, keeping a change only when it raises the model's margin; stop at a pass or after ``steps``."""
-    greedy = GreedyRepair()
-    probe = start
-    everything = list(range(len(oracle.layers)))
-    for index in worst_first:
-        if greedy.evaluations >= steps or not clock.can_evaluate():
-            break
-        name = oracle.layers[index].name
+def predicted_repairs(
+    table: SensitivityTable, names: Sequence[str], base: QuantPlan, limit: int
+) -> list[PredictedRepair]:
+    """The layers whose own SQNR another calibrator raises by more than :data:`DEFICIT_DB` over ``base``'s,
+    when there are between 1 and ``limit`` of them: the worst alone, then all of them (worst first)."""
+    deficits = []
+    for name in names:
         current = base.calibrator_for(name)
         best = table.best_calibrator(name, current)
-        if best is None or not best[1] > MIN_GAIN_DB:
-            continue
-        calibrator, gain = best
-        rung = CalibratorRung(calibrator)
-        trial = oracle(everything, [], {**greedy.repairs, index: rung})
-        greedy.evaluations += 1
-        clock.spent += 1
-        if trial.passed or trial.margin > probe.margin:
-            greedy.repairs[index] = rung
+        if best is not None and best[1] > DEFICIT_DB:
             own = table.sqnr(name, current)
-            greedy.rows[index] = (
-                dict(probe.metrics),
-                (f"greedy: own SQNR {own:.1f} dB with {current}, {own + gain:.1f} dB with {calibrator}",),
-            )
-            probe = trial
-            if trial.passed:
-                break
-    return greedy, probe
+            deficits.append((best[1], name, best[0], own))
+    if not 1 <= len(deficits) <= limit:
+        return []
+    deficits.sort(key=lambda d: -_finite(d[0]))
+    repairs = {name: (best, own, own + gain) for gain, name, best, own in deficits}
+    worst = dict(list(repairs.items())[:1])
+    return [PredictedRepair(worst)] + ([PredictedRepair(repairs)] if len(repairs) > 1 else [])
 
 
 def bisect_failure(context: GateContext, evaluator: PlanEvaluator, failing: Comparison) -> BisectionReport:
@@ -623,26 +613,83 @@ def bisect_failure(context: GateContext, evaluator: PlanEvaluator, failing: Comp
         oracle.record(start_probe, list(range(len(candidates))), {})
 
     walk_mode = ""
-    greedy = GreedyRepair()
+    predicted_evaluations = 0
     strategy = search.strategy
+    ladder = RepairLadder(context.model, base, search.repairs)
     if strategy == "adaptive" and not unresolvable:
+
+        def not_promising(name: str, calibrator: str, current: str) -> str:
+            own, other = table.sqnr(name, current), table.sqnr(name, calibrator)
+            if other > own + MIN_GAIN_DB:
+                return ""
+            return f"own SQNR {other:.1f} dB with it, {own:.1f} dB with {current}"
+
+        ladder = RepairLadder(context.model, base, search.repairs, not_promising=not_promising)
         current = [_current_sqnr(table, context.plan, base, layer.name) for layer in candidates]
         walk = choose_walk(current)
         walk_mode = walk.mode
         notes.append(walk.note)
         oracle.reorder(walk.order)
-        if walk.mode == "spread":
-            steps = max(1, math.ceil(math.log2(max(len(candidates), 2)))) + 1
-            worst_first = list(reversed(range(len(candidates))))
-            greedy, start_probe = greedy_repair(oracle, table, base, start_probe, worst_first, clock, steps)
-            if greedy.repairs:
-                names = {oracle.layers[i].name: r for i, r in greedy.repairs.items()}
-                base = plan_with(base, names)
-                oracle.base_plan = base
-                oracle.best = None
-                oracle.record(start_probe, list(range(len(candidates))), {})
         strategy = "binary"
-    ladder = RepairLadder(context.model, base, search.repairs)
+        # The repairs the sensitivity table predicts, a calibrator for the model and a few overrides,
+        # each set evaluated in one go (at most two sets when error is spread thin, one otherwise).
+        limit = math.ceil(math.log2(max(len(candidates), 2))) + 1
+        names = [layer.name for layer in candidates]
+        tries = predicted_repairs(table, names, base, limit)[: 2 if walk.mode == "spread" else 1]
+        for predicted in tries:
+            if not clock.can_evaluate():
+                break
+            plan = predicted.plan(base)
+            context.progress("bisect", f"trying the overrides predicted by own SQNR: {predicted.text()}")
+            probe = oracle.measure(replace(plan, include=frozenset(names)))
+            predicted_evaluations += 1
+            clock.spent += 1
+            if not probe.passed:
+                notes.append(
+                    f"the calibrator overrides predicted by own SQNR ({predicted.text()}) missed the budget "
+                    f"on the {oracle.subset_size} search samples ({_metrics_text(probe)})"
+                )
+                continue
+            predicted_fix = verifier.verify(plan)
+            if not predicted_fix.passed:
+                notes.append(
+                    f"the calibrator overrides predicted by own SQNR ({predicted.text()}) met the budget on "
+                    f"the {oracle.subset_size} search samples but not {verifier.where_failed(predicted_fix)}"
+                )
+                continue
+            by_name = {layer.name: layer for layer in candidates}
+            failed_metrics = dict(start_probe.metrics)
+            rows = [
+                OffendingLayer(
+                    index=by_name[name].index,
+                    name=name,
+                    op_type=by_name[name].op_type,
+                    metrics=failed_metrics,
+                    action=RepairAction.CALIBRATOR,
+                    calibrator=calibrator,
+                    attempts=(
+                        f"predicted by own SQNR: {before:.1f} dB with {base.calibrator_for(name)}, "
+                        f"{after:.1f} dB with {calibrator}",
+                    ),
+                )
+                for name, (calibrator, before, after) in predicted.repairs.items()
+            ]
+            pruning = Pruning(context, oracle, verifier, clock)
+            predicted_fix = pruning.prune(plan, predicted_fix)
+            notes.extend(pruning.notes)
+            return report(
+                search_evaluations=predicted_evaluations,
+                offenders=tuple(sorted(rows, key=lambda o: o.index)),
+                fix=predicted_fix,
+                notes=tuple(notes),
+                verification_evaluations=verifier.evaluations,
+                global_evaluations=global_evaluations,
+                pruning_evaluations=pruning.evaluations,
+                pruned=tuple(pruning.dropped),
+                walk=walk_mode,
+                stopped_by=clock.stopped_by,
+                duration_s=time.perf_counter() - started,
+            )
 
     def repair(index: int, state: SearchState[Rung]) -> Rung | None:
         def attempt(rung: Rung) -> bool | None:
@@ -657,17 +704,14 @@ def bisect_failure(context: GateContext, evaluator: PlanEvaluator, failing: Comp
 
         return ladder.climb(oracle.layers[index].name, attempt)
 
-    greedy_passed = bool(greedy.repairs) and start_probe.passed
     n = len(candidates)
-    if unresolvable or greedy_passed:
+    if unresolvable:
         state: SearchState[Rung] = SearchState()
     else:
         # the whole-plan probe the walk starts from is counted as its first evaluation
         reuse_first = strategy == "binary"
         if reuse_first:
-            if greedy.repairs:
-                greedy.evaluations -= 1
-            elif base == context.plan:
+            if base == context.plan:
                 baseline_evaluations -= 1
             else:
                 global_evaluations -= 1
@@ -677,15 +721,13 @@ def bisect_failure(context: GateContext, evaluator: PlanEvaluator, failing: Comp
             strategy=strategy,
             repair=repair,
             max_evaluations=clock.max_evaluations,
-            spent=clock.spent - (1 if reuse_first and greedy.repairs else 0),
+            spent=clock.spent,
             first=start_probe if reuse_first else None,
-            search_limit=n + 1 - greedy.evaluations,
+            search_limit=n + 1 - predicted_evaluations,
             time_left=clock.time_left,
             max_seconds=clock.max_seconds,
         )
-        clock.spent += (
-            state.search_evaluations + state.repair_evaluations - (1 if reuse_first and greedy.repairs else 0)
-        )
+        clock.spent += state.search_evaluations + state.repair_evaluations
         if state.stopped_by:
             clock.stopped_by = clock.stopped_by or state.stopped_by
     notes.extend(state.notes)
@@ -695,10 +737,6 @@ def bisect_failure(context: GateContext, evaluator: PlanEvaluator, failing: Comp
         offenders.append(
             ladder.offender(layer, dict(state.offender_probes[index].metrics), state.repaired.get(index))
         )
-    for index, (metrics, attempts) in greedy.rows.items():
-        layer = oracle.layers[index]
-        row = ladder.offender(layer, metrics, greedy.repairs[index])
-        offenders.append(replace(row, attempts=attempts))
     offenders.sort(key=lambda o: o.index)
     fix = None
     fix_plan: QuantPlan | None = None
@@ -707,7 +745,7 @@ def bisect_failure(context: GateContext, evaluator: PlanEvaluator, failing: Comp
     if state.capped:
         fix, fix_plan = _best_so_far(oracle, verifier, state, notes, clock)
     elif offenders:
-        fix_plan = _fix_plan(base, [o for o in offenders if o.index not in _indices(oracle, greedy)])
+        fix_plan = _fix_plan(base, offenders)
         fix = verifier.verify(fix_plan)
         repaired = [o.name for o in offenders if o.action != "float"]
         if not fix.passed and repaired:
@@ -746,7 +784,7 @@ def bisect_failure(context: GateContext, evaluator: PlanEvaluator, failing: Comp
         searched_pass = not state.capped or (oracle.best is not None and oracle.best[0].passed)
         notes.extend(verifier.generalisation_notes(fix, passed_where_searched=searched_pass))
     return report(
-        search_evaluations=state.search_evaluations + greedy.evaluations,
+        search_evaluations=state.search_evaluations + predicted_evaluations,
         repair_evaluations=state.repair_evaluations,
         baseline_evaluations=baseline_evaluations,
         verification_evaluations=verifier.evaluations,
@@ -760,11 +798,6 @@ def bisect_failure(context: GateContext, evaluator: PlanEvaluator, failing: Comp
         walk=walk_mode,
         stopped_by=clock.stopped_by,
     )
-
-
-def _indices(oracle: SubsetOracle, greedy: GreedyRepair) -> set[int]:
-    """Layer indices (topological) of the greedy repairs: already part of the search's base plan."""
-    return {oracle.layers[i].index for i in greedy.repairs}
 
 
 def _current_sqnr(table: SensitivityTable, spec: QuantPlan, base: QuantPlan, name: str) -> float:

@@ -30,6 +30,8 @@ from .smoothquant import SmoothRefusal, smoothquant_targets
 
 #: The order in which other calibrators are tried on an offender.
 CALIBRATOR_ORDER = ("percentile", "mse", "entropy", "max")
+#: How an attempt reads when a rung was skipped as not promising (not as impossible).
+NOT_TRIED = "not tried"
 
 
 @dataclass(frozen=True)
@@ -145,14 +147,17 @@ class RepairLadder:
         rungs: Sequence[str],
         *,
         calibrator_order: Mapping[str, Sequence[str]] | None = None,
+        not_promising: Callable[[str, str, str], str] | None = None,
     ) -> None:
         """``calibrator_order``: per layer, the calibrators to try first (e.g. by the layer's own SQNR
-        under each); the others follow in :data:`CALIBRATOR_ORDER`."""
+        under each); the others follow in :data:`CALIBRATOR_ORDER`. ``not_promising(layer, calibrator,
+        current)``: why a calibrator is not worth an evaluation on a layer ("" to try it)."""
         self.model = model
         self.base = base
         self.enabled = check_repairs(rungs, "repairs")
         self.calibrators = [c for c in CALIBRATOR_ORDER if c in CALIBRATORS]
         self.calibrator_order = dict(calibrator_order or {})
+        self.not_promising = not_promising
         self.attempts: dict[str, list[str]] = {}
         self._pairs = equalization_candidates(model) if RepairAction.EQUALIZE.value in self.enabled else {}
         self._smoothable = (
@@ -167,6 +172,9 @@ class RepairLadder:
         """
         tried = self.attempts.setdefault(name, [])
         for rung, why_not in self.rungs_for(name):
+            if why_not.startswith(NOT_TRIED):
+                tried.append(f"{rung.text} {why_not}")
+                continue
             if why_not:
                 tried.append(f"{rung.text} not possible ({why_not})")
                 continue
@@ -186,7 +194,11 @@ class RepairLadder:
             current = self.base.calibrator_for(name)
             preferred = [c for c in self.calibrator_order.get(name, ()) if c in self.calibrators]
             ordered = list(dict.fromkeys([*preferred, *self.calibrators]))
-            rungs.extend((CalibratorRung(c), "") for c in ordered if c != current)
+            for calibrator in ordered:
+                if calibrator == current:
+                    continue
+                skip = self.not_promising(name, calibrator, current) if self.not_promising else ""
+                rungs.append((CalibratorRung(calibrator), f"{NOT_TRIED} ({skip})" if skip else ""))
         if RepairAction.EQUALIZE.value in self.enabled:
             entry = self._pairs.get(name)
             rung = EqualizationRung(self.producer(name))

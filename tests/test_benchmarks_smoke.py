@@ -35,7 +35,7 @@ def test_run_all_smoke_writes_every_section(tmp_path: Path) -> None:
         assert field in text, field
     summary = text.split("## Summary", 1)[1].split("\n## ", 1)[0]
     rows = [line for line in summary.splitlines() if re.match(r"\| \d ", line)]
-    assert {row.split("|")[1].strip()[0] for row in rows} == {"1", "2", "3", "4", "5", "6"}
+    assert {row.split("|")[1].strip()[0] for row in rows} == {"1", "2", "3", "4", "5", "6", "8"}
     for row in rows:
         cells = [cell.strip() for cell in row.split("|")[1:-1]]
         assert float(cells[2]) > 0 and cells[5] in ("met", "**not met**"), row
@@ -47,10 +47,12 @@ def test_run_all_smoke_writes_every_section(tmp_path: Path) -> None:
         "## 5. Gate overhead",
         "## 6. Plugin import",
         "## 7. Speed where users wait",
+        "## 8. Search: adaptive, binary-only, linear",
     ):
         assert section in text, section
     assert "| bare FP32 pass (ONNX Runtime session + run) |" in text
     assert "| 8 | fc4, fc6 |" in text  # the bisection table of bench_bisect, N = 8
+    assert "| planted N=8 at fc4 (entropy) | cosine >= 0.99 | adaptive | culprits |" in text  # bench_search
     if "**not met**" in summary:
         assert "## Where a target is missed: why, and what would meet it" in text
 

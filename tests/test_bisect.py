@@ -369,8 +369,8 @@ def test_offender_repaired_by_another_calibrator_stays_int8(spiky_model: Path) -
     # The spec's own override gives the spiking layer max: no calibrator for the whole model changes that
     # layer (the override stays), so the search finds it and the ladder overrides it with percentile.
     spiking = layer_name(SPIKE_AT)
-    verdict = GatePipeline(spiky_spec(spiky_model, "percentile", overrides={spiking: "max"})).run()
-    report = bisection(verdict)
+    spec = spiky_spec(spiky_model, "percentile", overrides={spiking: "max"}, bisect_strategy="binary")
+    report = bisection(GatePipeline(spec).run())
     assert report.global_evaluations == 3
     (offender,) = report.offenders
     assert offender.name == spiking
@@ -450,6 +450,7 @@ def test_a_wide_input_feature_climbs_the_whole_ladder_then_stays_in_float(tmp_pa
         eval_data=wide(EVAL_SAMPLES, 2),
         budget=BUDGET,
         bisect_subset=SEARCH_SUBSET,
+        bisect_strategy="binary",  # every rung tried (adaptive skips calibrators own SQNR rules out)
         threads=1,
         # SmoothQuant repairs it (an inserted Mul before fc0, test_smoothquant.py): the rungs before it
         repairs=("calibrator", "equalize", "bias_correction"),

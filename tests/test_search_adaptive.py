@@ -30,7 +30,7 @@ from pytest_int8gate.report import verdict_record
 from pytest_int8gate.results import BisectionReport
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from planted import chain_weights, inputs, layer_name, plant, save_chain
+from planted import Dense, chain_weights, inputs, layer_name, plant, route_spike, save_chain, spiky_inputs
 
 BUDGET = Budget({"cosine": 0.99})
 EVAL_SAMPLES = 256
@@ -187,3 +187,78 @@ def test_pruning_drops_the_entries_a_fix_does_not_need_and_keeps_the_rest(tmp_pa
     kept = minimal.prune(needed, verifier.verify(needed))
     assert minimal.dropped == [] and minimal.evaluations == 0 and kept.equalize == ("fc8",)
     assert np.isclose(kept.results[0].observed, fix.results[0].observed)
+
+
+# ---- error spread thin: INT8 fixes the sensitivity table points to ----------------------------------
+
+
+def mild_ranges_with_a_spike(n_layers: int) -> list[Dense]:
+    """Every layer's input has one channel 4-12 times wider than the rest (seeded): INT8 error spread over
+    the whole chain; the middle layer's input also carries rare calibration spikes (route_spike)."""
+    rng = np.random.default_rng(0)
+    spike = n_layers // 2
+    weights = chain_weights(n_layers)
+    for index in range(1, n_layers):
+        if abs(index - spike) > 1:
+            weights = plant(weights, index, factor=float(rng.uniform(4, 12)), channel=int(rng.integers(1, 8)))
+    return route_spike(weights, spike, gain=300.0)
+
+
+def spread_spec(model: Path, cosine: float) -> GateSpec:
+    return GateSpec(
+        model=model,
+        calib_data=spiky_inputs(2048, spikes=2, seed=1),
+        eval_data=spiky_inputs(512, spikes=0, seed=2),
+        budget=Budget({"cosine": cosine}),
+        calibrator="max",
+        bisect_subset=128,
+        threads=1,
+        min_calib_samples=0,
+    )
+
+
+def test_spread_error_gets_an_all_int8_fix_of_few_entries_that_holds_on_unseen_samples(
+    tmp_path: Path,
+) -> None:
+    model = save_chain(mild_ranges_with_a_spike(8), tmp_path / "spread8.onnx")
+    # measured: max 0.69 (the spikes), percentile 0.994, entropy 0.990; 0.9958 closes 30 % of the best gap
+    report = bisection(GatePipeline(spread_spec(model, 0.9958)).run())
+    assert report.walk == "spread"
+    fix = report.fix
+    assert fix is not None and fix.passed and fix.generalised is True
+    assert fix.exclude == () and fix.int8_layers == 8  # all INT8
+    assert fix.entries <= 3
+    assert report.search_evaluations <= 8 + 1
+    assert report.evaluations <= 2 * math.ceil(math.log2(8)) + 4 + 2  # measured 11: "about" the target
+    # the benign twin: a budget the best calibrator for the whole model meets is a one-entry fix
+    easy = bisection(GatePipeline(spread_spec(model, 0.99)).run())
+    assert easy.fix is not None and easy.fix.passed and easy.fix.entries == 1
+    assert easy.search_evaluations == 0 and easy.walk == ""
+
+
+def test_a_calibrator_override_predicted_by_own_sqnr_costs_one_search_evaluation(tmp_path: Path) -> None:
+    # The spec's own override gives the spiking layer max; its own SQNR says percentile serves it far
+    # better, and that one override, evaluated once, is the fix.
+    model = save_chain(route_spike(chain_weights(8), 4, gain=1e3), tmp_path / "spiky.onnx")
+    spec = GateSpec(
+        model=model,
+        calib_data=spiky_inputs(2048, spikes=2, seed=1),
+        eval_data=spiky_inputs(EVAL_SAMPLES, spikes=1, seed=2),
+        budget=BUDGET,
+        calibrator="percentile",
+        overrides={"fc4": "max"},
+        bisect_subset=SEARCH_SUBSET,
+        threads=1,
+    )
+    report = bisection(GatePipeline(spec).run())
+    assert report.search_evaluations == 1 and report.repair_evaluations == 0
+    (offender,) = report.offenders
+    assert (offender.name, offender.action, offender.calibrator) == ("fc4", "calibrator", "percentile")
+    assert offender.attempts[0].startswith("predicted by own SQNR: ")
+    fix = report.fix
+    assert (
+        fix is not None and fix.passed and fix.overrides == {"fc4": "percentile"} and fix.calibrator is None
+    )
+    # the benign twin: without the spec's override the same model passes, nothing to predict
+    plain = GatePipeline(replace(spec, overrides={})).run()
+    assert plain.passed and plain.bisection is None

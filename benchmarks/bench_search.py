@@ -1,0 +1,307 @@
+"""The search side by side: ``adaptive`` (the default), ``binary`` only and a ``linear`` scan.
+
+Run from anywhere: ``python benchmarks/bench_search.py`` (``--smoke`` for one tiny case of each family).
+Prints a Markdown table and writes it to ``benchmarks/results/search.md``. Every run goes through the real
+GatePipeline and ONNX Runtime on real ONNX chains (``tests/planted.py``), the three strategies in the same
+process on the same data:
+
+- planted culprits: k = 1, 2, 3 layers made INT8-hostile (one input channel 10^4 times wider, the same FP32
+  function) among N = 8, 16, 32, 64;
+- error spread thin: every layer of a chain gets a mild range problem (one input channel 4-12 times wider,
+  seeded), so that no single layer breaks the budget and the INT8 error accumulates over many;
+- spread with one spiking layer: the same, plus a layer whose calibration input has rare huge spikes, which
+  ruin the max, mse and percentile calibrators there (an all-INT8 fix exists: a calibrator override).
+
+Per run: search evaluations (the walk, the predicted repairs), evaluations in all (baseline, calibrators for
+the whole model, search, repair, pruning, verification), the bisection's wall time, the fix's entries and
+layers in float, and whether it holds on the evaluation samples the search never used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+from _common import ROOT, environment_lines
+
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from planted import (  # noqa: E402
+    Dense,
+    chain_weights,
+    inputs,
+    layer_name,
+    plant,
+    route_spike,
+    save_chain,
+    spiky_inputs,
+)
+
+from pytest_int8gate.data import Feeds  # noqa: E402
+from pytest_int8gate.gate import Budget  # noqa: E402
+from pytest_int8gate.pipeline import GatePipeline, GateSpec  # noqa: E402
+from pytest_int8gate.results import BisectionReport  # noqa: E402
+
+STRATEGIES = ("adaptive", "binary", "linear")
+EVAL_SAMPLES = 512
+SUBSET = 128
+CALIB_SAMPLES = 2048
+
+
+@dataclass(frozen=True)
+class Case:
+    family: str  # "planted", "spread", "spread+spike"
+    n_layers: int
+    weights: list[Dense]
+    budget: Budget | None  # None: set so that no calibrator for the whole model passes (see tightened)
+    calib: Feeds
+    evaluation: Feeds
+    planted: tuple[int, ...] = ()
+    calibrator: str = "entropy"
+
+    @property
+    def name(self) -> str:
+        where = f" at {', '.join(layer_name(p) for p in self.planted)}" if self.planted else ""
+        return f"{self.family} N={self.n_layers}{where}"
+
+
+def planted_positions(n_layers: int, k: int) -> tuple[int, ...]:
+    """k positions spread over the chain (never the first layer: a planted layer needs a predecessor)."""
+    return tuple(max(1, (i + 1) * n_layers // (k + 1)) for i in range(k))
+
+
+def planted_case(n_layers: int, k: int) -> Case:
+    positions = planted_positions(n_layers, k)
+    weights = chain_weights(n_layers)
+    for position in positions:
+        weights = plant(weights, position, factor=1e4)
+    return Case(
+        "planted",
+        n_layers,
+        weights,
+        Budget({"cosine": 0.99}),
+        inputs(CALIB_SAMPLES, seed=1),
+        inputs(EVAL_SAMPLES, seed=2),
+        positions,
+    )
+
+
+def mild_ranges(n_layers: int, seed: int, skip: set[int]) -> list[Dense]:
+    rng = np.random.default_rng(seed)
+    weights = chain_weights(n_layers, seed=seed)
+    for index in range(1, n_layers):
+        if index not in skip:
+            weights = plant(weights, index, factor=float(rng.uniform(4, 12)), channel=int(rng.integers(1, 8)))
+    return weights
+
+
+def spread_case(n_layers: int) -> Case:
+    return Case(
+        "spread",
+        n_layers,
+        mild_ranges(n_layers, 0, set()),
+        None,
+        inputs(CALIB_SAMPLES, seed=1),
+        inputs(EVAL_SAMPLES, seed=2),
+    )
+
+
+def spiky_case(n_layers: int) -> Case:
+    spike = n_layers // 2
+    weights = route_spike(mild_ranges(n_layers, 0, {spike - 1, spike, spike + 1}), spike, gain=300.0)
+    return Case(
+        "spread+spike",
+        n_layers,
+        weights,
+        None,
+        spiky_inputs(CALIB_SAMPLES, spikes=2, seed=1),
+        spiky_inputs(EVAL_SAMPLES, spikes=0, seed=2),
+        calibrator="max",
+    )
+
+
+#: A spread-error model's budget closes this share of the best calibrator-for-the-whole-model's gap to FP32
+#: (cosine 1): tight enough that no calibrator alone passes, so the search has something to find.
+TIGHTEN = 0.3
+
+
+def tightened(case: Case, model: Path) -> Budget:
+    """The budget that asks for ``TIGHTEN`` of the best whole-model calibrator's cosine gap to be closed."""
+    best = 0.0
+    for calibrator in ("entropy", "max", "mse", "percentile"):
+        spec = GateSpec(
+            model=model,
+            calib_data=case.calib,
+            eval_data=case.evaluation,
+            budget=Budget({"cosine": 0.0}),
+            calibrator=calibrator,
+            bisect=False,
+            threads=1,
+            min_calib_samples=0,
+        )
+        best = max(best, GatePipeline(spec).run().int8["cosine"])
+    return Budget({"cosine": round(1.0 - (1.0 - best) * (1.0 - TIGHTEN), 4)})
+
+
+@dataclass(frozen=True)
+class Run:
+    case: Case
+    strategy: str
+    report: BisectionReport
+    seconds: float
+
+    @property
+    def named_exactly(self) -> bool | None:
+        if not self.case.planted:
+            return None
+        return [o.name for o in self.report.offenders] == [layer_name(p) for p in self.case.planted]
+
+
+def run_case(case: Case, workdir: Path, strategy: str) -> Run:
+    model = save_chain(case.weights, workdir / f"{case.family}_{case.n_layers}_{len(case.planted)}.onnx")
+    assert case.budget is not None
+    spec = GateSpec(
+        model=model,
+        calib_data=case.calib,
+        eval_data=case.evaluation,
+        budget=case.budget,
+        calibrator=case.calibrator,
+        bisect_strategy=strategy,
+        bisect_subset=SUBSET,
+        threads=1,
+        min_calib_samples=0,
+    )
+    pipeline = GatePipeline(spec)
+    pipeline.table  # noqa: B018 - calibrate outside the timing
+    started = time.perf_counter()
+    verdict = pipeline.run()
+    seconds = time.perf_counter() - started
+    if not isinstance(verdict.bisection, BisectionReport):
+        raise SystemExit(f"{case.name}: the gate passed ({verdict.int8}); nothing to search")
+    return Run(case, strategy, verdict.bisection, seconds)
+
+
+def cases(smoke: bool) -> list[Case]:
+    if smoke:
+        return [planted_case(8, 1), spiky_case(8)]
+    found = [planted_case(n, k) for n in (8, 16, 32, 64) for k in (1, 2, 3)]
+    found += [spread_case(n) for n in (16, 32, 64)]
+    found += [spiky_case(n) for n in (16, 32, 64)]
+    return found
+
+
+def measure(smoke: bool, workdir: Path) -> list[Run]:
+    runs = []
+    for case in cases(smoke):
+        print(f"  search: {case.name}", file=sys.stderr)
+        if case.budget is None:
+            model = save_chain(case.weights, workdir / f"{case.family}_{case.n_layers}_budget.onnx")
+            case = replace(case, budget=tightened(case, model))
+        runs += [run_case(case, workdir, strategy) for strategy in STRATEGIES]
+    return runs
+
+
+def target(run: Run) -> int:
+    """The issue's target for this family: k·⌈log2 N⌉+2 search evaluations for planted culprits;
+    about 2·⌈log2 N⌉+4 evaluations in all on spread-error models."""
+    log_n = math.ceil(math.log2(run.case.n_layers))
+    return len(run.case.planted) * log_n + 2 if run.case.planted else 2 * log_n + 4
+
+
+def table(runs: list[Run]) -> str:
+    lines = [
+        "| model | budget | strategy | walk | search evals | target | evals in all (global / search / repair "
+        "/ pruning / verification) | bisection s | fix entries | layers in float | MACs in INT8 | holds on "
+        "unseen | planted named exactly |",
+        "|---|---|---|---|---:|---:|---|---:|---:|---:|---:|---|---|",
+    ]
+    for run in runs:
+        r, fix = run.report, run.report.fix
+        holds = "no fix" if fix is None else "yes" if fix.passed else "no (did not generalise)"
+        if fix is not None and not fix.passed and fix.generalised is not False:
+            holds = "no (fails on all samples)"
+        if fix is not None and fix.passed and fix.generalised is None:
+            holds = "yes (nothing held out)"
+        named = {None: "-", True: "yes", False: "no"}[run.named_exactly]
+        assert run.case.budget is not None
+        cosine = run.case.budget.limits["cosine"]
+        lines.append(
+            f"| {run.case.name} ({run.case.calibrator}) | cosine >= {cosine} | {run.strategy} | "
+            f"{r.walk or '-'} | "
+            f"{r.search_evaluations} | {target(run)} | {r.evaluations} ({r.global_evaluations} / "
+            f"{r.search_evaluations} / {r.repair_evaluations} / {r.pruning_evaluations} / "
+            f"{r.verification_evaluations}) | {run.seconds:.2f} | {'-' if fix is None else fix.entries} | "
+            f"{'-' if fix is None else len(fix.exclude)} | "
+            f"{'-' if fix is None or fix.int8_mac_share is None else f'{100 * fix.int8_mac_share:.0f} %'} | "
+            f"{holds} | {named} |"
+        )
+    return "\n".join(lines)
+
+
+def summary(runs: list[Run]) -> list[str]:
+    """Per family, the adaptive search against the binary-only search and the linear scan."""
+    lines = []
+    for family in ("planted", "spread", "spread+spike"):
+        chosen = [r for r in runs if r.case.family == family]
+        if not chosen:
+            continue
+        by = {s: [r for r in chosen if r.strategy == s] for s in STRATEGIES}
+        evals = {s: sum(r.report.evaluations for r in by[s]) for s in STRATEGIES}
+        held = {
+            s: sum(1 for r in by[s] if r.report.fix is not None and r.report.fix.passed) for s in STRATEGIES
+        }
+        within = sum(
+            1
+            for r in by["adaptive"]
+            if (r.report.search_evaluations if r.case.planted else r.report.evaluations) <= target(r)
+        )
+        lines.append(
+            f"- {family} ({len(by['adaptive'])} models): evaluations in all, adaptive {evals['adaptive']} / "
+            f"binary {evals['binary']} / linear {evals['linear']}; verified fixes {held['adaptive']} / "
+            f"{held['binary']} / {held['linear']}; adaptive within the target in {within} of "
+            f"{len(by['adaptive'])}"
+        )
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="one tiny case per family")
+    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "search.md")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = measure(args.smoke, Path(tmp))
+    text = "\n".join(
+        [
+            "# Search benchmark: adaptive vs binary-only vs linear",
+            "",
+            *environment_lines(),
+            "",
+            f"Chains of N Gemm+ReLU layers (16 channels, tests/planted.py), calibrator entropy, "
+            f"{CALIB_SAMPLES} calibration samples, search subset {SUBSET} of {EVAL_SAMPLES} evaluation "
+            f"samples (the other {EVAL_SAMPLES - SUBSET} are never seen by the search and verify the fix). "
+            "Evaluation counts are exact; seconds are one run on a shared machine. Spread-error models: the "
+            f"budget asks for {TIGHTEN:.0%} of the best calibrator-for-the-whole-model's cosine gap to be "
+            "closed, so that no calibrator alone passes.",
+            "",
+            *summary(runs),
+            "",
+            table(runs),
+            "",
+        ]
+    )
+    print(text)
+    print(f"(benchmark took {time.perf_counter() - started:.0f} s)")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
