@@ -573,8 +573,13 @@ def bisect_failure(context: GateContext, evaluator: PlanEvaluator, failing: Comp
         )
     # One FP32 pass: each layer's own SQNR under the spec's plan and under every calibrator.
     context.progress("bisect", "measuring each layer's own SQNR under each calibrator")
+    # (under every calibrator only when the search may change calibrators: a given Q/DQ model has none)
+    calibrators = [c for c in CALIBRATOR_ORDER if c in CALIBRATORS]
     table = sensitivity_table(
-        context, oracle.reference, candidates, [c for c in CALIBRATOR_ORDER if c in CALIBRATORS]
+        context,
+        oracle.reference,
+        candidates,
+        calibrators if RepairAction.CALIBRATOR.value in search.repairs else [],
     )
 
     def report(**fields: object) -> BisectionReport:
