@@ -356,6 +356,7 @@ class SubsetOracle:
             overrides,
             plan.equalize,
             plan.bias_correction & quantized,
+            tuple(sorted(plan.smoothquant.items())),
             plan.placement,
         )
 
