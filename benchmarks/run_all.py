@@ -21,6 +21,8 @@ measured in the same run, with the issue's target and whether it is met.
    that changes only the budget, simulated INT8 evaluation against the FP32 pass.
 8. The search side by side (``bench_search.py``): adaptive, binary-only and a linear scan on planted
    culprits (k = 1, 2, 3 among N = 8...64) and on chains with error spread thin over every layer.
+9. INT8 accuracy before and after each repair rung applied to the whole model, on the example transformer
+   and depthwise network (``bench_rungs.py``).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 import bench_bisect  # noqa: E402
 import bench_calibrate  # noqa: E402
 import bench_plugin_import  # noqa: E402
+import bench_rungs  # noqa: E402
 import bench_search  # noqa: E402
 import bench_speed  # noqa: E402
 import numpy as np  # noqa: E402
@@ -658,6 +661,8 @@ class Plan:
     rounds: int
     import_runs: int  # runs of each variant of the plugin-import benchmark
     speed: bench_speed.Sizes
+    rung_models: tuple[str, ...] = bench_rungs.MODELS
+    rung_calibrators: tuple[str, ...] = bench_rungs.CALIBRATORS
 
 
 FULL = Plan(
@@ -696,6 +701,8 @@ SMOKE = Plan(
     rounds=1,
     import_runs=1,
     speed=bench_speed.SMOKE,
+    rung_models=("digits_mobilenet.onnx",),
+    rung_calibrators=("max",),
 )
 
 
@@ -824,6 +831,19 @@ def run(plan: Plan, workdir: Path) -> tuple[list[str], list[Figure]]:
         "## 8. Search: adaptive, binary-only, linear",
         "",
         *search_section(plan.search_smoke, search_dir, figures),
+    ]
+    print("  repair rungs on the example transformer and depthwise network", file=sys.stderr)
+    rung_rows = [
+        row for model in plan.rung_models for row in bench_rungs.measure(model, plan.rung_calibrators)
+    ]
+    sections += [
+        "## 9. Repair rungs, whole model: INT8 accuracy before and after (`bench_rungs.py`)",
+        "",
+        "Each rung applied to every layer it can apply to, against the calibrator's own row without it "
+        "(same pipeline, same 500 held-out samples). No target: the figures say what each rung buys here.",
+        "",
+        *bench_rungs.render(rung_rows),
+        "",
     ]
     return sections, figures
 

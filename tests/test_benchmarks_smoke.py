@@ -48,6 +48,7 @@ def test_run_all_smoke_writes_every_section(tmp_path: Path) -> None:
         "## 6. Plugin import",
         "## 7. Speed where users wait",
         "## 8. Search: adaptive, binary-only, linear",
+        "## 9. Repair rungs",
     ):
         assert section in text, section
     assert "| bare FP32 pass (ONNX Runtime session + run) |" in text
