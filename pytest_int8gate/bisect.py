@@ -151,6 +151,8 @@ class SearchState(Generic[RepairT]):
     capped: bool = False
     #: The option that raises the limit that stopped the search ("" when no limit stopped it).
     stopped_by: str = ""
+    #: Layers kept in float at once when the error was found spread thin (see ``spread_after``).
+    floated_rest: int = 0
 
 
 def find_offenders(
@@ -165,6 +167,7 @@ def find_offenders(
     search_limit: int | None = None,
     time_left: Callable[[], bool] | None = None,
     max_seconds: float | None = None,
+    spread_after: int | None = None,
 ) -> SearchState[RepairT]:
     """Run the culprit search over layer positions ``0..n_layers-1`` with ``oracle``.
 
@@ -175,6 +178,10 @@ def find_offenders(
 
     ``first`` is the already-measured probe of every layer quantized (binary strategy only): the
     evaluation that showed the failure is counted once and not repeated.
+
+    ``spread_after`` (binary only): once that many offenders are settled, the error is taken to be spread
+    thin: the shortest failing prefix of the undecided layers is found once more and every layer from its
+    end on is kept in float at once (``floated_rest`` of them), instead of one search per offender.
     """
     if strategy not in SEARCH_WALKS:
         raise ValueError(f"unknown bisection strategy {strategy!r}; choose one of {', '.join(SEARCH_WALKS)}.")
@@ -247,6 +254,14 @@ def find_offenders(
             break
         offender, probes = _first_failing_prefix(position, n_layers, whole, probe, budget_left)
         if offender is None:
+            break
+        if spread_after is not None and len(state.offenders) + len(state.repaired) >= spread_after:
+            state.accepted.extend(range(position, offender))
+            failing = probes.get(offender, whole)
+            for index in range(offender, n_layers):
+                state.offender_probes[index] = failing
+                state.offenders.append(index)
+            state.floated_rest = n_layers - offender
             break
         ambiguous = _non_monotonic_interval(probes)
         if ambiguous is not None:
@@ -455,6 +470,7 @@ class AdaptiveWalk:
     order: tuple[int, ...]  # candidate positions, best own SQNR first (the layers the prefix adds last
     # are the likeliest culprits)
     note: str
+    outliers: int = 0  # layers far below the median own SQNR
 
 
 def choose_walk(sqnr: Sequence[float]) -> AdaptiveWalk:
@@ -474,6 +490,7 @@ def choose_walk(sqnr: Sequence[float]) -> AdaptiveWalk:
             order,
             f"adaptive search: {len(outliers)} of {n} layers' own SQNR is over {OUTLIER_DB:g} dB below the "
             f"median ({median:.1f} dB): few strong culprits, binary search adding the worst layers last",
+            len(outliers),
         )
     spread = "no layer stands out" if not outliers else f"{len(outliers)} layers stand out"
     return AdaptiveWalk(
@@ -710,6 +727,10 @@ def bisect_failure(context: GateContext, evaluator: PlanEvaluator, failing: Comp
 
         return ladder.climb(oracle.layers[index].name, attempt)
 
+    # Adaptive: spread thin from the start, or once the walk meets more offenders than layers stood out.
+    spread_after = None
+    if walk_mode:
+        spread_after = 0 if walk_mode == "spread" else 2 * walk.outliers + 1
     n = len(candidates)
     if unresolvable:
         state: SearchState[Rung] = SearchState()
@@ -732,11 +753,18 @@ def bisect_failure(context: GateContext, evaluator: PlanEvaluator, failing: Comp
             search_limit=n + 1 - predicted_evaluations,
             time_left=clock.time_left,
             max_seconds=clock.max_seconds,
+            spread_after=spread_after,
         )
         clock.spent += state.search_evaluations + state.repair_evaluations
         if state.stopped_by:
             clock.stopped_by = clock.stopped_by or state.stopped_by
     notes.extend(state.notes)
+    if state.floated_rest:
+        notes.append(
+            f"error spread thin: the {state.floated_rest} layers with the lowest own SQNR that the rest "
+            "cannot take in INT8 (the shortest failing prefix, by bisection) are kept in float at once; "
+            "pruning then tries each back in INT8"
+        )
     offenders: list[OffendingLayer] = []
     for index in state.offenders + list(state.repaired):
         layer = oracle.layers[index]
@@ -750,6 +778,10 @@ def bisect_failure(context: GateContext, evaluator: PlanEvaluator, failing: Comp
     pruned: tuple[str, ...] = ()
     if state.capped:
         fix, fix_plan = _best_so_far(oracle, verifier, state, notes, clock)
+    elif offenders and state.floated_rest:
+        # spread thin: the plan with the rest in float passed where it was searched; pruning first, then
+        # one verification of the smaller fix (the larger one is verified only if that fails)
+        fix_plan = _fix_plan(base, offenders)
     elif offenders:
         fix_plan = _fix_plan(base, offenders)
         fix = verifier.verify(fix_plan)
@@ -778,12 +810,29 @@ def bisect_failure(context: GateContext, evaluator: PlanEvaluator, failing: Comp
         notes.append(
             "no single layer is to blame: every prefix passes on the search subset, yet the full plan fails"
         )
-    if fix is not None and fix_plan is not None and fix.passed:
-        pruning = Pruning(context, oracle, verifier, clock)
+    if fix_plan is not None and (fix is None or fix.passed):
+        # float layers tried back in INT8 in the walk's order (adaptive: best own SQNR first)
+        pruning = Pruning(
+            context,
+            oracle,
+            verifier,
+            clock,
+            order=[layer.name for layer in oracle.layers],
+            ladder=ladder if state.floated_rest else None,
+        )
         fix = pruning.prune(fix_plan, fix)
         pruning_evaluations = pruning.evaluations
         pruned = tuple(pruning.dropped)
         notes.extend(pruning.notes)
+        back = {name for kind, name, _ in pruning.dropped_entries if kind == "exclude"}
+        by_name = {layer.name: layer for layer in candidates}
+        offenders = [
+            ladder.offender(by_name[o.name], o.metrics, pruning.rungs[o.name])
+            if o.name in pruning.rungs
+            else o
+            for o in offenders
+            if not (o.action is RepairAction.FLOAT and o.name in back and o.name not in pruning.rungs)
+        ]
     if fix is None and rungs.fix is not None:
         fix = rungs.fix  # a calibrator for the model that passed on the subset only: shown as not a fix
     if fix is not None:
@@ -821,15 +870,46 @@ class Pruning:
     verified like any fix."""
 
     def __init__(
-        self, context: GateContext, oracle: SubsetOracle, verifier: Verifier, clock: SearchClock
+        self,
+        context: GateContext,
+        oracle: SubsetOracle,
+        verifier: Verifier,
+        clock: SearchClock,
+        *,
+        order: Sequence[str] = (),
+        ladder: RepairLadder | None = None,
     ) -> None:
+        """``order``: the order float layers are tried back in INT8 (default: topological); ``ladder``: the
+        INT8-preserving rungs tried on a layer in float that cannot come back as it is."""
         self.context = context
         self.oracle = oracle
         self.verifier = verifier
         self.clock = clock
+        self.order = list(order)
+        self.ladder = ladder
+        #: layer -> the rung that brought it back from float
+        self.rungs: dict[str, Rung] = {}
         self.evaluations = 0
         self.dropped: list[str] = []
+        #: (kind, layer, label) of each entry dropped
+        self.dropped_entries: list[tuple[str, str, str]] = []
         self.notes: list[str] = []
+
+    def measure(self, candidate: QuantPlan, label: str) -> Probe | None:
+        """``candidate`` on the subset (remembered plans cost nothing); None when a limit stops pruning."""
+        known = self.oracle.measured.get(self.oracle.key(candidate))
+        if known is not None:
+            return known
+        if not self.clock.can_evaluate():
+            self.notes.append(
+                f"pruning stopped at {self.clock.limit_text()} ({self.clock.stopped_by}); "
+                "the fix may hold entries it does not need"
+            )
+            return None
+        self.context.progress("bisect", f"pruning: trying the fix without {label}")
+        self.evaluations += 1
+        self.clock.spent += 1
+        return self.oracle.measure(candidate)
 
     def entries(self, plan: QuantPlan) -> list[tuple[str, str, str]]:
         """(kind, layer, what the entry is) for each entry of ``plan`` beyond the spec's, in the order they
@@ -840,7 +920,11 @@ class Pruning:
         def ordered(names: Iterable[str]) -> list[str]:
             return sorted(names, key=lambda n: order.get(n, 0))
 
-        found = [("exclude", n, f"{n} in float") for n in ordered(plan.exclude - spec.exclude)]
+        first = {name: i for i, name in enumerate(self.order)}
+        floated = sorted(
+            plan.exclude - spec.exclude, key=lambda n: (first.get(n, len(first)), order.get(n, 0))
+        )
+        found = [("exclude", n, f"{n} in float") for n in floated]
         found += [
             ("override", n, f"{n} with calibrator {plan.overrides[n]}")
             for n in ordered(plan.overrides)
@@ -877,30 +961,43 @@ class Pruning:
             return replace(plan, smoothquant={k: v for k, v in plan.smoothquant.items() if k != name})
         return replace(plan, calibrator=spec.calibrator)
 
-    def prune(self, plan: QuantPlan, fix: VerifiedFix) -> VerifiedFix:
+    def prune(self, plan: QuantPlan, fix: VerifiedFix | None) -> VerifiedFix:
+        """``plan`` without the entries it does not need, verified; ``fix`` is ``plan`` verified (None: not
+        yet, and verified only when the smaller fix is not one)."""
         entries = self.entries(plan)
         if len(entries) < 1:
-            return fix
+            return self.verifier.verify(plan) if fix is None else fix
         current = plan
         for kind, name, label in entries:
-            candidate = self.without(current, kind, name)
-            known = self.oracle.measured.get(self.oracle.key(candidate))
-            if known is None:
-                if not self.clock.can_evaluate():
-                    self.notes.append(
-                        f"pruning stopped at {self.clock.limit_text()} ({self.clock.stopped_by}); "
-                        "the fix may hold entries it does not need"
-                    )
-                    break
-                self.context.progress("bisect", f"pruning: trying the fix without {label}")
-                known = self.oracle.measure(candidate)
-                self.evaluations += 1
-                self.clock.spent += 1
-            if known.passed:
-                current = candidate
+            outcome = self.measure(self.without(current, kind, name), label)
+            if outcome is None:
+                break
+            if outcome.passed:
+                current = self.without(current, kind, name)
                 self.dropped.append(label)
+                self.dropped_entries.append((kind, name, label))
+                continue
+            if kind != "exclude" or self.ladder is None:
+                continue
+            # a layer in float the rest cannot take back as it is: its INT8-preserving rungs, in this context
+            back = self.without(current, kind, name)
+            for rung, why_not in self.ladder.rungs_for(name):
+                if why_not:
+                    continue
+                tried = rung.apply(back, name)
+                outcome = self.measure(tried, f"{label}, {name} with {rung.text} instead")
+                if outcome is None:
+                    break
+                if outcome.passed:
+                    current = tried
+                    self.dropped.append(f"{label} (kept in INT8 with {rung.text})")
+                    self.dropped_entries.append((kind, name, label))
+                    self.rungs[name] = rung
+                    break
+            if outcome is None:
+                break
         if not self.dropped:
-            return fix
+            return self.verifier.verify(plan) if fix is None else fix
         pruned = self.verifier.verify(current)
         if pruned.passed:
             self.notes.append(
@@ -913,7 +1010,9 @@ class Pruning:
             f"search samples but not {self.verifier.where_failed(pruned)}; those entries are kept"
         )
         self.dropped = []
-        return fix
+        self.dropped_entries = []
+        self.rungs = {}
+        return self.verifier.verify(plan) if fix is None else fix
 
 
 def _metrics_text(probe: Probe) -> str:
