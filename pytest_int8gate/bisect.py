@@ -92,6 +92,8 @@ OUTLIER_DB = 15.0
 #: by more than this (dB); the repair that would not change the layer's own output is not worth an
 #: evaluation.
 MIN_GAIN_DB = 1.0
+#: Adaptive: models with at most this many quantized layers are walked offender by offender.
+SPREAD_MIN_LAYERS = 4
 #: Adaptive: a layer is predicted to need another calibrator when that calibrator raises its own SQNR by
 #: more than this (dB, one bit): smaller differences do not decide a model's budget on their own.
 DEFICIT_DB = 6.0
@@ -727,9 +729,10 @@ def bisect_failure(context: GateContext, evaluator: PlanEvaluator, failing: Comp
 
         return ladder.climb(oracle.layers[index].name, attempt)
 
-    # Adaptive: spread thin from the start, or once the walk meets more offenders than layers stood out.
+    # Adaptive: spread thin from the start, or once the walk meets more offenders than layers stood out
+    # (a handful of layers is walked one by one: floating "the rest" saves nothing there).
     spread_after = None
-    if walk_mode:
+    if walk_mode and len(candidates) > SPREAD_MIN_LAYERS:
         spread_after = 0 if walk_mode == "spread" else 2 * walk.outliers + 1
     n = len(candidates)
     if unresolvable:
@@ -981,20 +984,23 @@ class Pruning:
                 continue
             # a layer in float the rest cannot take back as it is: its INT8-preserving rungs, in this context
             back = self.without(current, kind, name)
-            for rung, why_not in self.ladder.rungs_for(name):
-                if why_not:
-                    continue
-                tried = rung.apply(back, name)
-                outcome = self.measure(tried, f"{label}, {name} with {rung.text} instead")
-                if outcome is None:
-                    break
-                if outcome.passed:
-                    current = tried
-                    self.dropped.append(f"{label} (kept in INT8 with {rung.text})")
-                    self.dropped_entries.append((kind, name, label))
-                    self.rungs[name] = rung
-                    break
-            if outcome is None:
+            stopped = False
+
+            def attempt(
+                rung: Rung, back: QuantPlan = back, name: str = name, label: str = label
+            ) -> bool | None:
+                nonlocal stopped
+                result = self.measure(rung.apply(back, name), f"{label}, {name} with {rung.text} instead")
+                stopped = result is None
+                return None if result is None else result.passed
+
+            rung = self.ladder.climb(name, attempt)
+            if rung is not None:
+                current = rung.apply(back, name)
+                self.dropped.append(f"{label} (kept in INT8 with {rung.text})")
+                self.dropped_entries.append((kind, name, label))
+                self.rungs[name] = rung
+            if stopped:
                 break
         if not self.dropped:
             return self.verifier.verify(plan) if fix is None else fix
