@@ -146,7 +146,7 @@ def dequantized_value(
         else np.zeros((), np.float64)
     )
     out_dtype = scale.dtype
-    if scale.size > 1 or (scale.ndim == 1 and values.ndim > 0):
+    if scale.size > 1:  # per axis (a one-element scale broadcasts like a scalar, as ONNX Runtime reads it)
         axis = _attribute(node, "axis", 1)
         axis = axis + values.ndim if axis < 0 else axis
         if not 0 <= axis < values.ndim or values.shape[axis] != scale.size:
@@ -511,13 +511,19 @@ def _reference_weights(
     """
     initializers = {init.name: init for init in reference.initializer}
     ours = {node.name: node for node in given.node}
-    normalised = {
-        tensor for node in given.node if node.op_type == "BatchNormalization" for tensor in node.input[:1]
-    }
+    producers = _producers(given)
+    normalised: set[str] = set()  # nodes whose output a BatchNormalization reads (through Q/DQ or not)
+    for node in given.node:
+        if node.op_type == "BatchNormalization":
+            source = producers.get(node.input[0])
+            while source is not None and source.op_type in QDQ_OPS:
+                source = producers.get(source.input[0])
+            if source is not None:
+                normalised.add(source.name)
     weights: dict[tuple[str, int], np.ndarray] = {}
     for node in reference.node:
         mine = ours.get(node.name)
-        if mine is None or mine.op_type != node.op_type or any(o in normalised for o in mine.output):
+        if mine is None or mine.op_type != node.op_type or node.name in normalised:
             continue
         for index, tensor in enumerate(node.input):
             if index > 0 and tensor in initializers:
@@ -587,6 +593,8 @@ class GivenQdq:
     macs: Mapping[str, int] = field(default_factory=dict)
     #: Layer -> the other nodes with Q/DQ'd inputs it owns (see :func:`layer_regions`).
     regions: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    #: float16 initializers of the given model (a float16 model with INT8 layers, e.g. ModelOpt's default).
+    float16_initializers: int = 0
 
     @property
     def derived_reference(self) -> bool:
@@ -603,6 +611,12 @@ class GivenQdq:
         ]
         if self.derived_reference:
             notes.append(DERIVED_REFERENCE_NOTE)
+        elif self.float16_initializers:
+            notes.append(
+                f"the given Q/DQ model holds {self.float16_initializers} float16 initializers (float16 "
+                "between its INT8 layers, as ModelOpt writes by default): the gate measures INT8 and float16 "
+                "together against the FP32 model"
+            )
         return tuple(notes)
 
     def header(self) -> str:
@@ -702,8 +716,12 @@ def read_given_qdq(qdq: LoadedModel, fp32: LoadedModel | None) -> GivenQdq:
             "nodes itself; give the float model it was quantized from."
         )
     derived_proto = derive_fp32(qdq.proto, source)
+    # BatchNormalization stays: the search's probes mix this graph with the Q/DQ model's tensors
     derived = prepare_model(
-        derived_proto, source=f"{source} (FP32, Q/DQ removed)", content_hash=model_hash(derived_proto)
+        derived_proto,
+        source=f"{source} (FP32, Q/DQ removed)",
+        content_hash=model_hash(derived_proto),
+        fold_batchnorm=False,
     )
     compute = tuple(layer for layer in derived.info.layers if layer.op_type in COMPUTE_OPS)
     layers = read_layers(qdq.proto.graph, compute)
@@ -725,6 +743,9 @@ def read_given_qdq(qdq: LoadedModel, fp32: LoadedModel | None) -> GivenQdq:
         qdq_nodes=count,
         macs={layer.name: macs.get(layer.name, 0) for layer in plan_layers},
         regions=layer_regions(qdq.proto.graph, [layer.name for layer in plan_layers]),
+        float16_initializers=sum(
+            init.data_type == onnx.TensorProto.FLOAT16 for init in qdq.proto.graph.initializer
+        ),
     )
 
 

@@ -223,9 +223,11 @@ def prepare_model(
     source: str = "<in-memory model>",
     content_hash: str | None = None,
     checked: bool = False,
+    fold_batchnorm: bool = True,
 ) -> LoadedModel:
     """Validate ``proto`` (unless ``checked``: :func:`load_model` checks files by path) and return a
-    prepared copy with its :class:`ModelInfo`."""
+    prepared copy with its :class:`ModelInfo` (``fold_batchnorm=False`` keeps BatchNormalization nodes: a
+    model derived from a Q/DQ model keeps that model's node and tensor names)."""
     digest = content_hash or model_hash(proto)
     model = onnx.ModelProto()
     model.CopyFrom(proto)
@@ -255,7 +257,7 @@ def prepare_model(
     folded = fold_constant_nodes(model.graph)
     if folded:
         notes.append(f"folded {folded} Constant node(s) into initializers")
-    folded_bn = fold_batchnorms(model.graph)
+    folded_bn = fold_batchnorms(model.graph) if fold_batchnorm else []
     if folded_bn:
         notes.append(f"folded {len(folded_bn)} BatchNormalization node(s) into the preceding layer")
     renamed = name_nodes(model.graph)

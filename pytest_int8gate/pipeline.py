@@ -689,11 +689,21 @@ class GatePipeline:
         ]
         shown = ", ".join(remaining[:5]) + (f" and {len(remaining) - 5} more" if len(remaining) > 5 else "")
         measured = ", ".join(f"{r.name} {r.observed:.4g}" for r in results)
-        note = (
-            f"with the Q/DQ of all {len(self.model.info.layers)} layers removed, the given model still "
-            f"misses the budget ({measured}): the loss comes from Q/DQ pairs on other nodes "
-            f"({shown or 'none'}), which no layer's plan removes; the search was not run"
-        )
+        removed = f"with the Q/DQ of all {len(self.model.info.layers)} layers removed"
+        if remaining:
+            note = (
+                f"{removed}, the given model still misses the budget ({measured}): the loss comes from the "
+                f"Q/DQ pairs before the first layer ({shown}), which no layer's plan removes; the search was "
+                "not run"
+            )
+        else:
+            float16 = self.given_qdq.float16_initializers
+            held = f" (it holds {float16} float16 initializers)" if float16 else ""
+            note = (
+                f"{removed} no Q/DQ pair is left, yet the given model still misses the budget ({measured}): "
+                f"the difference is not INT8 but its float graph, which differs from the FP32 model's{held}; "
+                "the search was not run (give the Q/DQ model alone to measure it against its own float graph)"
+            )
         return BisectionReport(
             strategy=self.spec.bisect_strategy,
             total_layers=len(self.model.info.layers),

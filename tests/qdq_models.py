@@ -26,13 +26,13 @@ def _calibration(samples: int = 64) -> np.ndarray:
         return np.asarray(data[next(iter(data.keys()))][:samples])
 
 
-def ort_static(path: Path, *, symmetric: bool = True, qoperator: bool = False) -> Path:
+def ort_static(path: Path, *, symmetric: bool = True, qoperator: bool = False, model: Path = DIGITS) -> Path:
     """``quantize_static`` on the digits CNN, per-channel int8 weights; activations int8 symmetric, or uint8
     with a zero point (``symmetric=False``); QDQ format unless ``qoperator``."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     images = _calibration()
-    name = onnx.load(DIGITS).graph.input[0].name
+    name = onnx.load(model).graph.input[0].name
 
     class Reader(CalibrationDataReader):  # type: ignore[misc]
         def __init__(self) -> None:
@@ -44,7 +44,7 @@ def ort_static(path: Path, *, symmetric: bool = True, qoperator: bool = False) -
     # quantize_static writes a shape-inferred copy beside its input: a private copy keeps it out of the
     # example project and apart from other workers'
     source = path.with_name(f"{path.stem}_fp32.onnx")
-    shutil.copy(DIGITS, source)
+    shutil.copy(model, source)
     quantize_static(
         str(source),
         str(path),

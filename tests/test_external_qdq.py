@@ -159,6 +159,37 @@ def test_a_corrupted_pair_inside_a_layers_region_is_found_at_that_layer(
     assert any("/pool/MaxPool" in note and "'^/conv2/Conv$'" in note for note in verdict.notes)
 
 
+def test_a_batchnorm_model_keeps_its_batchnorms_in_the_derived_model_and_the_search_names_the_layer(
+    tmp_path: Path,
+) -> None:
+    mobilenet = DIGITS.with_name("digits_mobilenet.onnx")
+    qdq = ort_static(tmp_path / "mobilenet_qdq.onnx", model=mobilenet)
+    given = read_given_qdq(load_model(qdq), load_model(mobilenet))
+    assert any(node.op_type == "BatchNormalization" for node in given.fp32.proto.graph.node)
+    producers = {out: node for node in onnx.load(qdq).graph.node for out in node.output}
+    target = given.int8_layers[2]
+    conv = next(node for node in onnx.load(qdq).graph.node if node.name == target)
+    pair_input = producers[producers[conv.input[0]].input[0]].input[0]
+    broken = with_scale_scaled(qdq, tmp_path / "mobilenet_broken.onnx", pair_input, 0.02)
+    spec = GateSpec(
+        model=mobilenet,
+        qdq_model=broken,
+        calib_data=str(CALIB),
+        eval_data=str(EVAL),
+        labels=str(LABELS),
+        budget=Budget.from_mapping({"top1_drop": 0.02}),
+        bisect_subset=100,
+    )
+
+    with GatePipeline(replace(spec, qdq_model=qdq)) as pipeline:
+        assert pipeline.run().passed
+    with GatePipeline(spec) as pipeline:
+        verdict = pipeline.run()
+
+    assert not verdict.passed and verdict.bisection is not None
+    assert target in [o.name for o in verdict.bisection.offenders]
+
+
 def test_a_qoperator_model_is_refused_in_one_sentence(tmp_path: Path) -> None:
     qoperator = load_model(ort_static(tmp_path / "qop.onnx", qoperator=True))
 
