@@ -467,10 +467,18 @@ def add_graph_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.Mode
     exposed.CopyFrom(model)
     present = {o.name for o in exposed.graph.output}
     known = {vi.name: vi for vi in exposed.graph.value_info}
+    if any(name not in present and name not in known for name in names):
+        # tensors of nodes added after the model was prepared (the search's probe twins): their types,
+        # which are float16 in a float16 model, come from inference
+        try:
+            inferred = onnx.shape_inference.infer_shapes(exposed).graph.value_info
+            known.update({vi.name: vi for vi in inferred if vi.name not in known})
+        except Exception:  # custom ops: the float default below
+            pass
     for name in names:
         if name in present:
             continue
-        if name in known:
+        if name in known and known[name].type.tensor_type.elem_type:
             exposed.graph.output.append(known[name])
         else:
             exposed.graph.output.append(

@@ -31,7 +31,7 @@ from pytest_int8gate.external_qdq import (
     nodes_to_exclude_argument,
     read_given_qdq,
 )
-from pytest_int8gate.graph import load_model, prepare_model
+from pytest_int8gate.graph import add_graph_outputs, load_model, prepare_model
 from pytest_int8gate.pipeline import GatePipeline, GateSpec
 
 LAYERS = ("/conv1/Conv", "/conv2/Conv", "/conv3/Conv", "/fc1/Gemm", "/fc2/Gemm")
@@ -278,6 +278,34 @@ def test_int8_weights_with_a_dequantize_become_their_dequantized_float_values() 
 def _run_feeds(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> np.ndarray:
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return np.asarray(session.run(None, feeds)[0])
+
+
+def test_an_exposed_tensor_added_after_preparation_keeps_its_float16_type() -> None:
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["x"], ["h"], to=TensorProto.FLOAT16, name="to_half"),
+            helper.make_node("Relu", ["h"], ["r"], name="relu"),
+            helper.make_node("Cast", ["r"], ["y"], to=TensorProto.FLOAT, name="to_float"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+    exposed = add_graph_outputs(model, ["r"])  # "r" has no value info: a twin added to a prepared model
+
+    assert [o.type.tensor_type.elem_type for o in exposed.graph.output] == [
+        TensorProto.FLOAT,
+        TensorProto.FLOAT16,
+    ]
+    x = np.array([-1.0, 2.0], np.float32)
+    np.testing.assert_array_equal(_run_feeds_all(exposed, {"x": x})[1], np.array([0.0, 2.0], np.float16))
+
+
+def _run_feeds_all(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return [np.asarray(output) for output in session.run(None, feeds)]
 
 
 def test_the_nodes_to_exclude_patterns_match_exactly_the_named_nodes() -> None:
