@@ -801,14 +801,6 @@ def bisect_failure(context: GateContext, evaluator: PlanEvaluator, failing: Comp
                     f"search samples but not {verifier.where_failed(fix)}; kept in float instead"
                 )
                 offenders, fix, fix_plan = in_float, fallback, fallback_plan
-        if fix.fp32_max_abs_difference is not None and fix.fp32_reference_max_abs:
-            relative = fix.fp32_max_abs_difference / fix.fp32_reference_max_abs
-            if relative > FP32_TOLERANCE:
-                notes.append(
-                    "the equalized FP32 model differs from the original by "
-                    f"{fix.fp32_max_abs_difference:.3g} "
-                    f"({relative:.2g} of the largest output), more than float rounding explains"
-                )
     elif not unresolvable:
         notes.append(
             "no single layer is to blame: every prefix passes on the search subset, yet the full plan fails"
@@ -836,6 +828,15 @@ def bisect_failure(context: GateContext, evaluator: PlanEvaluator, failing: Comp
             for o in offenders
             if not (o.action is RepairAction.FLOAT and o.name in back and o.name not in pruning.rungs)
         ]
+    if fix is not None and fix.fp32_max_abs_difference is not None and fix.fp32_reference_max_abs:
+        # the fix as finally verified (after pruning): its equalized FP32 model must be the same function
+        relative = fix.fp32_max_abs_difference / fix.fp32_reference_max_abs
+        if relative > FP32_TOLERANCE:
+            notes.append(
+                "the equalized FP32 model differs from the original by "
+                f"{fix.fp32_max_abs_difference:.3g} "
+                f"({relative:.2g} of the largest output), more than float rounding explains"
+            )
     if fix is None and rungs.fix is not None:
         fix = rungs.fix  # a calibrator for the model that passed on the subset only: shown as not a fix
     if fix is not None:
