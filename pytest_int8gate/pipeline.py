@@ -65,6 +65,7 @@ from .settings import DEFAULT_BISECT_MAX_SECONDS, DEFAULT_PERCENTILE
 from .soundness import (
     check_coverage,
     check_labels_fit,
+    check_outputs_vary,
     check_samples,
     output_summary,
     soundness_findings,
@@ -647,6 +648,7 @@ class GatePipeline:
                 comparison = self.evaluate()
         except NonFiniteOutputError as exc:
             raise diagnose_nonfinite(self.context, exc) from exc
+        check_outputs_vary(comparison)
         check_labels_fit(comparison, self.spec.labels)
         results = self.evaluator.judge(comparison)
         diagnosed = time.perf_counter()

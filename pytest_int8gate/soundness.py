@@ -25,6 +25,9 @@ from .results import Comparison, Finding, MetricResult, OutputComparison
 DUPLICATE_SHARE = 0.5
 #: Fewer quantized layers than this share of the quantizable ones is a warning shown on the terminal.
 LOW_COVERAGE = 0.5
+#: An output whose spread across samples is at most this share of its common offset does not vary with the
+#: data: a comparison on it cannot tell a working INT8 model from a broken one.
+CONSTANT_SHARE = 1e-6
 #: Subgraph-holding ops whose bodies this tool does not quantize.
 CONTROL_FLOW_OPS = ("If", "Loop", "Scan")
 
@@ -79,6 +82,35 @@ def nested_compute_layers(model: onnx.ModelProto) -> list[tuple[str, str]]:
 
     walk(model.graph, None)
     return found
+
+
+def constant_outputs(comparison: Comparison) -> tuple[OutputComparison, ...]:
+    """The gated outputs whose FP32 values are the same for every evaluation sample."""
+    return tuple(
+        output
+        for output in comparison.outputs
+        if output.profile is not None and output.profile.spread <= CONSTANT_SHARE * output.profile.offset
+    )
+
+
+def _constant_text(output: OutputComparison) -> str:
+    assert output.profile is not None
+    return f"{output.output_name!r} at RMS {output.profile.offset:.3g}"
+
+
+def check_outputs_vary(comparison: Comparison) -> None:
+    """When no gated output's FP32 values vary across the evaluation samples (a saturated or input-independent
+    output, data the model does not respond to), INT8 agreeing with them proves nothing: an error."""
+    constant = constant_outputs(comparison)
+    if not constant or len(constant) < len(comparison.outputs):
+        return
+    which = ", ".join(_constant_text(output) for output in constant)
+    raise DataError(
+        f"the FP32 model gives the same values for all {comparison.num_samples} evaluation samples on every "
+        f"gated output ({which}), so the comparison cannot tell a working INT8 model from a broken one; "
+        "check that the evaluation data is what the model expects (preprocessing, scale, layout) and that the "
+        "gated outputs depend on the input."
+    )
 
 
 def check_labels_fit(comparison: Comparison, labels: object) -> None:
@@ -141,6 +173,21 @@ def soundness_findings(
                 f"budget {note}.",
                 "Check that the looser limit is intended; the more specific source wins (ini < "
                 "--int8-budget < manifest < marker < int8_gate.check).",
+            )
+        )
+    constant = constant_outputs(comparison)
+    if constant and len(constant) < len(comparison.outputs):
+        findings.append(
+            Finding(
+                "constant-output",
+                "warning",
+                f"{'output' if len(constant) == 1 else 'outputs'} "
+                f"{', '.join(_constant_text(output) for output in constant)} "
+                f"{'is' if len(constant) == 1 else 'are'} the same for every evaluation sample in FP32, so "
+                "its metrics measure nothing; the verdict rests on the other outputs.",
+                "Leave input-independent outputs (anchors, constants) as they are; if the output should "
+                "vary, check the evaluation data and its preprocessing.",
+                {"outputs": [output.output_name for output in constant]},
             )
         )
     findings.extend(coverage_findings(quantized))

@@ -156,6 +156,23 @@ def nan_second_output(broken: bool, feeds: np.ndarray) -> onnx.ModelProto:
     return g.model([(y1, "first", ["batch", CHANNELS]), (y2, "log_score", ["batch", 1])])
 
 
+def saturated(broken: bool) -> onnx.ModelProto:
+    """A sigmoid head pushed so far negative that it is 0.0 for every sample (a saturated or mis-fed export):
+    INT8 matches it exactly whatever its layers do. ``broken``: that is the only output (and the chain's INT8
+    is planted); the twin also gates a head that varies, which carries the verdict."""
+    g = Graph()
+    weights = body(broken, factor=60.0)
+    h = g.chain("x", weights, "fc")
+    h = g.dense(h, weights[-1], "fc_last", relu=True)
+    dead = g.op("Sigmoid", [g.dense(h, head(4, seed=11, bias=-1000.0), "dead", relu=False)], "dead_sigmoid")
+    outputs = [(dead, "dead_scores", ["batch", 4])]
+    if not broken:
+        live_logits = g.dense(h, head(12, seed=4, scale=3.0, bias=1.0), "live", relu=False)
+        live = g.op("Sigmoid", [live_logits], "live_sigmoid")
+        outputs.append((live, "live_scores", ["batch", 12]))
+    return g.model(outputs)
+
+
 def no_quantizable_layer(broken: bool) -> onnx.ModelProto:
     """Only element-wise ops: nothing for INT8 to run. ``broken=False`` is the same plus one Gemm."""
     g = Graph()

@@ -230,6 +230,8 @@ def _zoo_project(root: Path) -> str:
         entry(f"{name}_benign", build(False))
     entry("nan_output_broken", zoo.nan_second_output(True, evaluation))
     entry("nan_output_benign", zoo.nan_second_output(False, evaluation))
+    entry("saturated_broken", zoo.saturated(True))
+    entry("saturated_benign", zoo.saturated(False))
     entry("no_layer_broken", zoo.no_quantizable_layer(True))
     entry("no_layer_benign", zoo.no_quantizable_layer(False))
     entry("inside_if_broken", zoo.inside_if(True))
@@ -251,6 +253,7 @@ def _zoo_project(root: Path) -> str:
 
 ZOO_ERRORS = {
     "nan_output_broken": "output 'log_score' is NaN at sample",
+    "saturated_broken": "gives the same values for all",
     "no_layer_broken": "nothing was quantized",
     "inside_if_broken": "nothing was quantized",
     "float16_broken": "nothing was quantized",
@@ -287,6 +290,9 @@ def test_default_budgets_fail_every_broken_output_kind_and_pass_its_twin(
     assert [records[name]["verdict"] for name in benign] == ["pass"] * len(benign), {
         name: records[name].get("error") or records[name]["verdict"] for name in benign
     }
+    # the twin passes on its varying output and says its constant one measured nothing
+    constant = [f for f in records["saturated_benign"]["diagnostics"] if f["code"] == "constant-output"]
+    assert constant and "'dead_scores'" in constant[0]["message"], records["saturated_benign"]["diagnostics"]
 
 
 def _summary_line(text: str, name: str) -> str:
