@@ -108,8 +108,8 @@ def check_outputs_vary(comparison: Comparison) -> None:
     raise DataError(
         f"the FP32 model gives the same values for all {comparison.num_samples} evaluation samples on every "
         f"gated output ({which}), so the comparison cannot tell a working INT8 model from a broken one; "
-        "check that the evaluation data is what the model expects (preprocessing, scale, layout) and that the "
-        "gated outputs depend on the input."
+        "check that the evaluation data is what the model expects (preprocessing, scale, layout) and that"
+        " the gated outputs depend on the input."
     )
 
 
