@@ -332,3 +332,34 @@ def test_vad_8k(int8_gate):
 """
     )
     empty_project.runpytest().assert_outcomes(passed=2)
+
+
+# ---- the README's section runs as written --------------------------------------------------------------
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _readme_section() -> str:
+    text = README.read_text(encoding="utf-8")
+    start = text.index("### Inputs that are not samples on axis 0")
+    return text[start : text.index("\n### ", start + 1)]
+
+
+def test_the_readmes_commands_and_manifest_run_as_written(
+    files: Path, empty_project: pytest.Pytester, capsys: pytest.CaptureFixture[str]
+) -> None:
+    section = _readme_section()
+    bash = section.split("```bash\n", 1)[1].split("```", 1)[0].strip().splitlines()
+    manifest = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    root = empty_project.path
+    (root / "vad.onnx").write_bytes((files / "vad.onnx").read_bytes())
+    (root / "calib.npz").write_bytes((files / "calib.npz").read_bytes())
+
+    pytest_line, check_line = (line.split() for line in bash)
+    assert pytest_line[0] == "pytest" and check_line[0] == "int8gate"
+    empty_project.runpytest(*pytest_line[1:]).assert_outcomes(passed=1)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        assert main(check_line[1:]) == 0, capsys.readouterr().err
+    (root / "int8gate.yaml").write_text(manifest)
+    empty_project.runpytest().assert_outcomes(passed=1)
