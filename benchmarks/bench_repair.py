@@ -4,11 +4,12 @@ Run from anywhere: ``python benchmarks/bench_repair.py``. Prints a Markdown tabl
 ``benchmarks/results/repair.md``. Every case is gated twice through the real GatePipeline and ONNX
 Runtime, with the same model, data and budget: "before" is the bisection without FP32 rewrites (other
 calibrators, then float: the answer of NVIDIA's guide and of the previous version), "after" is the whole
-ladder (calibrators, cross-layer equalization, bias correction, then float). Cases:
+ladder (calibrators, cross-layer equalization, bias correction, SmoothQuant, then float). Cases:
 
 - the planted chains of ``tests/planted.py`` (Gemm+ReLU, 16 channels, one activation channel 10^4 wider
   at each planted layer), the four cases of ``tests/test_bisect.py``;
-- a chain whose *input* feature 0 is 10^4 wider: no layer produces it, so equalization cannot help;
+- a chain whose *input* feature 0 is 10^4 wider: no layer produces it, so equalization cannot help and
+  SmoothQuant (an inserted Mul before the first layer) keeps it in INT8;
 - a Gemm whose small weights int8 rounds to zero (``planted.rounded_away``): a mean shift, bias
   correction's case;
 - the example project's ``digits_cnn_outlier.onnx`` (planted channel across /conv1/Conv -> Relu ->
@@ -83,6 +84,7 @@ class Outcome:
             "calibrator": "calibrator",
             "equalize": "equalize",
             "bias_correction": "bias corr.",
+            "smoothquant": "smoothquant",
             "float": "float",
         }
         counts: dict[str, int] = {}
@@ -217,10 +219,10 @@ def main() -> None:
         *environment_lines(),
         "",
         "Before = bisection with calibrator repairs only, then float (`repairs: [calibrator]`); after = the "
-        "whole ladder (calibrators, cross-layer equalization, bias correction, float). Chains: budget "
-        f"cosine >= 0.99, entropy calibrator, 512 calibration and {EVAL_SAMPLES} evaluation samples, search "
-        f"subset {SUBSET}. Example: budget top1_drop <= 0.01 and cosine >= 0.98, 600 calibration and 500 "
-        "evaluation samples. The verified fix is judged on the full evaluation set. Seconds include "
+        "whole ladder (calibrators, cross-layer equalization, bias correction, SmoothQuant, float). Chains: "
+        f"budget cosine >= 0.99, entropy calibrator, 512 calibration and {EVAL_SAMPLES} evaluation samples, "
+        f"search subset {SUBSET}. Example: budget top1_drop <= 0.01 and cosine >= 0.98, 600 calibration and "
+        "500 evaluation samples. The verified fix is judged on the full evaluation set. Seconds include "
         "calibration (and recalibration of each equalized model) on a shared machine: indicative only.",
         "",
     ]

@@ -72,3 +72,19 @@ def test_speed_benchmark_measures_every_figure_on_a_tiny_network(
     assert "reused from the cache: calibration table, FP32 outputs, INT8 outputs, diagnostics" in text
     for heading in ("### Calibration", "### A rerun that changes only the budget", "### Simulated INT8"):
         assert heading in text, heading
+
+
+def test_repair_benchmark_names_every_rung_of_its_fixes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rows of the cases only an FP32 rewrite keeps in INT8: a wide input feature (SmoothQuant) and
+    weights rounded to zero (bias correction)."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import bench_repair
+
+    rows = bench_repair.measure([bench_repair.wide_input_case(tmp_path), bench_repair.bias_case(tmp_path)])
+
+    wide = next(row for row in rows if "input feature 0" in row)
+    rounded = next(row for row in rows if "rounded to 0" in row)
+    assert "| 1 smoothquant | 0 |" in wide, wide
+    assert "| 1 bias corr. | 0 |" in rounded, rounded
