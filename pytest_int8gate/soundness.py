@@ -184,7 +184,8 @@ def soundness_findings(
                 f"{'output' if len(constant) == 1 else 'outputs'} "
                 f"{', '.join(_constant_text(output) for output in constant)} "
                 f"{'is' if len(constant) == 1 else 'are'} the same for every evaluation sample in FP32, so "
-                "its metrics measure nothing; the verdict rests on the other outputs.",
+                f"{'its' if len(constant) == 1 else 'their'} metrics measure nothing; the verdict rests on "
+                "the other outputs.",
                 "Leave input-independent outputs (anchors, constants) as they are; if the output should "
                 "vary, check the evaluation data and its preprocessing.",
                 {"outputs": [output.output_name for output in constant]},
