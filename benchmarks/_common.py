@@ -1,5 +1,5 @@
 """What every benchmark's result file says about where it was measured: the date, the machine, the software,
-the device, and the load average the shared machine was under.
+the device, and the load average the shared machine was under; and the headline ``Figure`` of a summary.
 
 Imports only the standard library at module level: ``bench_calibrate.py``'s worker processes import it too,
 and measure their own memory after their imports.
@@ -11,6 +11,7 @@ import datetime
 import importlib.metadata
 import os
 import platform
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,3 +57,16 @@ def environment_lines() -> list[str]:
         + ", ".join(f"{package} {version(package)}" for package in PACKAGES),
         f"- device: {device_text()}",
     ]
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One headline figure: a ratio against its baseline from the same run, and the target."""
+
+    #: The section of benchmarks/RESULTS.md the figure belongs to ("1 calibration", "4 warm re-run", ...).
+    benchmark: str
+    what: str
+    ratio: float
+    baseline: str
+    target: str
+    met: bool

@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from _common import ROOT, environment_lines, load_average
+from _common import ROOT, Figure, environment_lines, load_average
 from _models import image_inputs, resnet_style
 
 sys.path.insert(0, str(ROOT))
@@ -86,17 +86,6 @@ class Sizes:
 
 FULL = Sizes(224, (32, 64, 128, 256), 256, 128, (64, 128, 256), (0.5, 1.0, 2.0), 2)
 SMOKE = Sizes(32, (8, 16, 16, 16), 16, 8, (), (), 1, processes=False)
-
-
-@dataclass(frozen=True)
-class Figure:
-    #: The section of benchmarks/RESULTS.md the figure belongs to ("1 calibration", "4 warm re-run", ...).
-    benchmark: str
-    what: str
-    ratio: float
-    baseline: str
-    target: str
-    met: bool
 
 
 def _process(code: str, args: Sequence[str], workdir: Path) -> dict[str, float]:

@@ -40,7 +40,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from _common import ROOT, environment_lines, load_average
+from _common import ROOT, Figure, environment_lines, load_average
+from _models import image_inputs
 
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
@@ -69,18 +70,6 @@ QUANTIZE_STATIC_TARGET = 10.0  # int8gate at least this many times faster than E
 WARM_TARGET = 0.10  # warm run / cold run
 OVERHEAD_TARGET = 1.05  # (gate evaluation loop + diagnostics pass) / bare ONNX Runtime loop
 FLAT_MB = 10.0  # "flat": RSS growth varies by at most this (or 10 %) across sample counts
-
-
-@dataclass(frozen=True)
-class Figure:
-    """One headline figure: a ratio against its baseline from the same run, and the target."""
-
-    benchmark: str
-    what: str
-    ratio: float
-    baseline: str
-    target: str
-    met: bool
 
 
 # ---- a larger model ------------------------------------------------------------------------------------
@@ -144,14 +133,6 @@ def residual_cnn(path: Path, *, size: int = 64, width: int = 32, blocks: int = 3
     onnx.checker.check_model(model)
     onnx.save(model, path)
     return path
-
-
-def residual_inputs(samples: int, size: int = 64, seed: int = 1) -> np.ndarray:
-    """Smooth image-like inputs: a random low-resolution pattern upsampled, plus a little noise."""
-    rng = np.random.default_rng(seed)
-    coarse = rng.standard_normal((samples, 3, size // 8, size // 8)).astype(np.float32)
-    images = np.repeat(np.repeat(coarse, 8, axis=2), 8, axis=3)
-    return images + 0.1 * rng.standard_normal(images.shape).astype(np.float32)
 
 
 # ---- 1 and 2: calibration time and memory ----------------------------------------------------------------
@@ -725,7 +706,7 @@ def run(plan: Plan, workdir: Path) -> tuple[list[str], list[Figure]]:
     if plan.large_samples:
         large_model = residual_cnn(workdir / "residual_cnn.onnx")
         large_data = workdir / "residual_calib.npz"
-        np.savez(large_data, input=residual_inputs(plan.large_samples))
+        np.savez(large_data, input=image_inputs(plan.large_samples, 64))
         large = calibration_runs(
             large_model,
             large_data,
@@ -759,7 +740,7 @@ def run(plan: Plan, workdir: Path) -> tuple[list[str], list[Figure]]:
     if large_model is not None and plan.large_memory_samples:
         for samples in plan.large_memory_samples:
             data = workdir / f"residual_{samples}.npz"
-            np.savez(data, input=residual_inputs(samples))
+            np.savez(data, input=image_inputs(samples, 64))
             results = calibration_runs(
                 large_model,
                 data,
@@ -771,7 +752,7 @@ def run(plan: Plan, workdir: Path) -> tuple[list[str], list[Figure]]:
             )
             memory_rows.append(("residual CNN", samples, "int8gate", results))
         for samples in (plan.large_memory_samples[0], plan.large_memory_samples[-1]):
-            TRACED[samples] = traced_peaks(large_model, residual_inputs(samples), 16)
+            TRACED[samples] = traced_peaks(large_model, image_inputs(samples, 64), 16)
     sections += ["## 2. Memory as samples grow", "", *memory_section(memory_rows, figures)]
 
     sections += ["## 3. Bisection", ""]
@@ -787,7 +768,7 @@ def run(plan: Plan, workdir: Path) -> tuple[list[str], list[Figure]]:
     )
     specs = {"digits CNN (example, labelled)": example_spec}
     if large_model is not None:
-        evaluation = {"input": residual_inputs(plan.large_samples, seed=2)}
+        evaluation = {"input": image_inputs(plan.large_samples, 64, seed=2)}
         specs["residual CNN"] = GateSpec(
             model=large_model,
             calib_data={"input": np.load(large_data)["input"]},
