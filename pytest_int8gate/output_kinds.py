@@ -1,5 +1,5 @@
-"""What each model output is (class scores, multi-label scores, dense values, integers) and the default
-budget that judges it without being blind to the errors that kind of output hides from cosine.
+"""What each model output is (class scores, multi-label scores, embeddings, dense values, integers) and the
+default budget that judges it without being blind to the errors that kind of output hides from cosine.
 
 Plain data and numpy only: the evaluation stage classifies an output from its declared shape and its FP32
 values on the first evaluation batch; the gate asks here which limits apply when the user gave none and
@@ -20,6 +20,7 @@ class OutputKind(str, enum.Enum):
 
     CLASS_SCORES = "class scores"
     SCORES = "scores in [0, 1]"
+    EMBEDDING = "embeddings"
     DENSE = "dense values"
     INTEGER = "integer values"
 
@@ -29,6 +30,9 @@ PROBABILITY_SUM_TOLERANCE = 1e-3
 #: A mean this many times the spread across samples makes an output "offset-dominated": its per-sample
 #: cosine stays near 1 whatever happens to the part that varies.
 OFFSET_DOMINANCE = 5.0
+#: Every row's Euclidean length is 1 within this: an L2-normalised embedding (sentence, face, image
+#: retrieval heads), compared by cosine similarity, where the largest coordinate decides nothing.
+UNIT_NORM_TOLERANCE = 1e-3
 #: Decision threshold of independent scores in [0, 1] (sigmoid outputs: multi-label, binary, masks).
 SCORE_THRESHOLD = 0.5
 
@@ -45,6 +49,7 @@ SCORE_THRESHOLD = 0.5
 DEFAULT_LIMITS: Mapping[OutputKind, Mapping[str, float]] = {
     OutputKind.CLASS_SCORES: {"top1_agreement": 0.95, "cosine": 0.98},
     OutputKind.SCORES: {"decision_agreement": 0.98, "rel_rmse": 0.2},
+    OutputKind.EMBEDDING: {"cosine": 0.98, "rel_rmse": 0.2},
     OutputKind.DENSE: {"rel_rmse": 0.2, "cosine": 0.98},
     OutputKind.INTEGER: {"exact_match": 0.98},
 }
@@ -56,6 +61,8 @@ DEFAULT_REASONS: Mapping[OutputKind, str] = {
     OutputKind.CLASS_SCORES: "class scores: the decision (top-1 agreement with FP32) as well as the values",
     OutputKind.SCORES: "scores in [0, 1] (sigmoid: multi-label, binary, masks): every decision at 0.5, and "
     "the values",
+    OutputKind.EMBEDDING: "embeddings (rows of unit length): cosine, as retrieval compares them, and RMS "
+    "error relative to the FP32 spread across samples",
     OutputKind.DENSE: "dense values: RMS error relative to the FP32 spread across samples, and cosine",
     OutputKind.INTEGER: "integer values: the share of samples whose output is identical",
 }
@@ -80,6 +87,13 @@ def _rows_sum_to_one(rows: np.ndarray) -> bool:
     return bool(np.all(np.abs(sums - 1.0) <= PROBABILITY_SUM_TOLERANCE))
 
 
+def _rows_of_unit_length(rows: np.ndarray) -> bool:
+    if rows.shape[1] < 3:  # two coordinates of unit length are more likely an angle than an embedding
+        return False
+    lengths = np.linalg.norm(rows.astype(np.float64), axis=-1)
+    return bool(np.all(np.abs(lengths - 1.0) <= UNIT_NORM_TOLERANCE))
+
+
 def position_classes(output: np.ndarray) -> np.ndarray | None:
     """``[N * positions, C]`` rows of a ``[N, ..., C]`` output whose last axis holds probabilities (a
     softmax per position: sequence recognizers, segmentation); None otherwise."""
@@ -97,7 +111,12 @@ def classify_output(fp32: np.ndarray) -> OutputKind:
         return OutputKind.DENSE
     view = class_view(fp32)
     if view is not None:
-        if _in_unit_interval(view) and not _rows_sum_to_one(view):
+        if _in_unit_interval(view) and _rows_sum_to_one(view):
+            return OutputKind.CLASS_SCORES
+        # after the softmax test: a confident softmax row is nearly one-hot, so of unit length as well
+        if _rows_of_unit_length(view):
+            return OutputKind.EMBEDDING
+        if _in_unit_interval(view):
             return OutputKind.SCORES
         return OutputKind.CLASS_SCORES
     if position_classes(fp32) is not None:

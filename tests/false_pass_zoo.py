@@ -126,6 +126,18 @@ def sigmoid_head(broken: bool) -> onnx.ModelProto:
     return g.model([(y, "label_scores", ["batch", 12])])
 
 
+def embedding(broken: bool) -> onnx.ModelProto:
+    """A 32-wide L2-normalised embedding (retrieval, sentence and face heads): a judge by class scores would
+    ask its largest coordinate to agree, which decides nothing and flips on the benign twin's noise."""
+    g = Graph()
+    weights = body(broken, factor=300.0)
+    h = g.chain("x", weights, "fc")
+    h = g.dense(h, weights[-1], "fc_last", relu=True)
+    y = g.dense(h, head(32, seed=9), "embed", relu=False)
+    y = g.op("LpNormalization", [y], "l2_normalize", axis=1, p=2)
+    return g.model([(y, "embedding", ["batch", 32])])
+
+
 def two_outputs(broken: bool) -> onnx.ModelProto:
     """Two heads on two branches; only the second branch's INT8 is broken."""
     g = Graph()

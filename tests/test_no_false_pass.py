@@ -198,6 +198,7 @@ ZOO_CASES = {
     "softmax_head": (zoo.softmax_head, "top1_agreement"),
     "sigmoid_head": (zoo.sigmoid_head, "decision_agreement"),
     "two_outputs": (zoo.two_outputs, "second"),
+    "embedding": (zoo.embedding, "rel_rmse"),
 }
 
 
@@ -290,6 +291,9 @@ def test_default_budgets_fail_every_broken_output_kind_and_pass_its_twin(
     assert [records[name]["verdict"] for name in benign] == ["pass"] * len(benign), {
         name: records[name].get("error") or records[name]["verdict"] for name in benign
     }
+    # an embedding is judged as one (cosine, spread), never by whether its largest coordinate agrees
+    embedding = records["embedding_benign"]["outputs"][0]
+    assert embedding["kind"] == "embeddings" and "top1_agreement" not in embedding["int8"], embedding
     # the twin passes on its varying output and says its constant one measured nothing
     constant = [f for f in records["saturated_benign"]["diagnostics"] if f["code"] == "constant-output"]
     assert constant and "'dead_scores'" in constant[0]["message"], records["saturated_benign"]["diagnostics"]

@@ -25,6 +25,10 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
 @pytest.mark.parametrize(
     ("values", "kind"),
     [
@@ -36,6 +40,10 @@ def _softmax(x: np.ndarray) -> np.ndarray:
         (RNG.standard_normal((8, 1)).astype(np.float32), OutputKind.DENSE),  # regression
         (RNG.standard_normal((8, 3, 4, 4)).astype(np.float32), OutputKind.DENSE),  # feature map
         (RNG.standard_normal((8, 1, 1, 1)).astype(np.float32), OutputKind.DENSE),
+        (_unit_rows(RNG.standard_normal((8, 32))), OutputKind.EMBEDDING),  # L2-normalised embedding
+        (_unit_rows(RNG.uniform(0, 1, (8, 32))), OutputKind.EMBEDDING),  # non-negative, still not scores
+        (_unit_rows(RNG.standard_normal((8, 2))), OutputKind.CLASS_SCORES),  # two coordinates: too few
+        (np.eye(8, 10, dtype=np.float32), OutputKind.CLASS_SCORES),  # one-hot softmax rows have length 1
         (RNG.integers(0, 9, (8, 4)), OutputKind.INTEGER),
         (RNG.integers(0, 2, (8,)).astype(bool), OutputKind.INTEGER),
     ],
