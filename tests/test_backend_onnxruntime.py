@@ -132,7 +132,7 @@ def test_backend_description_names_version_device_and_vnni() -> None:
     assert text.endswith(" simulated")
     as_dict = info.as_dict()
     assert as_dict["version"] == ort.__version__
-    assert as_dict["options"] == {"threads": "auto"}
+    assert as_dict["options"] == {"int8_graph_optimization": "all, Q/DQ transformers off", "threads": "auto"}
 
 
 def test_simulated_mode_keeps_qdq_transformers_off() -> None:
@@ -141,7 +141,7 @@ def test_simulated_mode_keeps_qdq_transformers_off() -> None:
     int8_info = backend.int8_runner(qdq_conv(fp32, 3.0)).describe()
     assert int8_info.precision == "int8"
     assert int8_info.mode == "simulated"
-    assert int8_info.options == {"graph_optimization": "extended, Q/DQ transformers off", "threads": "1"}
+    assert int8_info.options == {"graph_optimization": "all, Q/DQ transformers off", "threads": "1"}
     fp32_info = backend.fp32_runner(fp32).describe()
     assert fp32_info.precision == "fp32"
     assert fp32_info.options["graph_optimization"] == "all"
@@ -229,7 +229,7 @@ def test_onnxruntime_backend_by_name() -> None:
     assert isinstance(backend, OrtBackend)
     assert backend.name == "onnxruntime"
     assert backend.describe().mode == "fused"
-    assert backend.describe().options == {"threads": "2"}
+    assert backend.describe().options == {"int8_graph_optimization": "all", "threads": "2"}
 
 
 def test_without_tensorrt_auto_falls_back_and_tensorrt_is_an_error() -> None:

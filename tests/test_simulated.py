@@ -1,6 +1,7 @@
-"""Simulated INT8 made cheaper (backends/simulated.py) computes bit for bit what the Q/DQ model computes with
-every ONNX Runtime optimisation disabled: folded weights equal ONNX Runtime's own DequantizeLinear, and the
-engine's outputs equal the unoptimised Q/DQ model's on the example models and a residual CNN."""
+"""Simulated INT8 made cheaper (backends/simulated.py): folded weights equal ONNX Runtime's own
+DequantizeLinear bit for bit, and the engine's outputs equal the Q/DQ model's with every ONNX Runtime
+optimisation disabled within the stated tolerance on the example models and a residual CNN (a ResNet-style
+net at 224 px and the PP-OCRv4 detector: benchmarks/bench_speed.py)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,16 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from example_files import CALIB, DIGITS, OUTLIER
+from example_files import CALIB, DIGITS, EVAL, OUTLIER
 from onnx import TensorProto, helper, numpy_helper
 
 from pytest_int8gate.backends.onnxruntime import OrtBackend
-from pytest_int8gate.backends.simulated import dequantize_like_onnxruntime, fold_weight_dequantize
+from pytest_int8gate.backends.simulated import (
+    DIFFERENCE_TOLERANCE,
+    ERROR_TOLERANCE,
+    dequantize_like_onnxruntime,
+    fold_weight_dequantize,
+)
 from pytest_int8gate.calibrate import calibrate
 from pytest_int8gate.graph import load_model
 from pytest_int8gate.quantize import QuantPlan, activation_tensors, quantize_model
@@ -177,27 +183,69 @@ def _qdq_and_inputs(path: Path, inputs: np.ndarray, calibrator: str) -> tuple[on
     return quantize_model(loaded, table, QuantPlan(calibrator=calibrator)).proto, name
 
 
-@pytest.mark.parametrize("case", ["digits-entropy", "outlier-max", "residual-percentile"])
-def test_simulated_engine_equals_the_unoptimised_qdq_model_bit_for_bit(case: str, tmp_path: Path) -> None:
-    if case == "residual-percentile":
+def _case(case: str, tmp_path: Path) -> tuple[Path, np.ndarray, np.ndarray]:
+    """The model, calibration inputs and held-out evaluation inputs of a test case."""
+    if case.startswith("residual"):
         path = tmp_path / "residual.onnx"
         onnx.save(residual_cnn(), path)
-        inputs = np.random.default_rng(5).standard_normal((64, 3, 16, 16)).astype(np.float32)
-    else:
-        path = DIGITS if case.startswith("digits") else OUTLIER
-        with np.load(CALIB) as archive:
-            inputs = archive[archive.files[0]][:256]
-    qdq, name = _qdq_and_inputs(path, inputs, case.rsplit("-", 1)[1])
+        inputs = np.random.default_rng(5).standard_normal((192, 3, 16, 16)).astype(np.float32)
+        return path, inputs[:64], inputs[64:]
+    with np.load(CALIB) as archive:
+        calib = archive[archive.files[0]][:256]
+    with np.load(EVAL) as archive:
+        held_out = archive[archive.files[0]][:256]
+    return (DIGITS if case.startswith("digits") else OUTLIER), calib, held_out
+
+
+@pytest.mark.parametrize("case", ["digits-entropy", "outlier-max", "residual-percentile"])
+def test_simulated_engine_equals_the_unoptimised_qdq_model_within_the_stated_tolerance(
+    case: str, tmp_path: Path
+) -> None:
+    """Per output: INT8's RMS error against FP32 within ERROR_TOLERANCE of the unoptimised Q/DQ model's,
+    and the outputs within DIFFERENCE_TOLERANCE of that error (RMS) from the unoptimised model's."""
+    path, calib, held_out = _case(case, tmp_path)
+    qdq, name = _qdq_and_inputs(path, calib, case.rsplit("-", 1)[1])
     folded, count = fold_weight_dequantize(qdq)
     assert count > 0 and not any(
         n.op_type == "DequantizeLinear" and n.input[0] in {i.name for i in folded.graph.initializer}
         for n in folded.graph.node
     )
-    engine = OrtBackend(mode="simulated").int8_runner(qdq)
-    assert engine.describe().options["graph_optimization"] == "extended, Q/DQ transformers off"
-    for start in range(0, len(inputs), 64):
-        feeds = {name: inputs[start : start + 64]}
-        reference = _ort_outputs(qdq, feeds)
-        outputs = engine.run(feeds)
-        for output, expected in zip(engine.output_names, reference, strict=True):
-            assert np.array_equal(_bits(outputs[output]), _bits(expected)), output
+    backend = OrtBackend(mode="simulated")
+    engine = backend.int8_runner(qdq)
+    fp32 = backend.fp32_runner(load_model(path).proto)
+    assert engine.describe().options["graph_optimization"] == "all, Q/DQ transformers off"
+    names = engine.output_names
+    moved = dict.fromkeys(names, 0.0)  # sum of squares: engine - unoptimised
+    error = dict.fromkeys(names, 0.0)  # unoptimised - FP32
+    engine_error = dict.fromkeys(names, 0.0)  # engine - FP32
+    for start in range(0, len(held_out), 64):
+        feeds = {name: held_out[start : start + 64]}
+        reference = dict(zip(names, _ort_outputs(qdq, feeds), strict=True))
+        outputs, float_outputs = engine.run(feeds), fp32.run(feeds)
+        for output in names:
+            got, want = outputs[output].astype(np.float64), reference[output].astype(np.float64)
+            moved[output] += float(np.sum((got - want) ** 2))
+            error[output] += float(np.sum((want - float_outputs[output]) ** 2))
+            engine_error[output] += float(np.sum((got - float_outputs[output]) ** 2))
+    for output in names:
+        assert error[output] > 0, output  # INT8 differs from FP32: the tolerance has a unit
+        assert abs(math.sqrt(engine_error[output] / error[output]) - 1.0) <= ERROR_TOLERANCE, output
+        assert math.sqrt(moved[output] / error[output]) <= DIFFERENCE_TOLERANCE, output
+
+
+def test_simulated_engine_with_nothing_quantized_equals_the_fp32_engine_bit_for_bit(tmp_path: Path) -> None:
+    """Both engines run the same float kernels: what differs between them is quantization alone."""
+    path, calib, held_out = _case("residual", tmp_path)
+    loaded = load_model(path)
+    table, _ = calibrate(
+        loaded.proto, activation_tensors(loaded), [{"input": calib}], model_hash="m", data_fingerprint="d"
+    )
+    nothing = QuantPlan(exclude=frozenset(layer.name for layer in loaded.info.layers))
+    some = QuantPlan(exclude=frozenset(layer.name for layer in loaded.info.layers[1:]))
+    backend = OrtBackend(mode="simulated")
+    fp32 = backend.fp32_runner(loaded.proto).run({"input": held_out})["logits"]
+    unquantized = backend.int8_runner(quantize_model(loaded, table, nothing).proto)
+    assert np.array_equal(_bits(unquantized.run({"input": held_out})["logits"]), _bits(fp32))
+    one_layer = backend.int8_runner(quantize_model(loaded, table, some).proto)
+    # its twin with one layer quantized differs: the comparison can fail
+    assert not np.array_equal(one_layer.run({"input": held_out})["logits"], fp32)

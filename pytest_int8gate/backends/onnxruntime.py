@@ -1,9 +1,9 @@
 """ONNX Runtime on the CPU: the embedded default backend.
 
-INT8 runs in one of two modes. ``simulated`` (default) computes each Q/DQ pair in float: exactly the
-arithmetic TensorRT's int8 kernels reproduce (weights folded and Q/DQ-preserving optimisations on, with
-outputs bit-identical to running the Q/DQ model unoptimised: see ``simulated.py``). ``fused`` lets ONNX
-Runtime fuse Q/DQ into its int8 kernels, which are exact on CPUs with VNNI but can saturate on AVX2
+INT8 runs in one of two modes. ``simulated`` (default) computes each Q/DQ pair in float: the arithmetic
+TensorRT's int8 kernels reproduce (weights folded, the FP32 engine's optimisations with every Q/DQ pair
+kept; equal to the Q/DQ model run unoptimised within a stated tolerance: see ``simulated.py``). ``fused``
+lets ONNX Runtime fuse Q/DQ into its int8 kernels, which are exact on CPUs with VNNI but can saturate on AVX2
 CPUs without it; the CPU's features are therefore part of every description.
 """
 
@@ -108,6 +108,11 @@ def newest_cpu_kernel(op: str) -> int | None:
     return max(versions, default=None)
 
 
+def optimization_text(level: str, session_config: Mapping[str, str] | None = None) -> str:
+    """How a session is optimised, as reports show it: the level, and whether Q/DQ transformers are off."""
+    return level + (", Q/DQ transformers off" if dict(session_config or {}).get(_NO_QDQ) == "1" else "")
+
+
 class OrtRunner(ClosingRunner):
     """One ONNX Runtime CPU session; ``close()`` releases it."""
 
@@ -149,8 +154,7 @@ class OrtRunner(ClosingRunner):
             precision=precision,
             mode=mode,
             options={
-                "graph_optimization": level
-                + (", Q/DQ transformers off" if dict(session_config or {}).get(_NO_QDQ) == "1" else ""),
+                "graph_optimization": optimization_text(level, session_config),
                 "threads": str(threads or "auto"),
             },
         )
@@ -195,7 +199,7 @@ class OrtBackend:
     def int8_runner(self, model: onnx.ModelProto) -> OrtRunner:
         if self.mode == "fused":
             return OrtRunner(model, precision="int8", optimize=True, threads=self.threads, mode=self.mode)
-        # Simulated: the same float arithmetic as with every optimisation off, computed faster.
+        # Simulated: every Q/DQ pair computed in float, on the FP32 engine's kernels (simulated.py).
         folded, _ = fold_weight_dequantize(model)
         return OrtRunner(
             folded,
@@ -214,5 +218,11 @@ class OrtBackend:
             device=device_text(),
             precision="int8",
             mode=self.mode,
-            options={"threads": str(self.threads or "auto")},
+            # the INT8 engine's optimisation decides its outputs (a key of the outputs kept in the cache)
+            options={
+                "int8_graph_optimization": "all"
+                if self.mode == "fused"
+                else optimization_text(SIMULATED_OPTIMIZATION, SIMULATED_SESSION_CONFIG),
+                "threads": str(self.threads or "auto"),
+            },
         )

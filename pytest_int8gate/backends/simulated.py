@@ -1,22 +1,31 @@
-"""Simulated INT8 on ONNX Runtime, made cheaper without changing one bit of its outputs.
+"""Simulated INT8 on ONNX Runtime: every Q/DQ pair computed in float, at the speed of the FP32 engine.
 
-The Q/DQ model computes every Q/DQ pair in float. Two things make that cheaper and leave the arithmetic
-as it is:
+The Q/DQ model computes every Q/DQ pair in float. Two things make that cheaper:
 
-* **Weight DequantizeLinear folded into float constants.** A DequantizeLinear whose inputs are all
-  initializers produces a constant; it is computed here exactly as ONNX Runtime computes it (int32
+* **Weight DequantizeLinear folded into float constants** (exact). A DequantizeLinear whose inputs are
+  all initializers produces a constant; it is computed here exactly as ONNX Runtime computes it (int32
   difference to the zero point, converted to float32, times the float32 scale: one IEEE multiply per
   value) and stored under the node's output name. Tests compare the folded constants bit for bit with
   ONNX Runtime's own DequantizeLinear.
-* **Graph optimisations that keep Q/DQ semantics.** ONNX Runtime's QDQ transformers (QuantizeLinear /
-  DequantizeLinear fused into int8 kernels such as QLinearConv, Q/DQ propagation and removal) are
-  switched off with ``session.disable_quant_qdq``; the remaining basic and extended rewrites (constant
-  folding, Conv+activation fusion, Gemm fusion, redundant-node elimination) compute the same float
-  arithmetic. The "all" level is not used: its NCHWc layout changes the FP32 convolution kernels, and a
-  last-bit difference can flip a later rounding (measured: 0.13 max difference on a ResNet-style net).
+* **The FP32 engine's graph optimisations, with every Q/DQ pair kept.** ONNX Runtime's QDQ transformers
+  (QuantizeLinear / DequantizeLinear fused into int8 kernels such as QLinearConv, Q/DQ propagation and
+  removal) are switched off with ``session.disable_quant_qdq``; everything else of level "all" runs, as
+  for the FP32 engine: constant folding, Conv+activation fusion, and the NCHWc convolution layout (ONNX
+  Runtime reorders around each QuantizeLinear / DequantizeLinear, which stay in the graph).
 
-Outputs are bit-identical to the Q/DQ model run with every optimisation disabled
-(``tests/test_simulated.py`` checks the example models and a residual CNN).
+The NCHWc kernels sum a convolution in another order than the plain ones, so a float result can differ in
+its last bit, a QuantizeLinear can round it to the neighbouring step, and the step travels on. Outputs
+therefore equal those of the Q/DQ model run with every optimisation off within this tolerance, per output
+(``tests/test_simulated.py`` checks it on the example models, a residual CNN and a ResNet-style net):
+
+* INT8's own error (RMS of INT8 - FP32) is the same within :data:`ERROR_TOLERANCE` (5 %);
+* the outputs differ by at most :data:`DIFFERENCE_TOLERANCE` (0.6) times that error, RMS. That is the
+  size of float-rounding noise re-rounded by the quantizers: a one-ulp change of the *input* moves the
+  unoptimised model's outputs by 0.37x its INT8 error on a ResNet-style net at 224 px, where this engine
+  differs by 0.47x; on the PP-OCRv4 detector 0.011x and 0.013x; the example digits CNNs are bit-identical.
+
+In exchange the FP32 and INT8 engines run the same float kernels: with nothing quantized INT8 equals FP32
+bit for bit, and what differs between them is quantization alone.
 """
 
 from __future__ import annotations
@@ -25,10 +34,14 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-#: ONNX Runtime graph optimisation level of simulated INT8 (see the module docstring).
-SIMULATED_OPTIMIZATION = "extended"
+#: ONNX Runtime graph optimisation level of simulated INT8 (see the module docstring): the FP32 engine's.
+SIMULATED_OPTIMIZATION = "all"
 #: Session configuration of simulated INT8: no QDQ transformer may touch the Q/DQ pairs.
 SIMULATED_SESSION_CONFIG = {"session.disable_quant_qdq": "1"}
+#: Largest relative change of INT8's RMS error against FP32 from the unoptimised Q/DQ model's, per output.
+ERROR_TOLERANCE = 0.05
+#: Largest RMS difference from the unoptimised Q/DQ model's outputs, in units of its RMS INT8 error.
+DIFFERENCE_TOLERANCE = 0.6
 
 #: Quantized types whose DequantizeLinear is folded (the types this project and TensorRT use).
 _FOLDED_TYPES = (TensorProto.INT8, TensorProto.UINT8)
