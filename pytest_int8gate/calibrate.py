@@ -33,7 +33,7 @@ from .graph import add_graph_outputs
 CALIBRATORS: tuple[str, ...] = ("max", "percentile", "entropy", "mse")
 
 #: Bins of the streaming |x| histogram; memory per tensor is fixed at HIST_BINS int64 counts.
-#: A power of two <= 65536 (bin indices are computed as uint16).
+#: A power of two <= 16384 (bin indices of four interleaved histograms are computed as uint16).
 HIST_BINS = 4096
 #: Values binned per step of :class:`HistogramScratch` (256 KiB of float32 + 128 KiB of indices: cache-sized).
 SCRATCH_VALUES = 1 << 16
@@ -146,7 +146,7 @@ class TensorStatistics:
         if self._exponent is None:
             self._counts[0] += array.size
             return
-        (scratch or HistogramScratch()).add_counts(self._counts, array, self._exponent)
+        (scratch or HistogramScratch()).add_counts(self._counts, array, self._exponent, low >= 0)
 
     def merge(self, other: TensorStatistics) -> None:
         """Add ``other``'s values to these statistics (same result as updating with them)."""
@@ -209,8 +209,11 @@ class HistogramScratch:
         self._scaled = np.empty(SCRATCH_VALUES, dtype=np.float32)
         self._indices = np.empty(SCRATCH_VALUES, dtype=np.uint16)
 
-    def add_counts(self, counts: np.ndarray, finite: np.ndarray, exponent: int) -> None:
-        """Add the counts of |finite| on the grid [0, 2**exponent) to ``counts`` (HIST_BINS int64)."""
+    def add_counts(
+        self, counts: np.ndarray, finite: np.ndarray, exponent: int, nonnegative: bool = False
+    ) -> None:
+        """Add the counts of |finite| on the grid [0, 2**exponent) to ``counts`` (HIST_BINS int64);
+        ``nonnegative`` says no value is below 0 (a ReLU's output), so that |x| is x."""
         shift = _HISTOGRAM_SHIFT - exponent
         # Scaling by a power of two is exact unless the factor itself leaves float32's normal range.
         if finite.dtype != np.float32 or not -126 <= shift <= 127:
@@ -223,12 +226,27 @@ class HistogramScratch:
             chunk = finite[start : start + SCRATCH_VALUES]
             scaled = self._scaled[: chunk.size]
             indices = self._indices[: chunk.size]
-            np.abs(chunk, out=scaled)
-            np.multiply(scaled, factor, out=scaled)
+            if not nonnegative:
+                np.abs(chunk, out=scaled)
+                chunk = scaled
+            np.multiply(chunk, factor, out=scaled)
             # Non-negative, so truncation is floor; every value is < HIST_BINS because |x| <= absmax < 2**e.
             # uint16 indices: the cast is several times cheaper than to intp, and bincount accepts them.
             np.copyto(indices, scaled, casting="unsafe")
-            counts += np.bincount(indices, minlength=HIST_BINS)
+            if not nonnegative:
+                counts += np.bincount(indices, minlength=HIST_BINS)
+                continue
+            # A ReLU's output is mostly exact zeros: neighbouring values count into _LANES interleaved
+            # histograms, so that a run of zeros does not wait on one counter's previous increment
+            # (measured ~12% faster there, ~15% slower on values without such runs).
+            np.add(indices, _LANE_OFFSETS[: chunk.size], out=indices)
+            lanes = np.bincount(indices, minlength=_LANES * HIST_BINS)
+            counts += lanes.reshape(_LANES, HIST_BINS).sum(axis=0)
+
+
+#: Interleaved histograms of :meth:`HistogramScratch.add_counts`; _LANES * HIST_BINS indices fit in uint16.
+_LANES = 4
+_LANE_OFFSETS = (np.arange(SCRATCH_VALUES) % _LANES * HIST_BINS).astype(np.uint16)
 
 
 def _merge_pairs(counts: np.ndarray, times: int) -> np.ndarray:

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import onnx
 
@@ -25,16 +25,16 @@ from .data import InputLayout, batch_size_for, load_dataset, resolve_layout
 from .equalize import RULES as EQUALIZATION_RULES
 from .equalize import activation_channel_ranges, equalize, fp32_difference, select_pairs
 from .errors import Int8GateError, bounded_text
-from .gate import Budget
 from .graph import ModelInfo, load_model
-from .pipeline import GatePipeline, GateSpec
 from .placement import with_placement
 from .quantize import QuantPlan, activation_tensors, quantize_model
 from .repair import FP32_TOLERANCE
-from .report import dumps, verdict_record, verdict_text
 from .settings import BY_NAME, Setting, SettingError, from_text, name_of, parse_items, spec_value, surface
 from .smoothquant import ALPHAS as SMOOTH_ALPHAS
 from .smoothquant import select_targets
+
+if TYPE_CHECKING:
+    from .pipeline import GateSpec
 
 PROG = "int8gate"
 #: How many tensors' amax ``calibrate`` prints (the table file has them all).
@@ -449,6 +449,9 @@ def run_equalize(args: argparse.Namespace) -> int:
 
 # ---- smoothquant ----------------------------------------------------------------------------------
 def run_smoothquant(args: argparse.Namespace) -> int:
+    from .gate import Budget
+    from .pipeline import GatePipeline, GateSpec
+
     spec = GateSpec(
         model=Path(args.model),
         calib_data=args.data,
@@ -509,6 +512,11 @@ def run_smoothquant(args: argparse.Namespace) -> int:
 # ---- check ----------------------------------------------------------------------------------------
 def check_spec(args: argparse.Namespace) -> GateSpec:
     """The gate spec ``int8gate check`` runs: every setting on the command line's surface."""
+    # The gate's modules (pipeline, search, reports) are imported by the commands that run a gate only:
+    # ``calibrate`` and ``quantize`` start faster without them.
+    from .gate import Budget
+    from .pipeline import GateSpec
+
     values: dict[str, Any] = {}
     for setting in surface("cli"):
         value = getattr(args, setting.name)
@@ -529,6 +537,9 @@ def check_spec(args: argparse.Namespace) -> GateSpec:
 
 
 def run_check(args: argparse.Namespace) -> int:
+    from .pipeline import GatePipeline
+    from .report import dumps, verdict_record, verdict_text
+
     spec = check_spec(args)
 
     def progress(stage: str, message: str) -> None:

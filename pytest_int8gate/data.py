@@ -99,8 +99,7 @@ class Dataset:
             seen += size
             if seen > self.num_samples:  # also stops a loader that never ends on a later pass
                 raise DataError(f"{self.source}: {_CHANGED_BETWEEN_PASSES}")
-            for key in self.input_names:
-                _fingerprint_update(digest, key, chunk[key])
+            _fold_chunk(digest, chunk, self.input_names)
             start = 0
             while start < size:
                 take = min(batch_size - pending_count, size - start)
@@ -602,8 +601,8 @@ def _scan(
     stream = chunks()
     try:
         for index, chunk in enumerate(stream):
-            total += _scan_chunk(chunk, index, source, model, role, total, names, shapes, digest)
-            distinct.update(_sample_digests(chunk, tuple(sorted(chunk))))
+            total += _scan_chunk(chunk, index, source, model, role, total, names, shapes)
+            distinct.update(_fold_chunk(digest, chunk, tuple(sorted(chunk))))
             names = names or tuple(sorted(chunk))
             if max_samples is not None and total > max_samples:
                 raise DataError(_too_many(source, f"the {role} data holds", max_samples))
@@ -644,9 +643,8 @@ def _scan_chunk(
     first_sample: int,
     names: tuple[str, ...] | None,
     shapes: dict[str, tuple[int, ...]],
-    digest: hashlib._Hash,
 ) -> int:
-    """Check one chunk against the ones before (and ``model``); fingerprint it; return its length."""
+    """Check one chunk against the ones before (and ``model``); return its length."""
     keys = tuple(sorted(chunk))
     if not keys:
         raise DataError(f"{source}: chunk {index} holds no arrays.")
@@ -684,7 +682,6 @@ def _scan_chunk(
             )
         if model is not None:
             _check_values(source, first_sample, model.input(key), array)
-        _fingerprint_update(digest, key, array)
     return lengths[keys[0]]
 
 
@@ -704,17 +701,30 @@ def _whole_batches(source: str, role: str, model: ModelInfo, total: int) -> int:
     )
 
 
+def _fold_chunk(digest: hashlib._Hash, chunk: Mapping[str, np.ndarray], keys: tuple[str, ...]) -> list[bytes]:
+    """Fold a chunk (samples on axis 0) into a dataset's ``digest``: each input's name, dtype and shape,
+    then the digest of every sample (:func:`_sample_digests`), which are returned. One hash pass over the
+    bytes serves both the fingerprint and the count of distinct samples."""
+    for key in keys:
+        array = chunk[key]
+        digest.update(f"{key}|{array.dtype.str}|{array.shape}".encode())
+    samples = _sample_digests(chunk, keys)
+    digest.update(b"".join(samples))
+    return samples
+
+
 def _sample_digests(chunk: Mapping[str, np.ndarray], keys: tuple[str, ...]) -> list[bytes]:
-    """One digest per sample of ``chunk`` over every input's bytes of that sample."""
+    """One 16-byte digest per sample of ``chunk`` over every input's bytes of that sample, in C order."""
     arrays = [chunk[key] for key in keys]
     digests = []
     for index in range(arrays[0].shape[0]):
-        sample = hashlib.blake2b(digest_size=16)
+        # SHA-256, truncated: the CPU's SHA instructions make it faster here than BLAKE2 (measured 1.6x)
+        sample = hashlib.sha256()
         for array in arrays:
             # one sample at a time: never a copy of the whole chunk
             for block in _byte_blocks(np.asarray(array[index])):
                 sample.update(block)
-        digests.append(sample.digest())
+        digests.append(sample.digest()[:16])
     return digests
 
 

@@ -584,6 +584,22 @@ def test_values_beyond_one_scratch_block_are_all_counted() -> None:
     assert counts.tolist() == expected.tolist()
 
 
+def test_non_negative_values_with_runs_of_zeros_are_counted_exactly() -> None:
+    # A ReLU's output takes the non-negative path (interleaved histograms); a partial last block too.
+    rng = np.random.default_rng(25)
+    values = np.maximum(rng.standard_normal(3 * SCRATCH_VALUES + 5), 0).astype(np.float32)
+    values[: SCRATCH_VALUES // 2] = 0.0
+    values[-3:] = -0.0
+    stats = stats_of(values[: SCRATCH_VALUES + 1], values[SCRATCH_VALUES + 1 :])
+    counts, width = stats.histogram()
+    expected = np.bincount((values.astype(np.float64) / width).astype(np.int64), minlength=HIST_BINS)
+    assert counts.tolist() == expected.tolist()
+    mixed = values.copy()
+    mixed[1::2] *= -1
+    assert snapshot(stats_of(mixed[::-1].copy())) == snapshot(stats_of(mixed))
+    assert stats_of(mixed).histogram()[0].tolist() == counts.tolist()
+
+
 def _mse_amax_one_matrix(counts: np.ndarray, width: float, absmax: float) -> float:
     """The MSE search written as one [candidates, bins] matrix: the definition the blocked one must equal."""
     occupied = np.flatnonzero(counts)

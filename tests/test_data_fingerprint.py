@@ -1,5 +1,6 @@
-"""Data fingerprints (data.py): the digest of an array's C-order bytes, made without a copy of the data (a
-transposed or strided chunk is hashed a few rows at a time), so memory stays flat in the number of samples."""
+"""Data fingerprints (data.py): a dataset's digest covers each chunk's names, dtypes and shapes and the digest
+of every sample's C-order bytes (the same pass counts the distinct samples), made without a copy of the
+data (a transposed or strided chunk is hashed a few rows at a time): memory stays flat in the sample count."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from pytest_int8gate import data
-from pytest_int8gate.data import Dataset, _fingerprint_update, _sample_digests
+from pytest_int8gate.data import Dataset, _fingerprint_update, _fold_chunk, _sample_digests
 
 
 def reference_digest(key: str, array: np.ndarray) -> str:
@@ -30,6 +31,34 @@ def test_fingerprints_are_those_of_the_c_order_bytes_whatever_the_layout() -> No
     same = Dataset.from_arrays({"x": np.ascontiguousarray(images.transpose(0, 3, 1, 2))})
     strided = Dataset.from_arrays({"x": images.transpose(0, 3, 1, 2)})
     assert same.fingerprint == strided.fingerprint and same.distinct_samples == strided.distinct_samples == 40
+
+
+def reference_fingerprint(chunk: dict[str, np.ndarray]) -> str:
+    """The definition: names, dtypes and shapes, then each sample's SHA-256 (16 bytes) over its inputs."""
+    digest = hashlib.sha256()
+    keys = sorted(chunk)
+    for key in keys:
+        digest.update(f"{key}|{chunk[key].dtype.str}|{chunk[key].shape}".encode())
+    for index in range(len(chunk[keys[0]])):
+        sample = b"".join(np.ascontiguousarray(chunk[key][index]).tobytes() for key in keys)
+        digest.update(hashlib.sha256(sample).digest()[:16])
+    return digest.hexdigest()
+
+
+def test_dataset_fingerprint_is_one_digest_per_sample_over_all_inputs() -> None:
+    rng = np.random.default_rng(2)
+    chunk = {"b": rng.standard_normal((12, 3, 5)).transpose(0, 2, 1), "a": rng.integers(0, 9, (12, 4))}
+    chunk["a"][7] = chunk["a"][3]
+    chunk["b"][7] = chunk["b"][3]  # a duplicate sample over both inputs
+    digest = hashlib.sha256()
+    samples = _fold_chunk(digest, chunk, ("a", "b"))
+    assert digest.hexdigest() == reference_fingerprint(chunk)
+    assert len(samples) == 12 and len(set(samples)) == 11
+    dataset = Dataset.from_arrays(chunk)
+    assert dataset.fingerprint == reference_fingerprint(chunk) and dataset.distinct_samples == 11
+    changed = {**chunk, "a": chunk["a"].copy()}
+    changed["a"][0, 0] += 1
+    assert Dataset.from_arrays(changed).fingerprint != dataset.fingerprint
 
 
 def test_fingerprinting_copies_no_whole_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
