@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -22,13 +22,19 @@ from .data import Dataset
 from .evaluate import KpiFunction, ReferenceOutputs, compare
 from .gate import judge
 from .graph import LoadedModel
-from .outputs import EvaluationOutputs, reference_from_stored
+from .outputs import EvaluationOutputs, StoredOutputs, reference_from_stored
 from .quantize import QuantizedModel, QuantPlan
 from .repair import RewrittenModel
 from .results import Comparison, MetricResult
 
 #: Progress callback: (stage, message) — the plugin and CLI decide how to show it.
 Progress = Callable[[str, str], None]
+#: The evaluation's stored FP32 outputs and the spec's plan's INT8 outputs (each None when not kept).
+StoredEvaluation = tuple[StoredOutputs | None, StoredOutputs | None]
+
+
+def _nothing_stored() -> StoredEvaluation:
+    return None, None
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,8 @@ class GateContext:
     fp32_model: Callable[[frozenset[str]], LoadedModel]
     #: The spec's model with the given layers' pairs equalized, as written to the cache.
     rewritten: Callable[[frozenset[str]], RewrittenModel]
+    #: The evaluation's outputs over the whole evaluation set, when kept (diagnostics reuse them).
+    evaluation_outputs: Callable[[], StoredEvaluation] = field(default=_nothing_stored)
 
     @property
     def default_quantized(self) -> QuantizedModel:

@@ -411,6 +411,11 @@ class EvaluationOutputs:
         """The stored FP32 outputs over the whole evaluation set, if they are known."""
         return self._fp32
 
+    def int8_values(self, model: onnx.ModelProto) -> StoredOutputs | None:
+        """The stored INT8 outputs of the Q/DQ model ``model`` over the whole evaluation set, if kept."""
+        key = self._key("int8", self.int8_digest(model))
+        return self.store.get(key, self.outputs, self.dataset.num_samples)
+
     def compare(
         self,
         fp32_runner: Callable[[], Runner],

@@ -55,7 +55,7 @@ from .evaluate import KpiFunction
 from .external_qdq import GivenQdq, contains_qdq, read_given_qdq
 from .gate import default_budget_text
 from .graph import LoadedModel, load_model
-from .outputs import EvaluationOutputs, OutputStore, file_digest
+from .outputs import EvaluationOutputs, OutputStore, StoredOutputs, file_digest
 from .placement import with_placement
 from .progress import counted_batches
 from .quantize import QuantizedModel, QuantPlan, activation_tensors, quantize_model
@@ -559,7 +559,15 @@ class GatePipeline:
             quantized=self.quantized,
             fp32_model=self.fp32_model,
             rewritten=self.rewritten,
+            evaluation_outputs=self._stored_evaluation,
         )
+
+    def _stored_evaluation(self) -> tuple[StoredOutputs | None, StoredOutputs | None]:
+        """The FP32 and the spec's plan's INT8 outputs the evaluation kept in the cache (None: not kept)."""
+        outputs = self.stored_outputs
+        if outputs is None:
+            return None, None
+        return outputs.fp32_values, outputs.int8_values(self.default_quantized.proto)
 
     @functools.cached_property
     def evaluator(self) -> PlanEvaluator:

@@ -14,6 +14,7 @@ import pytest
 from example_files import CALIB, DIGITS, EVAL, LABELS
 from onnx import TensorProto, helper, numpy_helper
 
+from pytest_int8gate.backends import Runner
 from pytest_int8gate.backends.onnxruntime import OrtRunner, has_vnni
 from pytest_int8gate.diagnostics import (
     ActivationRange,
@@ -26,7 +27,9 @@ from pytest_int8gate.diagnostics import (
     check_distribution_shape,
     check_preprocessing,
     measure_fidelity,
+    model_diagnostics,
 )
+from pytest_int8gate.diagnostics.datasets import ChannelMoments
 from pytest_int8gate.errors import DataError
 from pytest_int8gate.gate import Budget, GateVerdict
 from pytest_int8gate.pipeline import GatePipeline, GateSpec
@@ -486,3 +489,40 @@ def test_activation_ranges_are_measured_in_memory_sized_steps_with_the_same_resu
         assert np.isclose(got.minimum, expected.minimum, rtol=1e-5, atol=1e-6)
         assert np.isclose(got.maximum, expected.maximum, rtol=1e-5, atol=1e-6)
         assert abs(got.clipped - expected.clipped) <= max(1, expected.count // 1000)
+
+
+def _engine_not_needed() -> Runner:
+    raise AssertionError("the evaluation's stored outputs were not reused")
+
+
+def test_cpu_fidelity_reuses_the_evaluations_stored_outputs(tmp_path: Path) -> None:
+    """With the evaluation's outputs in the cache, the fused-vs-simulated check runs only the other mode's
+    engine, and finds what it finds when it runs the gate's engines itself."""
+    pipeline = GatePipeline(example_spec(cache_dir=tmp_path / "cache"))
+    pipeline.run()
+    fp32, int8 = pipeline.context.evaluation_outputs()
+    assert fp32 is not None and int8 is not None and int8.samples == pipeline.eval_data.num_samples
+    stored_only = replace(pipeline.context, fp32_runner=_engine_not_needed, int8_runner=_engine_not_needed)
+    computed = replace(pipeline.context, evaluation_outputs=lambda: (None, None))
+    reused = model_diagnostics(stored_only)
+    assert [f.as_dict() for f in reused] == [f.as_dict() for f in model_diagnostics(computed)]
+    # the twin without stored outputs needs the engines
+    with pytest.raises(AssertionError, match="not reused"):
+        model_diagnostics(replace(stored_only, evaluation_outputs=lambda: (None, None)))
+
+
+def test_channel_statistics_streamed_in_chunks_equal_one_pass_over_every_sample() -> None:
+    rng = np.random.default_rng(4)
+    pixels = rng.uniform(0, 255, (41, 3, 96, 96)).astype(np.float32)  # more than one chunk per batch
+    moments = ChannelMoments()
+    for start in range(0, len(pixels), 16):
+        moments.add(pixels[start : start + 16])
+    streamed = moments.stats()
+    values = np.moveaxis(pixels, 1, 0).reshape(3, -1).astype(np.float64)
+    assert streamed is not None and streamed.axis == 1
+    np.testing.assert_allclose(streamed.mean, values.mean(axis=1), rtol=1e-12)
+    np.testing.assert_allclose(streamed.std, values.std(axis=1), rtol=1e-12)
+    assert np.array_equal(streamed.minimum, values.min(axis=1))
+    assert np.array_equal(streamed.maximum, values.max(axis=1))
+    moments.add(np.zeros((2, 3, 96, 96), np.int64))  # a non-float batch: no statistics, not wrong ones
+    assert moments.stats() is None

@@ -31,6 +31,7 @@ from ..results import sort_findings as sort_findings
 from .datasets import ChannelStats as ChannelStats
 from .datasets import channel_axis as channel_axis
 from .datasets import channel_stats as channel_stats
+from .datasets import input_channel_stats as input_channel_stats
 from .datasets import check_calibration_size as check_calibration_size
 from .datasets import check_calibration_table as check_calibration_table
 from .datasets import check_eval_set_size as check_eval_set_size
@@ -39,6 +40,7 @@ from .datasets import check_shapes as check_shapes
 from .engines import Fidelity as Fidelity
 from .engines import check_cpu_fidelity as check_cpu_fidelity
 from .engines import check_determinism as check_determinism
+from .engines import fidelity_of as fidelity_of
 from .engines import measure_fidelity as measure_fidelity
 from .limits import CENTRED_LIMIT as CENTRED_LIMIT
 from .limits import CLIP_RATE_FACTOR as CLIP_RATE_FACTOR

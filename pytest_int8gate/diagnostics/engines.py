@@ -77,15 +77,23 @@ class Fidelity:
 def measure_fidelity(
     simulated: Runner, fused: Runner, fp32: Runner, batches: Iterable[Feeds], output: str
 ) -> Fidelity:
+    """Fused against simulated INT8 (and both against FP32) on ``output``, each runner run on ``batches``."""
+    return fidelity_of(
+        (simulated.run(feeds)[output], fused.run(feeds)[output], fp32.run(feeds)[output]) for feeds in batches
+    )
+
+
+def fidelity_of(outputs: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> Fidelity:
+    """Fused against simulated INT8 from (simulated, fused, FP32) values of one output, batch by batch
+    (samples on axis 0): they may be computed or read from the evaluation's stored outputs."""
     cosines: list[np.ndarray] = []
     same = total = 0
     classes = True
     deviation = quantization = 0.0
-    for feeds in batches:
-        sim, fus = simulated.run(feeds)[output], fused.run(feeds)[output]
+    for sim, fus, fp32 in outputs:
         n = sim.shape[0]
         x, y = sim.reshape(n, -1).astype(np.float64), fus.reshape(n, -1).astype(np.float64)
-        reference = fp32.run(feeds)[output].reshape(n, -1).astype(np.float64)
+        reference = fp32.reshape(n, -1).astype(np.float64)
         deviation += float(np.sum((y - x) ** 2))
         quantization += float(np.sum((x - reference) ** 2))
         norms = np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1)

@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
+import numpy as np
 import onnx
 
-from ..backends.onnxruntime import OrtRunner, device_text
+from ..backends.onnxruntime import OrtBackend, OrtRunner, device_text
+from ..data import Dataset, Feeds, ModelFeeds, sample_count
 from ..evaluate import select_output
+from ..outputs import Source, StoredOutputs
 from ..results import Comparison, Finding, MetricResult, sort_findings
 from .datasets import (
-    channel_stats,
     check_calibration_size,
     check_eval_set_size,
     check_preprocessing,
     check_shapes,
+    input_channel_stats,
 )
-from .engines import check_cpu_fidelity, check_determinism, measure_fidelity
+from .engines import check_cpu_fidelity, check_determinism, fidelity_of
 from .limits import DIAGNOSTIC_SAMPLES, REPEAT_SAMPLES, SMALL_MODEL_BYTES
 from .parity import check_fp32_parity, load_fp32_reference, reference_parity, run_outputs
 from .ranges import ActivationProbe, check_clipping, check_distribution_shape
@@ -65,13 +68,12 @@ def model_diagnostics(context: GateContext) -> tuple[Finding, ...]:
     eval_subset = context.eval_data.head(DIAGNOSTIC_SAMPLES) if held_out else calib_subset
     if held_out:
         findings.append(check_shapes(info, context.calibration_data, context.eval_data))
-        calib_feeds = next(calib_subset.batches(calib_subset.num_samples))
-        eval_feeds = next(eval_subset.batches(eval_subset.num_samples))
-        for tensor in info.inputs:
-            calib_stats = channel_stats(calib_feeds[tensor.name])
-            eval_stats = channel_stats(eval_feeds[tensor.name])
-            if calib_stats is not None and eval_stats is not None:
-                findings.append(check_preprocessing(tensor.name, calib_stats, eval_stats))
+        names = [tensor.name for tensor in info.inputs]
+        calib_stats = input_channel_stats(calib_subset, names, batch_size)
+        eval_stats = input_channel_stats(eval_subset, names, batch_size)
+        for name in names:
+            if name in calib_stats and name in eval_stats:
+                findings.append(check_preprocessing(name, calib_stats[name], eval_stats[name]))
 
     quantized = context.default_quantized
     amax = {tensor: scale * 127.0 for tensor, scale in quantized.activation_scales.items()}
@@ -87,8 +89,8 @@ def model_diagnostics(context: GateContext) -> tuple[Finding, ...]:
                     check_clipping(calib_ranges, eval_ranges, amax, samples=eval_subset.num_samples)
                 )
 
-    fp32_runner = context.fp32_runner()
     if context.fp32_reference is not None:
+        fp32_runner = context.fp32_runner()
         reference = load_fp32_reference(
             context.fp32_reference, fp32_runner.output_names, context.eval_data.num_samples
         )
@@ -102,6 +104,7 @@ def model_diagnostics(context: GateContext) -> tuple[Finding, ...]:
             )
         )
     if context.backend.name != "onnxruntime":
+        fp32_runner = context.fp32_runner()
         ort_fp32 = OrtRunner(context.model.proto, precision="fp32", optimize=True, threads=threads)
         names = list(ort_fp32.output_names)
         findings.append(
@@ -112,22 +115,48 @@ def model_diagnostics(context: GateContext) -> tuple[Finding, ...]:
             )
         )
     else:
-        # the other mode than the gate's own, built from the same Q/DQ model
-        gate_is_fused = context.ort_mode == "fused"
-        other = OrtRunner(
-            quantized.proto,
-            precision="int8",
-            optimize=not gate_is_fused,
-            threads=threads,
-            mode="simulated" if gate_is_fused else "fused",
-        )
-        own = context.int8_runner()
-        simulated, fused = (other, own) if gate_is_fused else (own, other)
-        output = select_output(simulated, context.output)
-        repeated = eval_subset.head(REPEAT_SAMPLES)
-        fidelity = measure_fidelity(simulated, fused, fp32_runner, repeated.batches(batch_size), output)
-        findings.append(check_cpu_fidelity(fidelity, device=device_text()))
+        findings.append(_cpu_fidelity(context, eval_subset.head(REPEAT_SAMPLES), threads))
     if context.check_determinism:
         repeated_batches = list(eval_subset.head(REPEAT_SAMPLES).batches(batch_size))
         findings.append(check_determinism(context.int8_runner(), repeated_batches))
     return sort_findings(f for f in findings if f is not None)
+
+
+def _cpu_fidelity(context: GateContext, repeated: Dataset, threads: int) -> Finding | None:
+    """The other ONNX Runtime mode than the gate's own, built from the same Q/DQ model, against the gate's
+    INT8 engine and the FP32 engine on ``repeated``: the evaluation's outputs of those two are reused when
+    it kept them (the first samples of the evaluation set are ``repeated``'s)."""
+    gate_is_fused = context.ort_mode == "fused"
+    stored_fp32, stored_int8 = context.evaluation_outputs()
+    own: Source = stored_int8 if stored_int8 is not None else context.int8_runner()
+    fp32: Source = stored_fp32 if stored_fp32 is not None else context.fp32_runner()
+    backend = OrtBackend(mode="simulated" if gate_is_fused else "fused", threads=threads)
+    with backend.int8_runner(context.default_quantized.proto) as other:
+        output = select_output(other, context.output)
+
+        def values() -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+            start = 0
+            for feeds in repeated.batches(context.batch_size):
+                count = sample_count(feeds)
+                mine, theirs, reference = (
+                    _output_values(source, feeds, start, count, output, precision)
+                    for source, precision in ((own, "INT8"), (other, "INT8"), (fp32, "FP32"))
+                )
+                yield (theirs, mine, reference) if gate_is_fused else (mine, theirs, reference)
+                start += count
+
+        fidelity = fidelity_of(values())
+    return check_cpu_fidelity(fidelity, device=device_text())
+
+
+def _output_values(
+    source: Source, feeds: Feeds, start: int, count: int, output: str, precision: str
+) -> np.ndarray:
+    """``output`` over the evaluation samples ``start`` to ``start + count`` (``feeds``), samples on axis 0:
+    read from stored outputs, or computed."""
+    if isinstance(source, StoredOutputs):
+        return source.batch(start, count, precision=precision)[output]
+    value = source.run(feeds)[output]
+    if isinstance(feeds, ModelFeeds) and feeds.layout is not None:
+        return feeds.layout.output(output, value, feeds.samples, precision)
+    return value
