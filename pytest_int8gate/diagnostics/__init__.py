@@ -31,12 +31,12 @@ from ..results import sort_findings as sort_findings
 from .datasets import ChannelStats as ChannelStats
 from .datasets import channel_axis as channel_axis
 from .datasets import channel_stats as channel_stats
-from .datasets import input_channel_stats as input_channel_stats
 from .datasets import check_calibration_size as check_calibration_size
 from .datasets import check_calibration_table as check_calibration_table
 from .datasets import check_eval_set_size as check_eval_set_size
 from .datasets import check_preprocessing as check_preprocessing
 from .datasets import check_shapes as check_shapes
+from .datasets import input_channel_stats as input_channel_stats
 from .engines import Fidelity as Fidelity
 from .engines import check_cpu_fidelity as check_cpu_fidelity
 from .engines import check_determinism as check_determinism
