@@ -6,6 +6,9 @@ in the same run, on the same data (wall time, and CPU time, which a shared machi
    + a batch-1 pass over the same ``.npy`` data): wall time and peak RSS (each process's own VmHWM).
 2. Calibration in the loop (``calibrate.calibrate``: session build, the pass with statistics, the four
    calibrators) against the bare pass (``InferenceSession.run`` at batch 1) in the same process, interleaved.
+   1 and 2 are measured again on a ResNet-18-shaped network (stage widths 64/128/256/512, same data), where
+   the model's own work is larger against the fixed costs; the process figure also splits its time into
+   imports (measured in fresh processes), what comes before calibration, and calibration.
 3. How 1 and 2 grow with the number of samples and with the model's width.
 4. A rerun of the same gate that changes only the budget against the cold run (``GatePipeline``, cache on).
 5. Simulated INT8 evaluation (weights folded, the FP32 engine's optimisations with Q/DQ kept) against the FP32
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -82,31 +86,53 @@ class Sizes:
     rounds: int
     #: Measure whole processes too (each imports everything: seconds of fixed cost, not for a smoke run).
     processes: bool = True
+    #: Stage widths of the ResNet-18-shaped network whose calibration is measured too (empty: none).
+    realistic_widths: tuple[int, ...] = ()
 
 
-FULL = Sizes(224, (32, 64, 128, 256), 256, 128, (64, 128, 256), (0.5, 1.0, 2.0), 2)
-SMOKE = Sizes(32, (8, 16, 16, 16), 16, 8, (), (), 1, processes=False)
+FULL = Sizes(
+    224,
+    (32, 64, 128, 256),
+    256,
+    128,
+    (64, 128, 256),
+    (0.5, 1.0, 2.0),
+    2,
+    realistic_widths=(64, 128, 256, 512),
+)
+SMOKE = Sizes(32, (8, 16, 16, 16), 16, 8, (), (), 1, processes=False, realistic_widths=(8, 16, 32, 64))
 
 
 def _process(code: str, args: Sequence[str], workdir: Path) -> dict[str, float]:
-    """Wall s, CPU s (user + system, all threads) and peak RSS MB of ``python -c code args``."""
+    """Wall s, CPU s (user + system, all threads) and peak RSS MB of ``python -c code args``; and the
+    seconds of every ``NAME  SECONDS s`` line it prints (``int8gate calibrate``'s own timings)."""
     peak_file = workdir / "peak.txt"
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    out_file = workdir / "stdout.txt"
     started = time.perf_counter()
-    process = subprocess.Popen(
-        [sys.executable, "-c", _PEAK_HOOK + code, str(peak_file), *args],
-        env={**os.environ, "PYTHONPATH": path},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    assert process.stderr is not None
-    stderr = process.stderr.read()
-    _, status, usage = os.wait4(process.pid, 0)
+    with out_file.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-c", _PEAK_HOOK + code, str(peak_file), *args],
+            env={**os.environ, "PYTHONPATH": path},
+            stdout=out,
+            stderr=subprocess.PIPE,
+        )
+        assert process.stderr is not None
+        stderr = process.stderr.read()
+        _, status, usage = os.wait4(process.pid, 0)
     wall = time.perf_counter() - started
     process.stderr.close()
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"benchmark process failed:\n{stderr.decode(errors='replace')[-2000:]}")
-    return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "peak": float(peak_file.read_text())}
+    result = {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "peak": float(peak_file.read_text())}
+    for line in out_file.read_text(errors="replace").splitlines():
+        match = _TIMING_LINE.match(line)
+        if match:
+            result[match["name"]] = float(match["seconds"])
+    return result
+
+
+_TIMING_LINE = re.compile(r"^  (?P<name>[a-z0-9 ]+?) +(?P<seconds>[0-9.]+) s\b")
 
 
 def whole_process(model: Path, data: Path, workdir: Path, rounds: int) -> dict[str, float]:
@@ -116,11 +142,39 @@ def whole_process(model: Path, data: Path, workdir: Path, rounds: int) -> dict[s
         runs["bare"].append(_process(_BARE_PASS, [str(model), str(data)], workdir))
         table = str(workdir / "t.json")
         runs["ours"].append(_process(_CALIBRATE, [str(model), "--data", str(data), "--out", table], workdir))
-    return {
+    best = {
         f"{who}{suffix}": min(run[key] for run in runs[who])
         for who in runs
         for key, suffix in (("wall", ""), ("cpu", "_cpu"), ("peak", "_peak"))
     }
+    # the fastest calibrate process's own timings: its calibration (session, pass, calibrators) and the pass
+    fastest = min(runs["ours"], key=lambda run: run["wall"])
+    return {
+        **best,
+        "ours_calibration": fastest.get("total", 0.0),
+        "ours_pass": fastest.get("pass in all", 0.0),
+    }
+
+
+_IMPORTS = """
+import time
+started = time.perf_counter()
+import numpy, onnxruntime
+bare = time.perf_counter()
+import onnx
+onnx_s = time.perf_counter()
+import pytest_int8gate.cli
+print(f"  bare imports {bare - started:.3f} s")
+print(f"  onnx import {onnx_s - bare:.3f} s")
+print(f"  own imports {time.perf_counter() - onnx_s:.3f} s")
+"""
+
+
+def import_costs(workdir: Path, rounds: int) -> dict[str, float]:
+    """Seconds to import numpy + onnxruntime (what the bare process imports), then onnx, then the rest of
+    ``int8gate calibrate``'s modules, in fresh processes; the best of ``rounds``."""
+    runs = [_process(_IMPORTS, [], workdir) for _ in range(max(rounds, 3))]
+    return {key: min(run[key] for run in runs) for key in ("bare imports", "onnx import", "own imports")}
 
 
 def in_loop(model: Path, inputs: np.ndarray, rounds: int) -> dict[str, float]:
@@ -265,34 +319,24 @@ def _input_name(model: Path) -> str:
     return next(i.name for i in graph.input if i.name not in weights)
 
 
-def measure(sizes: Sizes, workdir: Path, model: Path | None = None) -> tuple[list[str], list[Figure]]:
-    """Every figure on the ResNet-style network, or on ``model`` (an ONNX file with one image input
-    ``[N, 3, H, W]``, fed generated images of ``sizes.size`` px; its width is not varied)."""
+def calibration(
+    model: Path,
+    label: str,
+    calib: np.ndarray,
+    data: Path,
+    sizes: Sizes,
+    workdir: Path,
+    heading: str,
+) -> tuple[list[str], list[Figure]]:
+    """Calibration of ``model`` as a process and in the loop against the bare FP32 baselines (same run)."""
     figures: list[Figure] = []
-    if model is None:
-        model = resnet_style(workdir / "resnet.onnx", size=sizes.size, widths=sizes.widths)
-        label = f"ResNet-style {sizes.size} px"
-        described = f"ResNet-style, {sizes.size} px input, stage widths {'/'.join(map(str, sizes.widths))}"
-    else:
-        label = f"{model.name} {sizes.size} px"
-        described = f"{model} (not in this repository), generated {sizes.size} px images"
-        sizes = replace(sizes, width_scales=())
-    calib = image_inputs(sizes.samples, sizes.size)
-    evaluation = image_inputs(sizes.eval_samples, sizes.size, seed=2)
-    data = workdir / "calib.npy"
-    np.save(data, calib)
-    lines = [
-        f"Model: {described}, {sizes.samples} calibration samples, {sizes.eval_samples} evaluation "
-        "samples, batch 32 (calibration steps sized by activation memory).",
-        "",
-    ]
-
-    print("  speed: calibration", file=sys.stderr)
+    load_before = load_average()
     loop = in_loop(model, calib, sizes.rounds)
-    table = ["### Calibration against a bare FP32 pass over the same data", ""]
-    table += ["| measured | int8gate | bare FP32 | ratio |", "| --- | ---: | ---: | ---: |"]
+    table = [heading, "", "| measured | int8gate | bare FP32 | ratio |", "| --- | ---: | ---: | ---: |"]
+    notes: list[str] = []
     if sizes.processes:
         process = whole_process(model, data, workdir, sizes.rounds)
+        imports = import_costs(workdir, sizes.rounds)
         ratio = process["ours"] / process["bare"]
         figures.append(
             Figure(
@@ -322,6 +366,16 @@ def measure(sizes: Sizes, workdir: Path, model: Path | None = None) -> tuple[lis
             f"| whole process, peak RSS MB | {process['ours_peak']:.0f} | {process['bare_peak']:.0f} | "
             f"{memory:.2f} |",
         ]
+        startup = process["ours"] - process["ours_calibration"]
+        notes.append(
+            f"The fastest calibrate process ({process['ours']:.2f} s): {startup:.2f} s before calibration "
+            f"starts (imports, reading and checking the model, reading, checking and fingerprinting the "
+            f"data), then {process['ours_calibration']:.2f} s of calibration as it reports it (the pass "
+            f"{process['ours_pass']:.2f} s, reading the data again included). Imports in fresh processes: "
+            f"numpy + onnxruntime {imports['bare imports']:.2f} s (all the bare process imports), then onnx "
+            f"{imports['onnx import']:.2f} s (its `ml_dtypes` dependency registers its types with numpy), "
+            f"then int8gate's own modules {imports['own imports']:.2f} s."
+        )
     loop_ratio = loop["ours"] / loop["bare"]
     figures.append(
         Figure(
@@ -333,20 +387,63 @@ def measure(sizes: Sizes, workdir: Path, model: Path | None = None) -> tuple[lis
             loop_ratio <= CALIBRATION_LOOP_TARGET,
         )
     )
-    lines += [
-        *table,
+    table += [
         f"| in the loop, wall s | {loop['ours']:.2f} | {loop['bare']:.2f} | {loop_ratio:.2f} |",
         f"| in the loop, CPU s | {loop['ours_cpu']:.2f} | {loop['bare_cpu']:.2f} | "
         f"{loop['ours_cpu'] / loop['bare_cpu']:.2f} |",
-        "",
+    ]
+    notes.insert(
+        0,
         f"In the loop, int8gate's {loop['ours']:.2f} s: the pass with statistics {loop['pass_wall']:.2f} s "
         f"(inside ONNX Runtime {loop['fp32_pass']:.2f} s, statistics {loop['statistics']:.2f} s on a worker "
         f"thread beside the next step's inference, steps of {loop['step']} sample(s), {loop['tensors']} "
-        f"tensors), the rest session build and the four calibrators. The bare process imports numpy and "
-        "onnxruntime only; int8gate also imports onnx (its `ml_dtypes` dependency alone costs ~0.6 s here) "
-        "and loads, checks and fingerprints the model and the data.",
+        "tensors), the rest session build and the four calibrators.",
+    )
+    notes.append(f"Load average (1 min) before / after this section: {load_before} / {load_average()}.")
+    return [*table, "", *(" ".join(notes),), ""], figures
+
+
+def measure(sizes: Sizes, workdir: Path, model: Path | None = None) -> tuple[list[str], list[Figure]]:
+    """Every figure on the ResNet-style network, or on ``model`` (an ONNX file with one image input
+    ``[N, 3, H, W]``, fed generated images of ``sizes.size`` px; its width is not varied)."""
+    figures: list[Figure] = []
+    given = model is not None
+    if model is None:
+        model = resnet_style(workdir / "resnet.onnx", size=sizes.size, widths=sizes.widths)
+        label = f"ResNet-style {sizes.size} px"
+        described = f"ResNet-style, {sizes.size} px input, stage widths {'/'.join(map(str, sizes.widths))}"
+    else:
+        label = f"{model.name} {sizes.size} px"
+        described = f"{model} (not in this repository), generated {sizes.size} px images"
+        sizes = replace(sizes, width_scales=())
+    calib = image_inputs(sizes.samples, sizes.size)
+    evaluation = image_inputs(sizes.eval_samples, sizes.size, seed=2)
+    data = workdir / "calib.npy"
+    np.save(data, calib)
+    lines = [
+        f"Model: {described}, {sizes.samples} calibration samples, {sizes.eval_samples} evaluation "
+        "samples, batch 32 (calibration steps sized by activation memory).",
         "",
     ]
+
+    print("  speed: calibration", file=sys.stderr)
+    heading = "### Calibration against a bare FP32 pass over the same data"
+    section, found = calibration(model, label, calib, data, sizes, workdir, heading)
+    lines += section
+    figures += found
+    if sizes.realistic_widths and not given:
+        print("  speed: calibration, ResNet-18-shaped", file=sys.stderr)
+        widths = sizes.realistic_widths
+        realistic = resnet_style(workdir / "resnet18.onnx", size=sizes.size, widths=widths)
+        heading = (
+            f"### Calibration of a ResNet-18-shaped network (stage widths {'/'.join(map(str, widths))}, "
+            f"{sizes.size} px, {sizes.samples} samples) against a bare FP32 pass over the same data"
+        )
+        section, found = calibration(
+            realistic, f"ResNet-18-shaped {sizes.size} px", calib, data, sizes, workdir, heading
+        )
+        lines += section
+        figures += found
 
     print("  speed: growth with samples and width", file=sys.stderr)
     growth = [

@@ -72,6 +72,10 @@ def test_speed_benchmark_measures_every_figure_on_a_tiny_network(
     assert "reused from the cache: calibration table, FP32 outputs, INT8 outputs, diagnostics" in text
     for heading in ("### Calibration", "### A rerun that changes only the budget", "### Simulated INT8"):
         assert heading in text, heading
+    assert "### Calibration of a ResNet-18-shaped network" in text
+    assert sum("calibration in the loop" in f.what for f in figures) == 2  # the small and the realistic net
+    timing = bench_speed._TIMING_LINE.match("  pass in all      2.424 s  (data reading included)")
+    assert timing is not None and (timing["name"], timing["seconds"]) == ("pass in all", "2.424")
 
 
 def test_repair_benchmark_names_every_rung_of_its_fixes(
