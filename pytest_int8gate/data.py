@@ -271,7 +271,8 @@ def load_dataset(
     if is_loader_spec(text):
         chunks = _loader_chunks(text, model, search_path, timeout_s, report)
     else:
-        chunks = _file_chunks(Path(text), layout.data_view(model), role, max_samples)
+        # samples on axis 0 of the file's array (no sample axes): a .npy can be read a block of rows at once
+        chunks = _file_chunks(Path(text), layout.data_view(model), role, max_samples, blocks=layout.trivial)
     report(f"reading {role} data {text}")
     return _scan(
         layout.sample_first(chunks, text),
@@ -295,7 +296,11 @@ def _too_many(source: str, what: str, max_samples: int) -> str:
     )
 
 
-def _file_chunks(path: Path, model: ModelInfo, role: str, max_samples: int) -> Callable[[], Iterator[Feeds]]:
+def _file_chunks(
+    path: Path, model: ModelInfo, role: str, max_samples: int, *, blocks: bool = False
+) -> Callable[[], Iterator[Feeds]]:
+    """The arrays of a .npz/.npy file or a folder of them, a file at a time; with ``blocks`` a .npy for a
+    model of one input is read :data:`_READ_BLOCK_BYTES` of rows at a time (memory flat in its size)."""
     try:
         if path.is_dir():
             files = sorted(p for p in path.iterdir() if p.suffix in (".npz", ".npy") and p.is_file())
@@ -316,9 +321,57 @@ def _file_chunks(path: Path, model: ModelInfo, role: str, max_samples: int) -> C
 
     def chunks() -> Iterator[Feeds]:
         for file in files:
-            yield _read_array_file(file, model, max_samples)
+            if blocks and file.suffix == ".npy" and len(model.inputs) == 1:
+                yield from _npy_row_blocks(file, model.inputs[0].name, max_samples)
+            else:
+                yield _read_array_file(file, model, max_samples)
 
     return chunks
+
+
+#: Bytes of rows read at once from a .npy (a multiple of nothing in particular: batches are regrouped).
+_READ_BLOCK_BYTES = 1 << 25
+
+
+def _npy_row_blocks(path: Path, name: str, max_rows: int) -> Iterator[Feeds]:
+    """A ``.npy``'s array under ``name``, in blocks of rows of about :data:`_READ_BLOCK_BYTES` (read whole
+    when it is 0-d, empty or in Fortran order), checked as :func:`read_numpy_file` checks it."""
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        raise _numpy_file_error(path, exc) from exc
+    with handle:
+        try:
+            if handle.read(6) != b"\x93NUMPY":
+                raise DataError(f"{path}: not a readable numpy file (no .npy header).")
+            handle.seek(0)
+            shape, fortran, dtype = _check_npy_header(
+                handle, os.fstat(handle.fileno()).st_size, path, "", max_rows
+            )
+            whole = fortran or not shape or shape[0] == 0
+            if whole:
+                handle.seek(0)
+                array = np.lib.format.read_array(handle, allow_pickle=False)
+        except DataError:
+            raise
+        except Exception as exc:
+            raise _numpy_file_error(path, exc) from exc
+        if whole:
+            yield {name: array}
+            return
+        row_shape = tuple(shape[1:])
+        row_bytes = max(math.prod(row_shape) * dtype.itemsize, 1)
+        rows = max(_READ_BLOCK_BYTES // row_bytes, 1)
+        for start in range(0, shape[0], rows):
+            count = min(rows, shape[0] - start)
+            try:
+                block = np.empty((count, *row_shape), dtype=dtype)
+                read = handle.readinto(block.reshape(-1).view(np.uint8).data)
+            except Exception as exc:
+                raise _numpy_file_error(path, exc) from exc
+            if read != block.nbytes:
+                raise DataError(f"{path}: the file ended early; it changed while it was read.")
+            yield {name: block}
 
 
 def read_numpy_file(path: Path, *, max_rows: int | None = None) -> dict[str, np.ndarray]:
@@ -343,21 +396,31 @@ def read_numpy_file(path: Path, *, max_rows: int | None = None) -> dict[str, np.
                 return _read_npz(archive, path, os.fstat(handle.fileno()).st_size, max_rows)
     except DataError:
         raise
-    except MemoryError as exc:
-        raise DataError(f"{path}: does not fit in memory; give fewer samples per file.") from exc
-    except ValueError as exc:
-        if "Object arrays cannot be loaded" in str(exc):
-            raise DataError(f"{path}: holds pickled objects, which are refused; save plain arrays.") from exc
-        header = re.search(r"Header info length \((\d+)\) is large", str(exc))
-        if header:
-            raise DataError(
-                f"{path}: not a readable numpy file (its header is {header.group(1)} bytes, more than numpy "
-                "reads safely)."
-            ) from exc
-        raise DataError(f"{path}: not a readable numpy file ({bounded_text(str(exc))}).") from exc
-    except (OSError, EOFError, zipfile.BadZipFile, NotImplementedError, RuntimeError) as exc:
-        # RuntimeError: an encrypted member; NotImplementedError: an unknown compression method
-        raise DataError(f"{path}: not a readable numpy file ({bounded_text(str(exc))}).") from exc
+    except (
+        MemoryError,
+        ValueError,
+        OSError,
+        EOFError,
+        zipfile.BadZipFile,
+        NotImplementedError,  # an unknown compression method
+        RuntimeError,  # an encrypted member
+    ) as exc:
+        raise _numpy_file_error(path, exc) from exc
+
+
+def _numpy_file_error(path: Path, exc: BaseException) -> DataError:
+    """One sentence for what reading a numpy file raised."""
+    if isinstance(exc, MemoryError):
+        return DataError(f"{path}: does not fit in memory; give fewer samples per file.")
+    if isinstance(exc, ValueError) and "Object arrays cannot be loaded" in str(exc):
+        return DataError(f"{path}: holds pickled objects, which are refused; save plain arrays.")
+    header = re.search(r"Header info length \((\d+)\) is large", str(exc))
+    if isinstance(exc, ValueError) and header:
+        return DataError(
+            f"{path}: not a readable numpy file (its header is {header.group(1)} bytes, more than numpy "
+            "reads safely)."
+        )
+    return DataError(f"{path}: not a readable numpy file ({bounded_text(str(exc))}).")
 
 
 def _read_npz(
@@ -396,14 +459,17 @@ def _read_npz(
     return arrays
 
 
-def _check_npy_header(stream: IO[bytes], size: int, path: Path, key: str, max_rows: int | None) -> None:
+def _check_npy_header(
+    stream: IO[bytes], size: int, path: Path, key: str, max_rows: int | None
+) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
     """Read a ``.npy`` header from ``stream`` (``size`` bytes with the header) and refuse what cannot be
-    read honestly: pickled objects, a payload larger than the bytes present, more than ``max_rows``."""
+    read honestly: pickled objects, a payload larger than the bytes present, more than ``max_rows``.
+    Returns the shape, whether the data is in Fortran order, and the dtype; ``stream`` is left at the data."""
     version = np.lib.format.read_magic(stream)
     if version == (1, 0):
-        shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
     else:  # 2.0 and 3.0 share the layout (3.0 only allows utf-8 in the header text)
-        shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
     array = f"array {bounded_repr(key)}" if key else "the array"
     if dtype.hasobject:
         raise DataError(f"{path}: holds pickled objects, which are refused; save plain arrays.")
@@ -416,6 +482,7 @@ def _check_npy_header(stream: IO[bytes], size: int, path: Path, key: str, max_ro
         )
     if max_rows is not None and shape and shape[0] > max_rows:
         raise DataError(_too_many(str(path), f"{array} holds {shape[0]} samples,", max_rows))
+    return tuple(shape), bool(fortran), dtype
 
 
 def _bytes_text(count: int) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import tracemalloc
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
+from pytest_int8gate import data as data_module
 from pytest_int8gate.data import (
     DEFAULT_BATCH_SIZE,
     Dataset,
@@ -451,3 +453,46 @@ def test_corrupt_labels_files_are_data_errors(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"labels\.npy: not a (readable )?numpy") as info:
         load_labels(tmp_path / "labels.npy", 2)
     assert "pickle" not in str(info.value)
+
+
+# ---- a large .npy is read a block of rows at a time -----------------------------------------------------
+
+
+def test_a_npy_is_read_a_block_of_rows_at_a_time(
+    tmp_path: Path, single: ModelInfo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(data_module, "_READ_BLOCK_BYTES", 3 * 3 * 2 * 4)  # three samples of [3, 2] float32
+    np.save(tmp_path / "x.npy", samples(10))
+    dataset = load_dataset(tmp_path / "x.npy", single)
+    assert [chunk["x"].shape[0] for chunk in dataset.chunks()] == [3, 3, 3, 1]
+    assert dataset.num_samples == 10 and dataset.distinct_samples == 10
+    for batch_size, sizes in {1: [1] * 10, 4: [4, 4, 2], 64: [10]}.items():
+        batches = collect(dataset, batch_size)
+        assert [b.shape[0] for b in batches] == sizes, batch_size
+        np.testing.assert_array_equal(np.concatenate(batches), samples(10))
+    # a Fortran-order array is read whole, with the same samples
+    np.save(tmp_path / "f.npy", np.asfortranarray(samples(10)))
+    fortran = load_dataset(tmp_path / "f.npy", single)
+    assert [chunk["x"].shape[0] for chunk in fortran.chunks()] == [10]
+    np.testing.assert_array_equal(np.concatenate(collect(fortran, 4)), samples(10))
+    # the file cut short after it was checked: the next pass says so in one sentence
+    path = tmp_path / "x.npy"
+    path.write_bytes(path.read_bytes()[:-4])
+    with pytest.raises(DataError, match=r"x\.npy: .*(truncated|changed)"):
+        collect(dataset, 4)
+
+
+def test_reading_a_npy_keeps_memory_flat_in_its_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(data_module, "_READ_BLOCK_BYTES", 1 << 20)
+    images = np.random.default_rng(3).standard_normal((256, 16, 32, 32)).astype(np.float32)  # 16 MiB
+    np.save(tmp_path / "images.npy", images)
+    info = identity_model({"x": ["N", 16, 32, 32]})
+    tracemalloc.start()
+    dataset = load_dataset(tmp_path / "images.npy", info)
+    count = sum(batch["x"].shape[0] for batch in dataset.batches(8))
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert count == 256 and dataset.distinct_samples == 256
+    assert peak < images.nbytes / 4, peak
