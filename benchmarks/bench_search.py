@@ -24,10 +24,10 @@ import math
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
 from _common import ROOT, environment_lines
 
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
@@ -37,6 +37,7 @@ from planted import (  # noqa: E402
     chain_weights,
     inputs,
     layer_name,
+    mild_ranges,
     plant,
     route_spike,
     save_chain,
@@ -90,15 +91,6 @@ def planted_case(n_layers: int, k: int) -> Case:
         inputs(EVAL_SAMPLES, seed=2),
         positions,
     )
-
-
-def mild_ranges(n_layers: int, seed: int, skip: set[int]) -> list[Dense]:
-    rng = np.random.default_rng(seed)
-    weights = chain_weights(n_layers, seed=seed)
-    for index in range(1, n_layers):
-        if index not in skip:
-            weights = plant(weights, index, factor=float(rng.uniform(4, 12)), channel=int(rng.integers(1, 8)))
-    return weights
 
 
 def spread_case(n_layers: int) -> Case:
@@ -196,14 +188,18 @@ def cases(smoke: bool) -> list[Case]:
     return found
 
 
-def measure(smoke: bool, workdir: Path) -> list[Run]:
+def measure(
+    smoke: bool, workdir: Path, families: Sequence[str] = (), strategies: Sequence[str] = STRATEGIES
+) -> list[Run]:
     runs = []
     for case in cases(smoke):
+        if families and case.family not in families:
+            continue
         print(f"  search: {case.name}", file=sys.stderr)
         if case.budget is None:
             model = save_chain(case.weights, workdir / f"{case.family}_{case.n_layers}_budget.onnx")
             case = replace(case, budget=tightened(case, model))
-        runs += [run_case(case, workdir, strategy) for strategy in STRATEGIES]
+        runs += [run_case(case, workdir, strategy) for strategy in strategies]
     return runs
 
 
@@ -274,10 +270,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="one tiny case per family")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "search.md")
+    parser.add_argument("--family", action="append", default=[], help="only this family (repeatable)")
+    parser.add_argument(
+        "--strategy", action="append", default=[], help="only this strategy (repeatable; not written)"
+    )
     args = parser.parse_args()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        runs = measure(args.smoke, Path(tmp))
+        runs = measure(args.smoke, Path(tmp), args.family, args.strategy or STRATEGIES)
+    if args.family or args.strategy:
+        print("\n".join([*summary(runs), "", table(runs)]))
+        return
     text = "\n".join(
         [
             "# Search benchmark: adaptive vs binary-only vs linear",

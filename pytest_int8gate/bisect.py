@@ -43,7 +43,10 @@ search subset, which the search never saw; a plan that misses the budget on eith
 never as a fix ("did not generalise" when it fails only on the unseen samples). At the evaluation cap, the
 best plan measured so far is verified and reported instead of nothing.
 Per-layer sensitivity (SQNR of each layer's own output when only its inputs and weights are
-quantized, sensitivity.py) comes from one extra pass over the subset.
+quantized, sensitivity.py) comes from one extra pass over the subset. The ``adaptive`` strategy reads it
+(:func:`choose_walk`): a few layers far below the others that carry most of the predicted INT8 noise are
+strong culprits, walked by ``binary`` in sensitivity order; otherwise the error is spread thin, and the fix
+is the shortest passing prefix of ranked entries (ranked.py), INT8-preserving entries first.
 """
 
 from __future__ import annotations
@@ -58,13 +61,31 @@ import numpy as np
 
 from .choices import CALIBRATORS
 from .choices import STRATEGIES as STRATEGIES  # the names; this path stays importable
-from .equalize import fp32_difference
+from .equalize import EqualizationPair, fp32_difference
 from .evaluate import Comparison
 from .gate import MetricResult
 from .graph import COMPUTE_OPS, Layer
-from .ladder import CALIBRATOR_ORDER, CalibratorRung, RepairLadder, Rung, plan_with, rung_of
+from .ladder import (
+    CALIBRATOR_ORDER,
+    CalibratorRung,
+    RepairLadder,
+    Rung,
+    equalization_candidates,
+    plan_with,
+    rung_of,
+)
 from .placement import model_macs
 from .quantize import QuantPlan
+from .ranked import (
+    CULPRIT_NOISE_SHARE,
+    RankedEntry,
+    applied,
+    culprit_noise_share,
+    prefix_plan,
+    rank_entries,
+    shortest_accepted_prefix,
+    spread_budget,
+)
 from .repair import FP32_TOLERANCE
 
 # the report types live in results.py; these paths stay importable
@@ -110,11 +131,32 @@ class Probe:
     margin: float  # >= 0 passes; the budget's tightest normalised slack
     passed: bool
     metrics: tuple[tuple[str, float], ...] = ()  # the budget's metrics as measured (drops as drops)
+    #: The standard error of the margin from the samples measured (the largest over the budget's metrics,
+    #: in the margin's units); 0 when no metric tells it.
+    stderr: float = 0.0
 
 
-def probe_of(quantized: int, results: Sequence[MetricResult]) -> Probe:
+def probe_of(quantized: int, results: Sequence[MetricResult], comparison: Comparison | None = None) -> Probe:
     metrics = tuple((r.key, r.observed) for r in results)
-    return Probe(quantized, margin_of(results), all(r.passed for r in results), metrics)
+    stderr = 0.0 if comparison is None else standard_error(results, comparison)
+    return Probe(quantized, margin_of(results), all(r.passed for r in results), metrics, stderr)
+
+
+def standard_error(results: Sequence[MetricResult], comparison: Comparison) -> float:
+    """The largest standard error among the judged metrics, normalised as :func:`margin_of` normalises the
+    slack: per-sample cosines' spread for cosine, the 95 % interval's half-width for the rates and drops
+    that have one; the others (errors over the whole set) have none here."""
+    errors = [0.0]
+    for r in results:
+        scale = max(abs(r.limit), 1e-6) if r.name in ("sqnr_db", "max_abs_error") else 1.0
+        if r.name == "cosine":
+            output = comparison.output(r.output) if r.output else comparison.primary
+            cosines = output.per_sample_cosine
+            if cosines.size > 1:
+                errors.append(float(np.std(cosines, ddof=1)) / math.sqrt(cosines.size) / scale)
+        elif r.ci95 is not None:
+            errors.append((r.ci95[1] - r.ci95[0]) / (2 * 1.96) / scale)
+    return max(errors)
 
 
 def margin_of(results: Sequence[MetricResult]) -> float:
@@ -379,9 +421,10 @@ class SubsetOracle:
 
     def measure(self, plan: QuantPlan) -> Probe:
         """``plan`` judged on the subset (one evaluation), remembered."""
-        results = self.evaluator.judge(plan)
+        comparison = self.evaluator.compare(plan)
+        results = self.evaluator.parent.judge(comparison)
         key = self.key(plan)
-        probe = probe_of(len(key[0]), results)  # type: ignore[arg-type]
+        probe = probe_of(len(key[0]), results, comparison)  # type: ignore[arg-type]
         self.measured[key] = probe
         return probe
 
@@ -486,15 +529,29 @@ def choose_walk(sqnr: Sequence[float]) -> AdaptiveWalk:
     median = float(np.median([_finite(v) for v in sqnr]))
     outliers = [i for i in range(n) if _finite(sqnr[i]) < median - OUTLIER_DB]
     few = max(3, n // 8)
-    if 1 <= len(outliers) <= few:
+    share = culprit_noise_share(sqnr, outliers)
+    if 1 <= len(outliers) <= few and share >= CULPRIT_NOISE_SHARE:
         return AdaptiveWalk(
             "culprits",
             order,
             f"adaptive search: {len(outliers)} of {n} layers' own SQNR is over {OUTLIER_DB:g} dB below the "
-            f"median ({median:.1f} dB): few strong culprits, binary search adding the worst layers last",
+            f"median ({median:.1f} dB) and carries {share:.0%} of the predicted INT8 noise: few strong "
+            "culprits, binary search adding the worst layers last",
             len(outliers),
         )
-    spread = "no layer stands out" if not outliers else f"{len(outliers)} layers stand out"
+    one = len(outliers) == 1
+    spread = (
+        "no layer stands out"
+        if not outliers
+        else "1 layer stands out"
+        if one
+        else f"{len(outliers)} layers stand out"
+    )
+    if 1 <= len(outliers) <= few:
+        spread += (
+            f" but {'carries' if one else 'carry'} only {share:.0%} of the predicted INT8 noise (keeping "
+            f"{'it' if one else 'them'} in float would not close most of the gap)"
+        )
     return AdaptiveWalk(
         "spread",
         order,
@@ -585,6 +642,9 @@ def bisect_failure(context: GateContext, evaluator: PlanEvaluator, failing: Comp
                 "set; evaluate on more samples"
             )
     verifier = Verifier(context, evaluator, oracle.subset_size)
+    # the margin a subset pass needs before the walk accepts it: the subset's sampling error against the
+    # samples it never sees (one standard error of the difference, per unit of the probe's own error)
+    holdout = 0.0 if verifier.unseen is None else math.sqrt(1 + oracle.subset_size / verifier.unseen.size)
     if verifier.unseen is None and not unresolvable:
         notes.append(
             f"nothing held out: the search used all {context.eval_data.num_samples} evaluation samples, so "
@@ -658,6 +718,35 @@ def bisect_failure(context: GateContext, evaluator: PlanEvaluator, failing: Comp
         strategy = "binary"
         # The repairs the sensitivity table predicts, a calibrator for the model and a few overrides,
         # each set evaluated in one go (at most two sets when error is spread thin, one otherwise).
+        if walk.mode == "spread" and len(candidates) > SPREAD_MIN_LAYERS:
+            spread = _spread_walk(
+                context,
+                oracle,
+                verifier,
+                table,
+                base,
+                start_probe,
+                clock,
+                candidates,
+                holdout,
+                spent=baseline_evaluations + global_evaluations,
+            )
+            notes.extend(spread.notes)
+            if spread.fix is not None:
+                notes.extend(verifier.generalisation_notes(spread.fix))
+            return report(
+                search_evaluations=spread.search_evaluations,
+                offenders=spread.offenders,
+                fix=spread.fix,
+                notes=tuple(notes),
+                verification_evaluations=verifier.evaluations,
+                global_evaluations=global_evaluations,
+                pruning_evaluations=spread.pruning_evaluations,
+                pruned=spread.pruned,
+                walk=walk_mode,
+                stopped_by=clock.stopped_by,
+                duration_s=time.perf_counter() - started,
+            )
         limit = math.ceil(math.log2(max(len(candidates), 2))) + 1
         names = [layer.name for layer in candidates]
         tries = predicted_repairs(table, names, base, limit)[: 2 if walk.mode == "spread" else 1]
@@ -729,11 +818,11 @@ def bisect_failure(context: GateContext, evaluator: PlanEvaluator, failing: Comp
 
         return ladder.climb(oracle.layers[index].name, attempt)
 
-    # Adaptive: spread thin from the start, or once the walk meets more offenders than layers stood out
+    # Adaptive culprit walk: spread thin after all once it meets more offenders than layers stood out
     # (a handful of layers is walked one by one: floating "the rest" saves nothing there).
     spread_after = None
-    if walk_mode and len(candidates) > SPREAD_MIN_LAYERS:
-        spread_after = 0 if walk_mode == "spread" else 2 * walk.outliers + 1
+    if walk_mode == "culprits" and len(candidates) > SPREAD_MIN_LAYERS:
+        spread_after = 2 * walk.outliers + 1
     n = len(candidates)
     if unresolvable:
         state: SearchState[Rung] = SearchState()
@@ -857,6 +946,179 @@ def bisect_failure(context: GateContext, evaluator: PlanEvaluator, failing: Comp
         walk=walk_mode,
         stopped_by=clock.stopped_by,
     )
+
+
+@dataclass
+class SpreadOutcome:
+    """What the spread walk found: the fix (verified), its entries as report rows, and its evaluations."""
+
+    fix: VerifiedFix | None
+    offenders: tuple[OffendingLayer, ...]
+    search_evaluations: int
+    pruning_evaluations: int = 0
+    pruned: tuple[str, ...] = ()
+    notes: list[str] = field(default_factory=list)
+
+
+def _spread_walk(
+    context: GateContext,
+    oracle: SubsetOracle,
+    verifier: Verifier,
+    table: SensitivityTable,
+    base: QuantPlan,
+    start: Probe,
+    clock: SearchClock,
+    candidates: Sequence[Layer],
+    holdout: float,
+    *,
+    spent: int,
+) -> SpreadOutcome:
+    """Error spread thin: the shortest passing prefix of the ranked entries (ranked.py), by bisection,
+    accepted only with a margin of ``holdout`` times its standard error on the subset; then whole groups of
+    its entries are dropped while the walk's evaluation budget (:func:`spread_budget`, ``spent`` of it gone
+    before the walk) has room, and the fix is verified.
+
+    The shortest prefix that passes is, among the prefixes near the threshold, the one the subset's
+    sampling error flatters most: without that margin it tends to fail on the samples it never saw.
+    """
+    names = [layer.name for layer in candidates]
+    own = {name: _current_sqnr(table, context.plan, base, name) for name in names}
+    repairs = context.search.repairs
+    equalizable: list[str] = []
+    pairs = equalization_candidates(context.model) if RepairAction.EQUALIZE.value in repairs else {}
+    if pairs:
+        equalizable = [
+            n for n in names if isinstance(pairs.get(n), EqualizationPair) and n not in base.equalize
+        ]
+    entries = rank_entries(
+        table,
+        names,
+        base,
+        own,
+        calibrators=RepairAction.CALIBRATOR.value in repairs,
+        equalizable=equalizable,
+    )
+    overrides = sum(1 for e in entries if e.kind == "override")
+    outcome = SpreadOutcome(None, (), 0)
+    notes = outcome.notes
+    notes.append(
+        f"error spread thin: {overrides} calibrator overrides ranked by own-SQNR gain, then "
+        f"{len(equalizable)} layers equalized and the {len(names)} layers in float, each by own SQNR, worst "
+        f"first; the shortest passing prefix of these {len(entries)} entries is found by bisection (at most "
+        f"{math.ceil(math.log2(max(len(entries), 2)))} evaluations)"
+    )
+    if holdout > 0:
+        notes.append(
+            f"a prefix is accepted when it passes on the {oracle.subset_size} search samples with a margin "
+            "of at least the standard error of the difference from the samples the search never uses"
+        )
+
+    def accept(probe: Probe) -> bool:
+        return probe.passed and probe.margin >= holdout * probe.stderr
+
+    def measure(length: int) -> Probe | None:
+        plan = prefix_plan(base, entries[:length])
+        known = oracle.measured.get(oracle.key(plan))
+        if known is not None:
+            return known
+        if not clock.can_evaluate():
+            return None
+        last = entries[length - 1].text if length else "none"
+        context.progress(
+            "bisect", f"trying the first {length} of {len(entries)} ranked entries (up to {last})"
+        )
+        probe = oracle.measure(plan)
+        clock.spent += 1
+        outcome.search_evaluations += 1
+        context.progress("bisect", f"{length} ranked entries: {'pass' if accept(probe) else 'fail'}")
+        return probe
+
+    search = shortest_accepted_prefix(len(entries), measure, accept)
+    if search.stopped:
+        notes.append(
+            f"the ranked search stopped at {clock.limit_text()} ({clock.stopped_by}); the shortest prefix "
+            f"accepted so far ({search.length} of {len(entries)} entries) is verified"
+        )
+    chosen = applied(entries[: search.length])
+    plan = prefix_plan(base, chosen)
+    # Group drops, while the budget leaves room for them and the one verification (two evaluations).
+    room = spread_budget(len(names)) - spent - outcome.search_evaluations - 2
+    kinds = {e.kind for e in chosen}
+    drops: list[tuple[str, list[RankedEntry], QuantPlan]] = []
+    if "override" in kinds and len(kinds) > 1:
+        rest = [e for e in chosen if e.kind != "override"]
+        drops.append(("the calibrator overrides", rest, prefix_plan(base, rest)))
+    if base.calibrator != context.plan.calibrator:
+        drops.append(
+            (
+                f"calibrator {base.calibrator} for the whole model",
+                chosen,
+                prefix_plan(replace(base, calibrator=context.plan.calibrator), chosen),
+            )
+        )
+    unpruned, dropped = plan, []
+    for label, rest, candidate in drops:
+        if room <= 0:
+            break
+        known = oracle.measured.get(oracle.key(candidate))
+        if known is None:
+            if not clock.can_evaluate():
+                break
+            context.progress("bisect", f"trying the fix without {label}")
+            known = oracle.measure(candidate)
+            clock.spent += 1
+            outcome.pruning_evaluations += 1
+            room -= 1
+        if accept(known):
+            chosen, plan = rest, candidate
+            dropped.append(label)
+    outcome.fix = verifier.verify(plan)
+    if dropped:
+        outcome.pruned = tuple(dropped)
+        if outcome.fix.passed:
+            notes.append(
+                f"dropped {' and '.join(dropped)}, which the fix does not need: the smaller fix is verified"
+            )
+        else:
+            notes.append(
+                f"without {' and '.join(dropped)} the fix met the budget on the {oracle.subset_size} search "
+                f"samples but not {verifier.where_failed(outcome.fix)}; they are kept"
+            )
+            outcome.pruned = ()
+            chosen = applied(entries[: search.length])
+            plan = unpruned
+            outcome.fix = verifier.verify(plan)
+    by_name = {layer.name: layer for layer in candidates}
+    producers = {n: p.producer for n, p in pairs.items() if isinstance(p, EqualizationPair)}
+    rows = []
+    for entry in chosen:
+        layer = by_name[entry.name]
+        if entry.kind == "override":
+            why = (
+                f"ranked by own SQNR: {entry.before:.1f} dB with {base.calibrator_for(entry.name)}, "
+                f"{entry.after:.1f} dB with {entry.calibrator}"
+            )
+        else:
+            why = f"ranked by own SQNR: {entry.before:.1f} dB in INT8"
+        action = {
+            "override": RepairAction.CALIBRATOR,
+            "equalize": RepairAction.EQUALIZE,
+            "exclude": RepairAction.FLOAT,
+        }[entry.kind]
+        rows.append(
+            OffendingLayer(
+                index=layer.index,
+                name=layer.name,
+                op_type=layer.op_type,
+                metrics=dict(start.metrics),
+                action=action,
+                calibrator=entry.calibrator,
+                producer=producers.get(entry.name) if entry.kind == "equalize" else None,
+                attempts=(why,),
+            )
+        )
+    outcome.offenders = tuple(sorted(rows, key=lambda o: o.index))
+    return outcome
 
 
 def _current_sqnr(table: SensitivityTable, spec: QuantPlan, base: QuantPlan, name: str) -> float:

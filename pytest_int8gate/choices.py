@@ -28,8 +28,8 @@ class RepairAction(str, enum.Enum):
 #: Calibrators whose amax a plan may ask for (the names a calibration table stores amax under).
 CALIBRATORS: tuple[str, ...] = ("entropy", "max", "mse", "percentile")
 #: How the search walks the quantized layers (see bisect.py): adaptive (sensitivity-ordered binary search
-#: for a few strong culprits, greedy INT8 repair when error is spread thin), binary (topological prefix
-#: bisection), linear (the seed method).
+#: for a few strong culprits, the shortest passing prefix of ranked entries when error is spread thin),
+#: binary (topological prefix bisection), linear (the seed method).
 STRATEGIES: tuple[str, ...] = ("adaptive", "binary", "linear")
 DEFAULT_STRATEGY = "adaptive"
 #: Rungs of the repair ladder a user may enable, in the order they are tried; float always comes last.

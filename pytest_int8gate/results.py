@@ -362,8 +362,8 @@ class BisectionReport:
     pruning_evaluations: int = 0
     #: The entries pruning dropped from the fix (e.g. "fc3 in float"), each measured, the result verified.
     pruned: tuple[str, ...] = ()
-    #: The adaptive strategy's walk: "culprits" (sensitivity-ordered binary search) or "spread" (greedy
-    #: INT8 repair of the worst layers first); "" for the binary and linear strategies.
+    #: The adaptive strategy's walk: "culprits" (sensitivity-ordered binary search) or "spread" (the
+    #: shortest passing prefix of ranked entries, INT8 ones first); "" for the binary and linear strategies.
     walk: str = ""
     #: The option that raises the limit that stopped the search ("" when none did).
     stopped_by: str = ""

@@ -10,7 +10,7 @@ larger than the rest, which therefore quantize to zero.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -77,6 +77,17 @@ def plant(weights: Sequence[Dense], layer_index: int, factor: float = 1e4, chann
     before.bias[channel] *= np.float32(factor)
     hostile.weight[:, channel] /= np.float32(factor)
     return planted
+
+
+def mild_ranges(n_layers: int, seed: int = 0, skip: Collection[int] = ()) -> list[Dense]:
+    """A chain whose every layer (from the second on, but ``skip``) has one input channel 4-12 times wider
+    than the rest (seeded :func:`plant`): no layer breaks a budget alone, the INT8 error is spread thin."""
+    rng = np.random.default_rng(seed)
+    weights = chain_weights(n_layers, seed=seed)
+    for index in range(1, n_layers):
+        if index not in skip:
+            weights = plant(weights, index, factor=float(rng.uniform(4, 12)), channel=int(rng.integers(1, 8)))
+    return weights
 
 
 def route_spike(

@@ -26,11 +26,24 @@ from pytest_int8gate.bisect import (
 )
 from pytest_int8gate.gate import Budget, GateVerdict
 from pytest_int8gate.pipeline import GatePipeline, GateSpec
+from pytest_int8gate.quantize import QuantPlan
+from pytest_int8gate.ranked import prefix_plan, rank_entries, shortest_accepted_prefix
 from pytest_int8gate.report import verdict_record
 from pytest_int8gate.results import BisectionReport
+from pytest_int8gate.sensitivity import SensitivityTable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from planted import Dense, chain_weights, inputs, layer_name, plant, route_spike, save_chain, spiky_inputs
+from planted import (
+    Dense,
+    chain_weights,
+    inputs,
+    layer_name,
+    mild_ranges,
+    plant,
+    route_spike,
+    save_chain,
+    spiky_inputs,
+)
 
 BUDGET = Budget({"cosine": 0.99})
 EVAL_SAMPLES = 256
@@ -262,3 +275,105 @@ def test_a_calibrator_override_predicted_by_own_sqnr_costs_one_search_evaluation
     # the benign twin: without the spec's override the same model passes, nothing to predict
     plain = GatePipeline(replace(spec, overrides={})).run()
     assert plain.passed and plain.bisection is None
+
+
+# ---- error spread thin: the shortest passing prefix of ranked entries ------------------------------
+
+
+def test_spread_error_gets_a_small_int8_fix_within_the_target_count_and_it_holds_on_unseen_samples(
+    tmp_path: Path,
+) -> None:
+    # Every layer's input has a mildly wide channel: no layer breaks the budget alone, no calibrator for
+    # the whole model passes (measured: entropy 0.979, the best), and the error accumulates over 16 layers.
+    model = save_chain(mild_ranges(16), tmp_path / "spread16.onnx")
+    spec = GateSpec(
+        model=model,
+        calib_data=inputs(2048, seed=1),
+        eval_data=inputs(512, seed=2),
+        budget=Budget({"cosine": 0.986}),
+        calibrator="entropy",
+        bisect_subset=128,
+        threads=1,
+        min_calib_samples=0,
+    )
+    verdict = GatePipeline(spec).run()
+    report = bisection(verdict)
+    assert report.walk == "spread"
+    fix = report.fix
+    assert fix is not None and fix.passed and fix.generalised is True and fix.unseen_samples == 384
+    assert fix.exclude == () and fix.int8_layers == 16 and fix.int8_mac_share == 1.0  # all INT8
+    assert 1 <= fix.entries <= 6  # measured 4
+    # global rungs, search, pruning and verification all count, and stay within 2 * ceil(log2 16) + 4
+    assert report.evaluations == verdict.evaluations - 1 <= 2 * 4 + 4
+    assert report.repair_evaluations == 0 and report.pruning_evaluations <= 2
+    # the report's rows are the fix's entries, each with why it was ranked where it was
+    rows = {o.name: o for o in report.offenders}
+    assert set(rows) == set(fix.overrides) | set(fix.equalize)
+    assert all(o.action != "float" and o.attempts[0].startswith("ranked by own SQNR") for o in rows.values())
+    # the benign twin: a budget the spec's plan meets is not searched
+    easy = GatePipeline(replace(spec, budget=Budget({"cosine": 0.97}))).run()
+    assert easy.passed and easy.bisection is None
+
+
+def test_the_shortest_accepted_prefix_costs_a_bisection() -> None:
+    for size in (5, 37, 70):
+        for shortest in (1, size // 3, size - 1, size):
+            measured: list[int] = []
+
+            def measure(length: int, measured: list[int] = measured) -> int:
+                measured.append(length)
+                return length
+
+            def accept(length: int, shortest: int = shortest) -> bool:
+                return length >= shortest
+
+            search = shortest_accepted_prefix(size, measure, accept)
+            assert search.length == shortest and not search.stopped
+            assert len(measured) <= math.ceil(math.log2(size))
+            assert all(length < size for length in measured)  # every entry applied: FP32, never measured
+    # stopped by a limit: the shortest length known to be accepted, never one that was not
+    calls: list[int] = []
+
+    def limited(length: int) -> int | None:
+        calls.append(length)
+        return length if len(calls) <= 2 else None
+
+    stopped = shortest_accepted_prefix(64, limited, lambda length: length >= 10)
+    assert stopped.stopped and stopped.length >= 10 and stopped.length in (*calls, 64)
+
+
+def test_entries_are_ranked_int8_first_by_predicted_gain_then_float_by_own_sqnr() -> None:
+    table = SensitivityTable(
+        (),
+        {
+            "a": {"entropy": 20.0, "percentile": 29.0},  # +9 dB with percentile
+            "b": {"entropy": 15.0, "percentile": 15.5},  # +0.5 dB: not worth an entry
+            "c": {"entropy": 25.0, "mse": 28.0},  # +3 dB with mse
+        },
+    )
+    own = {"a": 20.0, "b": 15.0, "c": 25.0}
+    entries = rank_entries(table, ["a", "b", "c"], QuantPlan(), own, equalizable=["c", "b"])
+    assert [e.text for e in entries] == [
+        "a with calibrator percentile",
+        "c with calibrator mse",
+        "b equalized",
+        "c equalized",
+        "b in float",
+        "c in float",  # 28 dB with its override
+        "a in float",  # 29 dB with its override
+    ]
+    # a prefix floating a layer drops that layer's INT8 repairs
+    plan = prefix_plan(QuantPlan(), entries[:6])
+    assert plan.exclude == {"b", "c"} and plan.overrides == {"a": "percentile"} and plan.equalize == set()
+    # with the calibrator rung disabled, no override is ranked
+    plain = rank_entries(table, ["a", "b", "c"], QuantPlan(), own, calibrators=False)
+    assert all(e.kind != "override" for e in plain)
+
+
+def test_one_outlier_among_many_layers_does_not_send_the_walk_after_culprits() -> None:
+    # One layer 16 dB below 60 others: it stands out, but floating it would remove only 40 % of the noise.
+    many = choose_walk([30.0] * 60 + [14.0])
+    assert many.mode == "spread" and "carries only 40%" in many.note
+    # the benign twin: the same outlier among 8 layers carries most of the noise, a culprit walk
+    few = choose_walk([30.0] * 8 + [14.0])
+    assert few.mode == "culprits" and "carries 83%" in few.note

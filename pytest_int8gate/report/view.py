@@ -320,7 +320,7 @@ def _repair_text(
 
 _WALKS = {
     "culprits": "few strong culprits: sensitivity-ordered bisection",
-    "spread": "error spread thin: greedy INT8 repair first",
+    "spread": "error spread thin: shortest passing prefix of ranked entries, INT8 first",
 }
 
 
