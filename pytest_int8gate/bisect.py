@@ -718,6 +718,7 @@ def bisect_failure(context: GateContext, evaluator: PlanEvaluator, failing: Comp
         strategy = "binary"
         # The repairs the sensitivity table predicts, a calibrator for the model and a few overrides,
         # each set evaluated in one go (at most two sets when error is spread thin, one otherwise).
+        spread = None
         if walk.mode == "spread" and len(candidates) > SPREAD_MIN_LAYERS:
             spread = _spread_walk(
                 context,
@@ -731,6 +732,7 @@ def bisect_failure(context: GateContext, evaluator: PlanEvaluator, failing: Comp
                 holdout,
                 spent=baseline_evaluations + global_evaluations,
             )
+        if spread is not None:
             notes.extend(spread.notes)
             if spread.fix is not None:
                 notes.extend(verifier.generalisation_notes(spread.fix))
@@ -818,11 +820,11 @@ def bisect_failure(context: GateContext, evaluator: PlanEvaluator, failing: Comp
 
         return ladder.climb(oracle.layers[index].name, attempt)
 
-    # Adaptive culprit walk: spread thin after all once it meets more offenders than layers stood out
-    # (a handful of layers is walked one by one: floating "the rest" saves nothing there).
+    # Adaptive: spread thin with no INT8 entry to rank, or once the culprit walk meets more offenders than
+    # layers stood out (a handful of layers is walked one by one: floating "the rest" saves nothing there).
     spread_after = None
-    if walk_mode == "culprits" and len(candidates) > SPREAD_MIN_LAYERS:
-        spread_after = 2 * walk.outliers + 1
+    if walk_mode and len(candidates) > SPREAD_MIN_LAYERS:
+        spread_after = 0 if walk_mode == "spread" else 2 * walk.outliers + 1
     n = len(candidates)
     if unresolvable:
         state: SearchState[Rung] = SearchState()
@@ -972,11 +974,13 @@ def _spread_walk(
     holdout: float,
     *,
     spent: int,
-) -> SpreadOutcome:
+) -> SpreadOutcome | None:
     """Error spread thin: the shortest passing prefix of the ranked entries (ranked.py), by bisection,
     accepted only with a margin of ``holdout`` times its standard error on the subset; then whole groups of
     its entries are dropped while the walk's evaluation budget (:func:`spread_budget`, ``spent`` of it gone
-    before the walk) has room, and the fix is verified.
+    before the walk) has room, and the fix is verified. None when no INT8-preserving entry can be ranked
+    (a given Q/DQ model, the calibrator and equalization rungs disabled): the layers' own SQNR alone may not
+    see what breaks the budget (a given model's pairs after a layer), and the walk by bisection does.
 
     The shortest prefix that passes is, among the prefixes near the threshold, the one the subset's
     sampling error flatters most: without that margin it tends to fail on the samples it never saw.
@@ -998,6 +1002,8 @@ def _spread_walk(
         calibrators=RepairAction.CALIBRATOR.value in repairs,
         equalizable=equalizable,
     )
+    if all(e.kind == "exclude" for e in entries):
+        return None
     overrides = sum(1 for e in entries if e.kind == "override")
     outcome = SpreadOutcome(None, (), 0)
     notes = outcome.notes
@@ -1039,6 +1045,16 @@ def _spread_walk(
             f"the ranked search stopped at {clock.limit_text()} ({clock.stopped_by}); the shortest prefix "
             f"accepted so far ({search.length} of {len(entries)} entries) is verified"
         )
+    if search.length not in search.probes:
+        # nothing measured was accepted: the margin asks more than the subset can show (a rate on few
+        # samples); the shortest prefix that passed at all is verified, the verification tells
+        plain = [length for length, probe in search.probes.items() if probe.passed]
+        if plain:
+            search.length = min(plain)
+            notes.append(
+                f"no prefix passed on the {oracle.subset_size} search samples by a standard error; the "
+                f"shortest that passed ({search.length} of {len(entries)} entries) is verified"
+            )
     chosen = applied(entries[: search.length])
     plan = prefix_plan(base, chosen)
     # Group drops, while the budget leaves room for them and the one verification (two evaluations).
