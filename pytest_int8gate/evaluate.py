@@ -29,6 +29,20 @@ from .results import OutputComparison
 #: A user KPI: (outputs [N, ...], labels or None) -> score, higher is better.
 KpiFunction = Callable[[np.ndarray, "np.ndarray | None"], float]
 
+#: Activation bytes one evaluation batch may reach, counted as every tensor the FP32 model's nodes produce
+#: (graph.activation_bytes: an engine reuses buffers and holds far less at once). Measured on the PP-OCRv4
+#: detector at 320 px (169 MB of such tensors per sample): batch 32 peaked at 2.2 GB with both engines,
+#: and batches of 1-8 run no slower than 32 on this CPU (conv nets and the SVTR recognizer alike).
+EVALUATION_ACTIVATION_BUDGET = 512 << 20
+
+
+def evaluation_batch_size(requested: int, activation_bytes_per_sample: int | None) -> int:
+    """Samples per evaluation batch: ``requested``, fewer when that many samples' activations would exceed
+    :data:`EVALUATION_ACTIVATION_BUDGET` (at least 1; ``requested`` when the activations are unknown)."""
+    if not activation_bytes_per_sample:
+        return requested
+    return max(1, min(requested, EVALUATION_ACTIVATION_BUDGET // activation_bytes_per_sample))
+
 
 def select_output(runner: Runner, output_name: str | None) -> str:
     names = runner.output_names

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -486,3 +486,55 @@ def add_graph_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.Mode
             )
         present.add(name)
     return exposed
+
+
+#: Initializers up to this size keep their values in the copy shape inference reads (shape operands of
+#: Reshape, Resize scales); larger ones are given by type and shape only (their values are never needed).
+_SHAPE_VALUE_BYTES = 4096
+
+
+def activation_bytes(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]]) -> int | None:
+    """Bytes of every tensor a node of ``model`` produces when its inputs have ``shapes`` (by name), by ONNX
+    shape inference: an upper bound of what an engine holds at once (engines reuse buffers). Tensors
+    whose shape stays unknown are not counted; None when shape inference fails or knows none."""
+    graph = onnx.GraphProto()
+    graph.node.extend(model.graph.node)
+    graph.output.extend(model.graph.output)
+    fed = {vi.name for vi in model.graph.input}
+    for value in model.graph.input:
+        typed = onnx.ValueInfoProto()
+        typed.CopyFrom(value)
+        if value.name in shapes and typed.type.HasField("tensor_type"):
+            dims = typed.type.tensor_type.shape.dim
+            del dims[:]
+            for size in shapes[value.name]:
+                dims.add().dim_value = int(size)
+        graph.input.append(typed)
+    for init in model.graph.initializer:
+        if init.name in fed:
+            continue
+        if init.data_location != onnx.TensorProto.EXTERNAL and init.ByteSize() <= _SHAPE_VALUE_BYTES:
+            graph.initializer.append(init)
+        else:
+            graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    light = onnx.helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(light, data_prop=True)
+    except Exception:  # a graph shape inference cannot handle: no estimate
+        return None
+    produced = {out for node in model.graph.node for out in node.output}
+    total = known = 0
+    for value in [*inferred.graph.value_info, *inferred.graph.output]:
+        tensor = value.type.tensor_type
+        if value.name not in produced or not tensor.HasField("shape") or not tensor.elem_type:
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim]
+        if any(d < 0 for d in dims):
+            continue
+        try:
+            itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).itemsize
+        except (KeyError, TypeError, ValueError):
+            continue
+        total += int(np.prod(dims, dtype=np.int64)) * itemsize
+        known += 1
+    return total if known else None

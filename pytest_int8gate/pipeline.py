@@ -40,6 +40,7 @@ from .data import (
     check_dataset,
     check_feeds,
     check_labels,
+    fixed_batch_size,
     load_dataset,
     load_labels,
     resolve_layout,
@@ -51,10 +52,10 @@ from .diagnostics import (
     result_diagnostics,
 )
 from .errors import ModelError, NonFiniteOutputError
-from .evaluate import KpiFunction
+from .evaluate import KpiFunction, evaluation_batch_size
 from .external_qdq import GivenQdq, contains_qdq, read_given_qdq
 from .gate import default_budget_text
-from .graph import LoadedModel, load_model
+from .graph import LoadedModel, activation_bytes, load_model
 from .outputs import EvaluationOutputs, OutputStore, StoredOutputs, file_digest
 from .placement import with_placement
 from .progress import counted_batches
@@ -287,7 +288,26 @@ class GatePipeline:
 
     @functools.cached_property
     def batch_size(self) -> int:
+        """Samples per batch the calibration data is read in (a model's fixed batch axis wins)."""
         return batch_size_for(self.model.info, self.spec.batch_size, self.layout)
+
+    @functools.cached_property
+    def activation_bytes_per_sample(self) -> int | None:
+        """Bytes of the tensors the FP32 engine's model produces for one evaluation sample (an estimate)."""
+        first = next(iter(self.eval_data.batches(1)), None)
+        if first is None:
+            return None
+        shapes = {name: np.shape(value) for name, value in first.items()}
+        return activation_bytes(self.reference_model.proto, shapes)
+
+    @functools.cached_property
+    def eval_batch_size(self) -> int:
+        """Samples per inference of the engines: :attr:`batch_size`, fewer when that many samples'
+        activations would take more memory than evaluate.EVALUATION_ACTIVATION_BUDGET (a fixed batch axis
+        is never changed)."""
+        if fixed_batch_size(self.model.info, self.layout) is not None:
+            return self.batch_size
+        return evaluation_batch_size(self.batch_size, self.activation_bytes_per_sample)
 
     @functools.cached_property
     def backend(self) -> Backend:
@@ -296,7 +316,7 @@ class GatePipeline:
             ort_mode=self.spec.ort_mode,
             threads=self.spec.threads,
             cache_dir=self.spec.cache_dir,
-            batch_size=self.batch_size,
+            batch_size=self.eval_batch_size,
         )
 
     @property
@@ -535,7 +555,7 @@ class GatePipeline:
             eval_data=self.eval_data,
             held_out=self.held_out,
             labels=self.labels,
-            batch_size=self.batch_size,
+            batch_size=self.eval_batch_size,
             threads=spec.threads,
             output=spec.output,
             backend=self.backend,
@@ -590,7 +610,7 @@ class GatePipeline:
             fp32_model_hash=self.reference_model.info.model_hash,  # the model the FP32 engine runs
             dataset=self.eval_data,
             outputs=outputs,
-            batch_size=self.batch_size,
+            batch_size=self.eval_batch_size,
             backend=self.backend.describe().as_dict(),
             hits=self.cache_hits,
         )
@@ -759,6 +779,12 @@ class GatePipeline:
             notes.append(self.rewritten(self.plan.equalize).deploy_note())
         if self.plan.smoothquant:
             notes.append(self.smoothed(self.plan).deploy_note())
+        if self.eval_batch_size < self.batch_size and self.activation_bytes_per_sample:
+            megabytes = self.activation_bytes_per_sample / 2**20
+            notes.append(
+                f"evaluated in batches of {self.eval_batch_size} samples, not {self.batch_size}: the model's "
+                f"tensors take ~{megabytes:.0f} MB per sample"
+            )
         if self.cache is not None:
             notes.extend(self.cache.notes)  # damaged cache entries that were found and rebuilt
         outputs = self.stored_outputs

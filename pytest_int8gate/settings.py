@@ -411,7 +411,8 @@ SETTINGS: tuple[Setting, ...] = (
         "batch_size",
         "int",
         DEFAULT_BATCH_SIZE,
-        "samples per inference (a model's fixed batch axis wins)",
+        "samples per inference at most (evaluation takes fewer when their activations would pass 512 MiB; "
+        "a model's fixed batch axis wins)",
         "--int8-batch-size",
         "int8_batch_size",
         "batch_size",
