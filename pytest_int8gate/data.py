@@ -329,7 +329,7 @@ def _file_chunks(
     return chunks
 
 
-#: Bytes of rows read at once from a .npy (a multiple of nothing in particular: batches are regrouped).
+#: Bytes of rows read at once from a .npy (at most; batches are regrouped across blocks).
 _READ_BLOCK_BYTES = 1 << 25
 
 
@@ -362,6 +362,8 @@ def _npy_row_blocks(path: Path, name: str, max_rows: int) -> Iterator[Feeds]:
         row_shape = tuple(shape[1:])
         row_bytes = max(math.prod(row_shape) * dtype.itemsize, 1)
         rows = max(_READ_BLOCK_BYTES // row_bytes, 1)
+        if rows > DEFAULT_BATCH_SIZE:  # whole default batches: they are then views of a block, not copies
+            rows -= rows % DEFAULT_BATCH_SIZE
         for start in range(0, shape[0], rows):
             count = min(rows, shape[0] - start)
             try:
