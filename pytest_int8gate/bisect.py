@@ -547,6 +547,7 @@ def choose_walk(sqnr: Sequence[float]) -> AdaptiveWalk:
         if one
         else f"{len(outliers)} layers stand out"
     )
+    spread += f" in own SQNR (median {median:.1f} dB over {n} layers)"
     if 1 <= len(outliers) <= few:
         spread += (
             f" but {'carries' if one else 'carry'} only {share:.0%} of the predicted INT8 noise (keeping "
@@ -555,8 +556,7 @@ def choose_walk(sqnr: Sequence[float]) -> AdaptiveWalk:
     return AdaptiveWalk(
         "spread",
         order,
-        f"adaptive search: {spread} in own SQNR (median {median:.1f} dB over {n} layers): error spread "
-        "thin, the INT8 repairs predicted by each layer's own SQNR first",
+        f"adaptive search: {spread}: error spread thin, INT8-preserving entries ranked by own SQNR first",
     )
 
 
