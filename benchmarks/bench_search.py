@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from _common import ROOT, environment_lines
+from _common import ROOT, Figure, environment_lines
 
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
@@ -266,6 +266,54 @@ def summary(runs: list[Run]) -> list[str]:
     return lines
 
 
+def figures(runs: list[Run]) -> list[Figure]:
+    """The summary rows of RESULTS.md: per model, the adaptive search against the linear scan, and whether it
+    meets the target (planted: named exactly within k*ceil(log2 N)+2 search evaluations; spread: a fix that
+    holds on the unseen samples within 2*ceil(log2 N)+4 evaluations in all)."""
+    by_case: dict[str, dict[str, Run]] = {}
+    for run in runs:
+        by_case.setdefault(run.case.name, {})[run.strategy] = run
+    found = []
+    for name, strategies in by_case.items():
+        adaptive, linear = strategies.get("adaptive"), strategies.get("linear")
+        if adaptive is None or linear is None:
+            continue
+        goal = target(adaptive)
+        if adaptive.case.planted:
+            found.append(
+                Figure(
+                    "8 search",
+                    f"adaptive search evaluations, {name}",
+                    adaptive.report.search_evaluations / linear.report.search_evaluations,
+                    f"linear ({linear.report.search_evaluations})",
+                    f"<= k*ceil(log2 N)+2 = {goal}, planted layers named exactly",
+                    adaptive.report.search_evaluations <= goal and adaptive.named_exactly is True,
+                )
+            )
+        else:
+            fix = adaptive.report.fix
+            found.append(
+                Figure(
+                    "8 search",
+                    f"adaptive evaluations in all, {name}",
+                    adaptive.report.evaluations / linear.report.evaluations,
+                    f"linear ({linear.report.evaluations})",
+                    f"<= 2*ceil(log2 N)+4 = {goal}, a fix that holds on unseen samples",
+                    adaptive.report.evaluations <= goal and fix is not None and fix.passed,
+                )
+            )
+    return found
+
+
+def figure_rows(found: list[Figure]) -> list[str]:
+    """``found`` as rows of RESULTS.md's summary table."""
+    return [
+        f"| {f.benchmark} | {f.what} | {f.ratio:.2f} | {f.baseline} | {f.target} | "
+        f"{'met' if f.met else '**not met**'} |"
+        for f in found
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="one tiny case per family")
@@ -297,6 +345,12 @@ def main() -> None:
             *summary(runs),
             "",
             table(runs),
+            "",
+            "Rows for RESULTS.md's summary table:",
+            "",
+            "| # | figure | ratio | against (same run) | target | met |",
+            "| --- | --- | ---: | --- | --- | --- |",
+            *figure_rows(figures(runs)),
             "",
         ]
     )

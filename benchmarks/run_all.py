@@ -413,35 +413,7 @@ def bisection_section(sizes: Sequence[int], repeats: int, workdir: Path, figures
 
 def search_section(smoke: bool, workdir: Path, figures: list[Figure]) -> list[str]:
     runs = bench_search.measure(smoke, workdir)
-    by_case: dict[str, dict[str, bench_search.Run]] = {}
-    for run_ in runs:
-        by_case.setdefault(run_.case.name, {})[run_.strategy] = run_
-    for name, strategies in by_case.items():
-        adaptive, linear = strategies["adaptive"], strategies["linear"]
-        target = bench_search.target(adaptive)
-        if adaptive.case.planted:
-            figures.append(
-                Figure(
-                    "8 search",
-                    f"adaptive search evaluations, {name}",
-                    adaptive.report.search_evaluations / linear.report.search_evaluations,
-                    f"linear ({linear.report.search_evaluations})",
-                    f"<= k*ceil(log2 N)+2 = {target}, planted layers named exactly",
-                    adaptive.report.search_evaluations <= target and adaptive.named_exactly is True,
-                )
-            )
-        else:
-            fix = adaptive.report.fix
-            figures.append(
-                Figure(
-                    "8 search",
-                    f"adaptive evaluations in all, {name}",
-                    adaptive.report.evaluations / linear.report.evaluations,
-                    f"linear ({linear.report.evaluations})",
-                    f"about 2*ceil(log2 N)+4 = {target}, verified fix",
-                    adaptive.report.evaluations <= target + 2 and fix is not None and fix.passed,
-                )
-            )
+    figures.extend(bench_search.figures(runs))
     return [
         "Adaptive (the default), binary-only and a linear scan on the same models and data "
         "(`bench_search.py`):",
