@@ -950,6 +950,13 @@ def bisect_failure(context: GateContext, evaluator: PlanEvaluator, failing: Comp
     )
 
 
+def clears_margin(probe: Probe, holdout: float) -> bool:
+    """Whether a subset pass is clear enough to accept: its margin is at least ``holdout`` standard errors
+    (``holdout`` = sqrt(1 + searched / unseen), the standard error of the subset-unseen difference per unit of
+    the subset's own; 0 when nothing is held out)."""
+    return probe.passed and probe.margin >= holdout * probe.stderr
+
+
 @dataclass
 class SpreadOutcome:
     """What the spread walk found: the fix (verified), its entries as report rows, and its evaluations."""
@@ -1020,7 +1027,7 @@ def _spread_walk(
         )
 
     def accept(probe: Probe) -> bool:
-        return probe.passed and probe.margin >= holdout * probe.stderr
+        return clears_margin(probe, holdout)
 
     def measure(length: int) -> Probe | None:
         plan = prefix_plan(base, entries[:length])

@@ -22,7 +22,10 @@ from pytest_int8gate.bisect import (
     Verifier,
     _candidate_layers,
     choose_walk,
+    clears_margin,
     find_offenders,
+    probe_of,
+    standard_error,
 )
 from pytest_int8gate.gate import Budget, GateVerdict
 from pytest_int8gate.pipeline import GatePipeline, GateSpec
@@ -377,3 +380,25 @@ def test_one_outlier_among_many_layers_does_not_send_the_walk_after_culprits() -
     # the benign twin: the same outlier among 8 layers carries most of the noise, a culprit walk
     few = choose_walk([30.0] * 8 + [14.0])
     assert few.mode == "culprits" and "carries 83%" in few.note
+
+
+def test_a_subset_pass_is_accepted_only_by_a_standard_error_of_margin(tmp_path: Path) -> None:
+    pipeline = GatePipeline(spec_for(planted_model(tmp_path, 8, (5,)), bisect=False))
+    assert not pipeline.run().passed
+    context, evaluator = pipeline.context, pipeline.evaluator
+    subset = evaluator.subset(SEARCH_SUBSET)
+    comparison = subset.compare(context.plan)
+    results = evaluator.judge(comparison)
+    cosines = comparison.per_sample_cosine
+    # the standard error of the subset's mean cosine, in the margin's units (cosine: unscaled)
+    expected = float(np.std(cosines, ddof=1)) / math.sqrt(cosines.size)
+    assert math.isclose(standard_error(results, comparison), expected, rel_tol=1e-9) and expected > 0
+    probe = probe_of(8, results, comparison)
+    assert probe.stderr == standard_error(results, comparison)
+    holdout = math.sqrt(1 + SEARCH_SUBSET / (EVAL_SAMPLES - SEARCH_SUBSET))
+    # a pass by less than the standard error of the subset-unseen difference is not accepted; by more, it is
+    narrow = replace(probe, passed=True, margin=0.9 * holdout * probe.stderr)
+    clear = replace(probe, passed=True, margin=1.1 * holdout * probe.stderr)
+    assert not clears_margin(narrow, holdout) and clears_margin(clear, holdout)
+    assert clears_margin(narrow, 0.0)  # nothing held out: any pass
+    assert not clears_margin(probe, 0.0)  # the planted plan fails
