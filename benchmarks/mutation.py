@@ -244,32 +244,33 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     # ---- the binary search ---------------------------------------------------------------------------------
     m(
-        "bisect-loop-stops-early", "binary search", f"{PKG}/bisect.py",
+        "bisect-loop-stops-early", "binary search", f"{PKG}/search_walk.py",
         "    while hi - lo > 1:\n", "    while hi - lo > 2:\n",
         [f"{T}/test_bisect.py"], "the search narrows to one layer",
     ),
     m(
-        "bisect-offender-accepted", "binary search", f"{PKG}/bisect.py",
-        "        state.accepted.extend(range(position, offender))\n",
-        "        state.accepted.extend(range(position, offender + 1))\n",
+        "bisect-offender-accepted", "binary search", f"{PKG}/search_walk.py",
+        "        state.accepted.extend(range(position, offender))\n        settle(",
+        "        state.accepted.extend(range(position, offender + 1))\n        settle(",
         [f"{T}/test_bisect.py"], "an offender is never part of the accepted prefix",
     ),
     m(
-        "bisect-first-probe-uncounted", "binary search", f"{PKG}/bisect.py",
-        "            state.search_evaluations += 1\n            whole = first\n",
+        "bisect-first-probe-uncounted", "binary search", f"{PKG}/search_walk.py",
+        "            state.search_evaluations += 1  # measured before: counted here, not repeated\n"
+        "            whole = first\n",
         "            whole = first\n",
         [f"{T}/test_bisect.py"], "the report counts every evaluation",
     ),
     m(
-        "bisect-monotonic-check-off", "binary search", f"{PKG}/bisect.py",
+        "bisect-monotonic-check-off", "binary search", f"{PKG}/search_walk.py",
         "if long.passed and long.margin > short.margin + MONOTONIC_TOLERANCE:",
         "if long.passed and long.margin > short.margin + 1e9:",
         [f"{T}/test_bisect.py"], "a non-monotonic search falls back to a linear scan and says so",
     ),
     m(
-        "margin-not-normalised", "binary search", f"{PKG}/bisect.py",
-        'scale = max(abs(r.limit), 1e-6) if r.name in ("sqnr_db", "max_abs_error") else 1.0',
-        "scale = 1.0",
+        "margin-not-normalised", "binary search", f"{PKG}/search_oracle.py",
+        'return max(abs(r.limit), 1e-6) if r.name in ("sqnr_db", "max_abs_error") else 1.0',
+        "return 1.0",
         [f"{T}/test_search_judgement.py", f"{T}/test_bisect.py"],
         "dB and output-unit margins are relative to the limit (the fallback's 1 % tolerance)",
     ),
@@ -280,10 +281,10 @@ MUTANTS: tuple[Mutant, ...] = (
         [f"{T}/test_search_judgement.py"], "the search judges with the gate's strict intervals",
     ),
     m(
-        "verification-ignores-strict-ci", "confidence interval", f"{PKG}/bisect.py",
-        "results = evaluator.judge(evaluator.compare(plan))",
+        "verification-ignores-strict-ci", "confidence interval", f"{PKG}/verification.py",
+        "results = self.evaluator.judge(self.evaluator.compare(plan))",
         'results = __import__("pytest_int8gate.gate", fromlist=["judge"]).judge(context.budget, '
-        "evaluator.compare(plan))",
+        "self.evaluator.compare(plan))",
         [f"{T}/test_search_judgement.py"], "the fix is verified with the gate's strict intervals",
     ),
     m(
@@ -293,8 +294,8 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     # ---- the verified fix ----------------------------------------------------------------------------------
     m(
-        "verified-fix-passed-forced", "verified fix", f"{PKG}/bisect.py",
-        "        results,\n        all(r.passed for r in results),\n", "        results,\n        True,\n",
+        "verified-fix-passed-forced", "verified fix", f"{PKG}/verification.py",
+        "        passed = all(r.passed for r in results)\n", "        passed = True\n",
         [f"{T}/test_search_judgement.py", f"{T}/test_cli.py"],
         "a fix that misses the budget on the full set is never reported as PASS",
     ),
