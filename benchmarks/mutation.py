@@ -275,6 +275,20 @@ MUTANTS: tuple[Mutant, ...] = (
         "dB and output-unit margins are relative to the limit (the fallback's 1 % tolerance)",
     ),
     m(
+        "spread-margin-ignored", "binary search", f"{PKG}/adaptive.py",
+        "return probe.passed and probe.margin >= holdout * probe.stderr",
+        "return probe.passed",
+        [f"{T}/test_search_adaptive.py"],
+        "the spread walk accepts a prefix only by a standard error of margin (the fix holds on unseen data)",
+    ),
+    m(
+        "culprit-walk-share-ignored", "binary search", f"{PKG}/adaptive.py",
+        "if 1 <= len(outliers) <= few and share >= CULPRIT_NOISE_SHARE:",
+        "if 1 <= len(outliers) <= few:",
+        [f"{T}/test_search_adaptive.py"],
+        "outliers that carry little of the predicted noise do not send the search after culprits",
+    ),
+    m(
         "search-ignores-strict-ci", "confidence interval", f"{PKG}/context.py",
         "return judge(self.parent.context.budget, self.compare(plan), strict_ci=self.parent.strict_ci)",
         "return judge(self.parent.context.budget, self.compare(plan))",
@@ -296,7 +310,7 @@ MUTANTS: tuple[Mutant, ...] = (
     m(
         "verified-fix-passed-forced", "verified fix", f"{PKG}/verification.py",
         "        passed = all(r.passed for r in results)\n", "        passed = True\n",
-        [f"{T}/test_search_judgement.py", f"{T}/test_cli.py"],
+        [f"{T}/test_search_judgement.py", f"{T}/test_cli.py", f"{T}/test_search_adaptive.py"],
         "a fix that misses the budget on the full set is never reported as PASS",
     ),
     m(

@@ -402,3 +402,17 @@ def test_a_subset_pass_is_accepted_only_by_a_standard_error_of_margin(tmp_path: 
     assert not clears_margin(narrow, holdout) and clears_margin(clear, holdout)
     assert clears_margin(narrow, 0.0)  # nothing held out: any pass
     assert not clears_margin(probe, 0.0)  # the planted plan fails
+
+
+def test_a_plan_that_misses_the_budget_on_all_samples_is_never_verified_as_a_fix(tmp_path: Path) -> None:
+    pipeline = GatePipeline(spec_for(planted_model(tmp_path, 8, (5,)), bisect=False))
+    assert not pipeline.run().passed
+    context, evaluator = pipeline.context, pipeline.evaluator
+    # nothing held out (the search used every sample): the full set alone decides
+    everything = Verifier(context, evaluator, EVAL_SAMPLES)
+    assert everything.unseen is None
+    broken = everything.verify(context.plan)
+    assert not broken.passed and not any(r.passed for r in broken.results) and broken.unseen_results == ()
+    # the benign twin: the planted layer in float meets the budget, verified as a fix
+    fixed = everything.verify(replace(context.plan, exclude=frozenset({"fc5"})))
+    assert fixed.passed and fixed.exclude == ("fc5",)
