@@ -500,6 +500,8 @@ def measure(sizes: Sizes, workdir: Path, model: Path | None = None) -> tuple[lis
     ]
 
     print("  speed: simulated INT8", file=sys.stderr)
+    from pytest_int8gate.backends.simulated import DIFFERENCE_TOLERANCE, ERROR_TOLERANCE
+
     evaluation_s = simulated_eval(model, calib, evaluation, sizes.rounds)
     sim_ratio = evaluation_s["simulated"] / evaluation_s["fp32"]
     old_ratio = evaluation_s["unoptimised"] / evaluation_s["fp32"]
@@ -532,7 +534,7 @@ def measure(sizes: Sizes, workdir: Path, model: Path | None = None) -> tuple[lis
         "from it by "
         f"{evaluation_s['moved']:.3f}, a one-ulp change of the input moves it by {evaluation_s['ulp']:.3f} "
         f"(float-rounding noise), and simulated INT8's own error is {evaluation_s['simulated_error']:.3f} "
-        "(tolerance, tests/test_simulated.py: within 0.6 and 1 +- 0.05).",
+        f"(tolerance, tests/test_simulated.py: at most {DIFFERENCE_TOLERANCE} and 1 +- {ERROR_TOLERANCE}).",
         "",
     ]
     return lines, figures
