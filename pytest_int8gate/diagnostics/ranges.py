@@ -5,7 +5,9 @@ one-sided activations that leave int8 levels unused.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -52,6 +54,10 @@ class ActivationRange:
             self.clipped += int(np.count_nonzero(flat > amax)) + int(np.count_nonzero(flat < -amax))
 
 
+#: Whether range updates overlap the next step's inference (worth it with a second CPU to run them).
+_OVERLAP = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)) > 1
+
+
 class ActivationProbe(ExposedModel):
     """One FP32 session that also returns the quantized activations, to measure their ranges."""
 
@@ -64,8 +70,34 @@ class ActivationProbe(ExposedModel):
     def measure(self, batches: Iterable[Feeds], amax: Mapping[str, float]) -> dict[str, ActivationRange]:
         """Each tensor's range and clipping over ``batches``, run in steps of as many samples as keep the
         exposed activations within calibration's budget (a batch of 32 large activations would cost
-        gigabytes; ranges and counts do not depend on how the samples are split)."""
+        gigabytes; ranges and counts do not depend on how the samples are split). With more than one CPU a
+        step's ranges are taken on a worker thread while ONNX Runtime runs the next step, as calibration
+        does (two steps' activations alive at most)."""
         ranges = {name: ActivationRange() for name in self.tensors}
+
+        def update(values: Mapping[str, np.ndarray]) -> None:
+            for name, measured in ranges.items():
+                measured.update(values[name], amax[name])
+
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="int8gate-ranges") if _OVERLAP else None
+        pending: Future[None] | None = None
+        try:
+            for values in self._steps(batches):
+                if pool is None:
+                    update(values)
+                    continue
+                if pending is not None:
+                    pending.result()
+                pending = pool.submit(update, values)
+            if pending is not None:
+                pending.result()
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+        return ranges
+
+    def _steps(self, batches: Iterable[Feeds]) -> Iterator[dict[str, np.ndarray]]:
+        """The exposed tensors' values, step by step (see :meth:`measure`)."""
         # a model exported with a fixed batch axis runs whole batches only (step 0: never split)
         step: int | None = 0 if self._fixed_batch else None
         for feeds in batches:
@@ -80,12 +112,10 @@ class ActivationProbe(ExposedModel):
                 if step is None and not whole:
                     per_sample = sum(value.nbytes for value in values.values()) // max(count, 1)
                     step = max(1, ACTIVATION_BUDGET_BYTES // max(per_sample, 1))
-                for name, measured in ranges.items():
-                    measured.update(values[name], amax[name])
+                yield values
                 start += count
                 if whole or start >= size:
                     break
-        return ranges
 
 
 def check_clipping(
