@@ -23,7 +23,8 @@ measures it on a ResNet-style net and on real models):
   unoptimised model's INT8 - FP32), RMS. That is the size of float-rounding noise re-rounded by the
   quantizers: a one-ulp change of the *input* moves the unoptimised model's outputs by 0.25-0.37x its INT8
   error on a ResNet-style net at 224 px, where this engine differs by 0.44-0.47x; on the PP-OCRv4
-  detector 0.27x and 0.27x; the example digits CNNs are bit-identical;
+  detector 0.27x and 0.27x; the PP-OCRv4 recognizer (percentile) 0.20x, the text-direction classifier
+  0.01x; the example digits CNNs are bit-identical;
 * INT8's own error is the same within :data:`ERROR_TOLERANCE` (10 %): measured 0.99-1.07x the unoptimised
   model's, where a one-ulp change of the input alone moves it by up to 6 % on the detector.
 
