@@ -5,7 +5,9 @@ in the same run, on the same data (wall time, and CPU time, which a shared machi
 1. ``int8gate calibrate`` as a whole process against a bare FP32 process (``python`` + onnxruntime + a session
    + a batch-1 pass over the same ``.npy`` data): wall time and peak RSS (each process's own VmHWM).
 2. Calibration in the loop (``calibrate.calibrate``: session build, the pass with statistics, the four
-   calibrators) against the bare pass (``InferenceSession.run`` at batch 1) in the same process, interleaved.
+   calibrators) against the bare pass (``InferenceSession.run`` at batch 1) in the same process, interleaved;
+   also against that pass with ONNX Runtime's spinning off (no target: spinning threads are what a shared
+   machine slows most, so this row tells how much of a ratio is the machine's load).
    1 and 2 are measured again on a ResNet-18-shaped network (stage widths 64/128/256/512, same data), where
    the model's own work is larger against the fixed costs; the process figure also splits its time into
    imports (measured in fresh processes), what comes before calibration, and calibration.
@@ -191,8 +193,18 @@ def in_loop(model: Path, inputs: np.ndarray, rounds: int) -> dict[str, float]:
     tensors = activation_tensors(loaded)
     name = loaded.info.inputs[0].name
     dataset = check_dataset(Dataset.from_arrays({name: inputs}), loaded.info)
-    bare, ours, bare_cpu, ours_cpu, details = [], [], [], [], []
+    bare, ours, bare_cpu, ours_cpu, details, quiet = [], [], [], [], [], []
+    # ONNX Runtime's threads spin while they wait (its default): on a shared machine the spinning costs
+    # the bare pass most; the same pass with spinning off (as int8gate's pass runs) is measured beside it
+    no_spin = ort.SessionOptions()
+    no_spin.add_session_config_entry("session.intra_op.allow_spinning", "0")
     for _ in range(rounds):
+        started = time.perf_counter()
+        session = ort.InferenceSession(str(model), no_spin, providers=["CPUExecutionProvider"])
+        for i in range(len(inputs)):
+            session.run(None, {name: inputs[i : i + 1]})
+        quiet.append(time.perf_counter() - started)
+        del session
         started, cpu = time.perf_counter(), time.process_time()
         session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
         for i in range(len(inputs)):
@@ -210,6 +222,7 @@ def in_loop(model: Path, inputs: np.ndarray, rounds: int) -> dict[str, float]:
     best = details[int(np.argmin(ours))]
     return {
         "bare": min(bare),
+        "bare_no_spin": min(quiet),
         "ours": min(ours),
         "bare_cpu": min(bare_cpu),
         "ours_cpu": min(ours_cpu),
@@ -391,6 +404,8 @@ def calibration(
         f"| in the loop, wall s | {loop['ours']:.2f} | {loop['bare']:.2f} | {loop_ratio:.2f} |",
         f"| in the loop, CPU s | {loop['ours_cpu']:.2f} | {loop['bare_cpu']:.2f} | "
         f"{loop['ours_cpu'] / loop['bare_cpu']:.2f} |",
+        f"| in the loop, wall s, against the bare pass with spinning off (no target) | {loop['ours']:.2f} | "
+        f"{loop['bare_no_spin']:.2f} | {loop['ours'] / loop['bare_no_spin']:.2f} |",
     ]
     notes.insert(
         0,
