@@ -15,6 +15,10 @@ process on the same data:
 Per run: search evaluations (the walk, the predicted repairs), evaluations in all (baseline, calibrators for
 the whole model, search, repair, pruning, verification), the bisection's wall time, the fix's entries and
 layers in float, and whether it holds on the evaluation samples the search never used.
+
+``--reference`` (slow: thousands of evaluations): per spread-error model, the adaptive fix against the fixes
+a brute-force greedy finds (every remaining entry tried at each step, the best kept), all-INT8 and with float
+allowed; written to ``benchmarks/results/search_reference.md``.
 """
 
 from __future__ import annotations
@@ -44,10 +48,18 @@ from planted import (  # noqa: E402
     spiky_inputs,
 )
 
+from pytest_int8gate.adaptive import clears_margin  # noqa: E402
+from pytest_int8gate.bisect import _candidate_layers  # noqa: E402
+from pytest_int8gate.calibrate import CALIBRATORS  # noqa: E402
 from pytest_int8gate.data import Feeds  # noqa: E402
+from pytest_int8gate.equalize import EqualizationPair  # noqa: E402
 from pytest_int8gate.gate import Budget  # noqa: E402
+from pytest_int8gate.ladder import equalization_candidates  # noqa: E402
 from pytest_int8gate.pipeline import GatePipeline, GateSpec  # noqa: E402
-from pytest_int8gate.results import BisectionReport  # noqa: E402
+from pytest_int8gate.quantize import QuantPlan  # noqa: E402
+from pytest_int8gate.results import BisectionReport, VerifiedFix  # noqa: E402
+from pytest_int8gate.search_oracle import Probe, SubsetOracle  # noqa: E402
+from pytest_int8gate.verification import Verifier  # noqa: E402
 
 STRATEGIES = ("adaptive", "binary", "linear")
 EVAL_SAMPLES = 512
@@ -177,6 +189,152 @@ def run_case(case: Case, workdir: Path, strategy: str) -> Run:
     if not isinstance(verdict.bisection, BisectionReport):
         raise SystemExit(f"{case.name}: the gate passed ({verdict.int8}); nothing to search")
     return Run(case, strategy, verdict.bisection, seconds)
+
+
+@dataclass(frozen=True)
+class ReferenceEntry:
+    """One entry the brute-force greedy may add: a calibrator for the whole model, a layer's calibrator
+    override, a layer equalized with its producer, or a layer kept in float."""
+
+    kind: str  # "calibrator", "override", "equalize", "exclude"
+    name: str  # the layer ("" for a calibrator for the whole model)
+    calibrator: str = ""
+
+    @property
+    def text(self) -> str:
+        if self.kind == "calibrator":
+            return f"calibrator {self.calibrator}"
+        if self.kind == "override":
+            return f"{self.name} {self.calibrator}"
+        return f"{self.name} {'equalized' if self.kind == 'equalize' else 'in float'}"
+
+    def apply(self, plan: QuantPlan) -> QuantPlan:
+        if self.kind == "calibrator":
+            return replace(plan, calibrator=self.calibrator)
+        if self.kind == "override":
+            return replace(plan, overrides={**plan.overrides, self.name: self.calibrator})
+        if self.kind == "equalize":
+            return replace(plan, equalize=plan.equalize | {self.name})
+        return replace(plan, exclude=plan.exclude | {self.name})
+
+    def excludes(self, other: ReferenceEntry) -> bool:
+        """Whether adding this entry makes ``other`` pointless (one calibrator for the model, one override
+        per layer, nothing more on a layer in float)."""
+        if self.kind == "calibrator":
+            return other.kind == "calibrator"
+        if self.kind == "override":
+            return other.kind == "override" and other.name == self.name
+        if self.kind == "exclude":
+            return other.name == self.name
+        return other == self
+
+
+@dataclass(frozen=True)
+class Reference:
+    """What the brute-force greedy found on one model."""
+
+    case: Case
+    int8_only: bool
+    entries: tuple[ReferenceEntry, ...]
+    fix: VerifiedFix
+    evaluations: int  # subset evaluations of the greedy (verification not counted)
+    steps: tuple[Probe, ...]  # the best probe after each step
+    seconds: float
+
+
+def reference_fix(case: Case, workdir: Path, *, int8_only: bool, max_entries: int = 24) -> Reference:
+    """The brute-force greedy: at each step every remaining entry is tried on the search subset (the same
+    subset and acceptance margin as the adaptive search) and the one with the largest margin kept, until the
+    plan passes by the margin; then the fix is verified on every sample and on the unseen ones.
+    ``int8_only``: no layer in float (the smallest all-INT8 fix the greedy finds)."""
+    model = save_chain(case.weights, workdir / f"{case.family}_{case.n_layers}_reference.onnx")
+    assert case.budget is not None
+    spec = GateSpec(
+        model=model,
+        calib_data=case.calib,
+        eval_data=case.evaluation,
+        budget=case.budget,
+        calibrator=case.calibrator,
+        bisect_subset=SUBSET,
+        threads=1,
+        min_calib_samples=0,
+    )
+    pipeline = GatePipeline(spec)
+    pipeline.table  # noqa: B018 - calibrate outside the timing
+    started = time.perf_counter()
+    context, evaluator = pipeline.context, pipeline.evaluator
+    candidates = _candidate_layers(context)
+    oracle = SubsetOracle(context, evaluator, candidates, SUBSET)
+    verifier = Verifier(context, evaluator, oracle.subset_size)
+    holdout = 0.0 if verifier.unseen is None else math.sqrt(1 + oracle.subset_size / verifier.unseen.size)
+    pairs = equalization_candidates(context.model)
+    plan = context.plan
+    remaining = [ReferenceEntry("calibrator", "", c) for c in CALIBRATORS if c != plan.calibrator]
+    for layer in candidates:
+        remaining += [ReferenceEntry("override", layer.name, c) for c in CALIBRATORS]
+        if isinstance(pairs.get(layer.name), EqualizationPair):
+            remaining.append(ReferenceEntry("equalize", layer.name))
+        if not int8_only:
+            remaining.append(ReferenceEntry("exclude", layer.name))
+    chosen: list[ReferenceEntry] = []
+    steps: list[Probe] = []
+    evaluations = 0
+    while remaining and len(chosen) < max_entries:
+        best: tuple[Probe, ReferenceEntry] | None = None
+        for entry in remaining:
+            trial = entry.apply(plan)
+            same = trial.calibrator_for(entry.name) == plan.calibrator_for(entry.name)
+            if entry.kind == "override" and same:
+                continue  # the layer's calibrator already
+            probe = oracle.measure(trial)
+            evaluations += 1
+            if best is None or probe.margin > best[0].margin:
+                best = (probe, entry)
+        if best is None:
+            break
+        probe, entry = best
+        plan = entry.apply(plan)
+        chosen.append(entry)
+        steps.append(probe)
+        remaining = [e for e in remaining if not entry.excludes(e)]
+        print(
+            f"    reference step {len(chosen)}: {entry.text} -> margin {probe.margin:+.4f} "
+            f"(stderr {probe.stderr:.4f}, {evaluations} evaluations, {time.perf_counter() - started:.0f} s)",
+            file=sys.stderr,
+        )
+        if clears_margin(probe, holdout):
+            break
+    fix = verifier.verify(plan)
+    seconds = time.perf_counter() - started
+    return Reference(case, int8_only, tuple(chosen), fix, evaluations, tuple(steps), seconds)
+
+
+def reference_table(references: list[Reference], runs: list[Run]) -> str:
+    """Per model: the adaptive search's fix against the brute-force greedy's."""
+    adaptive = {r.case.name: r for r in runs if r.strategy == "adaptive"}
+    lines = [
+        "| model | budget | adaptive: evals in all | adaptive: fix entries | adaptive: holds on unseen | "
+        "reference entries | reference: subset evals | reference: s | reference: fix entries | "
+        "reference: fix | reference: holds on unseen |",
+        "|---|---|---:|---:|---|---|---:|---:|---:|---|---|",
+    ]
+    for ref in references:
+        run = adaptive.get(ref.case.name)
+        assert ref.case.budget is not None
+        fix = None if run is None else run.report.fix
+        lines.append(
+            f"| {ref.case.name} ({ref.case.calibrator}) | cosine >= {ref.case.budget.limits['cosine']} | "
+            f"{'-' if run is None else run.report.evaluations} | {'-' if fix is None else fix.entries} | "
+            f"{'-' if fix is None else _holds(fix)} | {'INT8 only' if ref.int8_only else 'any'} | "
+            f"{ref.evaluations} | {ref.seconds:.0f} | "
+            f"{ref.fix.entries} | {', '.join(e.text for e in ref.entries)} | {_holds(ref.fix)} |"
+        )
+    return "\n".join(lines)
+
+
+def _holds(fix: VerifiedFix) -> str:
+    unseen = ", ".join(f"{r.observed:.4f}" for r in fix.unseen_results)
+    return f"{'yes' if fix.passed else 'no'} ({unseen})"
 
 
 def cases(smoke: bool) -> list[Case]:
@@ -322,8 +480,18 @@ def main() -> None:
     parser.add_argument(
         "--strategy", action="append", default=[], help="only this strategy (repeatable; not written)"
     )
+    parser.add_argument(
+        "--reference",
+        action="store_true",
+        help="the spread-error models' adaptive fixes against a brute-force greedy's (slow; written to "
+        "benchmarks/results/search_reference.md)",
+    )
+    parser.add_argument("--n", action="append", type=int, default=[], help="with --reference: only N layers")
     args = parser.parse_args()
     started = time.perf_counter()
+    if args.reference:
+        reference_main(args.n, started)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         runs = measure(args.smoke, Path(tmp), args.family, args.strategy or STRATEGIES)
     if args.family or args.strategy:
@@ -358,6 +526,44 @@ def main() -> None:
     print(f"(benchmark took {time.perf_counter() - started:.0f} s)")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text)
+
+
+def reference_main(sizes: Sequence[int], started: float) -> None:
+    """--reference: per spread-error model, the adaptive fix and the brute-force greedy's."""
+    runs, references = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        for case in cases(False):
+            if case.planted or (sizes and case.n_layers not in sizes):
+                continue
+            print(f"  reference: {case.name}", file=sys.stderr)
+            model = save_chain(case.weights, workdir / f"{case.family}_{case.n_layers}_budget.onnx")
+            case = replace(case, budget=tightened(case, model))
+            runs.append(run_case(case, workdir, "adaptive"))
+            references.append(reference_fix(case, workdir, int8_only=True))
+            references.append(reference_fix(case, workdir, int8_only=False))
+    text = "\n".join(
+        [
+            "# Search benchmark: the adaptive fix against a brute-force greedy's",
+            "",
+            *environment_lines(),
+            "",
+            "The spread-error models of search.md, same budgets, subset and acceptance margin. The reference "
+            "greedy tries, at each step, every remaining entry (a calibrator for the whole model, each "
+            "layer with each other calibrator, each layer equalized with its producer, and, for \"any\", "
+            f"each layer in float) on the {SUBSET} search samples and keeps the one with the largest margin, "
+            "until the plan passes by the standard-error margin; its fix is then verified on all samples and "
+            "the unseen ones. Reference seconds: one thread, a shared machine.",
+            "",
+            reference_table(references, runs),
+            "",
+        ]
+    )
+    print(text)
+    print(f"(benchmark took {time.perf_counter() - started:.0f} s)")
+    if not sizes:
+        output = ROOT / "benchmarks" / "results" / "search_reference.md"
+        output.write_text(text)
 
 
 if __name__ == "__main__":
