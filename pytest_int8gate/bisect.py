@@ -335,13 +335,8 @@ def bisect_failure(context: GateContext, evaluator: PlanEvaluator, failing: Comp
     if unresolvable:
         state: SearchState[Rung] = SearchState()
     else:
-        # the whole-plan probe the walk starts from is counted as its first evaluation
+        # the whole-plan probe the walk starts from is counted as its first evaluation (when the walk starts)
         reuse_first = strategy == "binary"
-        if reuse_first:
-            if base == context.plan:
-                baseline_evaluations -= 1
-            else:
-                global_evaluations -= 1
         state = find_offenders(
             n,
             oracle,
@@ -355,6 +350,11 @@ def bisect_failure(context: GateContext, evaluator: PlanEvaluator, failing: Comp
             max_seconds=clock.max_seconds,
             spread_after=spread_after,
         )
+        if state.counted_first:  # the walk's count holds it now: not also the phase that measured it
+            if base == context.plan:
+                baseline_evaluations -= 1
+            else:
+                global_evaluations -= 1
         clock.spent += state.search_evaluations + state.repair_evaluations
         if state.stopped_by:
             clock.stopped_by = clock.stopped_by or state.stopped_by

@@ -38,6 +38,9 @@ class SearchState(Generic[RepairT]):
     stopped_by: str = ""
     #: Layers kept in float at once when the error was found spread thin (see ``spread_after``).
     floated_rest: int = 0
+    #: Whether ``first`` (the probe measured before the walk) is counted in ``search_evaluations``: a walk
+    #: that a limit stops before it starts does not count it, and its caller must.
+    counted_first: bool = False
 
 
 def find_offenders(
@@ -131,6 +134,7 @@ def find_offenders(
         rest = list(range(position, n_layers))
         if position == 0 and first is not None:
             state.search_evaluations += 1  # measured before: counted here, not repeated
+            state.counted_first = True
             whole = first
         else:
             whole = probe(rest)

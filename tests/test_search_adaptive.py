@@ -416,3 +416,20 @@ def test_a_plan_that_misses_the_budget_on_all_samples_is_never_verified_as_a_fix
     # the benign twin: the planted layer in float meets the budget, verified as a fix
     fixed = everything.verify(replace(context.plan, exclude=frozenset({"fc5"})))
     assert fixed.passed and fixed.exclude == ("fc5",)
+
+
+@pytest.mark.parametrize("cap", [2, 4])
+def test_every_evaluation_is_counted_when_the_cap_stops_the_search_before_its_walk(
+    tmp_path: Path, cap: int
+) -> None:
+    # The whole-calibrator rungs (and the predicted override) spend the cap: the culprit walk that would
+    # count the failing whole-plan probe as its first evaluation never starts, and that probe must still
+    # be counted in some phase.
+    verdict = GatePipeline(spec_for(planted_model(tmp_path, 16, (3, 12)), bisect_max_evaluations=cap)).run()
+    report = bisection(verdict)
+    assert report.stopped_by == "--int8-bisect-max-evals"
+    phases = report.phases()
+    assert sum(p["evaluations"] for p in phases.values()) == report.evaluations == verdict.evaluations - 1
+    # the twin whose cap leaves room for the walk: it counts that probe as its first evaluation
+    roomy = GatePipeline(spec_for(planted_model(tmp_path, 16, (3, 12)), bisect_max_evaluations=8)).run()
+    assert bisection(roomy).search_evaluations >= 1 and bisection(roomy).evaluations == roomy.evaluations - 1

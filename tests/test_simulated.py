@@ -6,6 +6,7 @@ net at 224 px and the PP-OCRv4 detector: benchmarks/bench_speed.py)."""
 from __future__ import annotations
 
 import math
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +15,14 @@ import onnxruntime as ort
 import pytest
 from example_files import CALIB, DIGITS, EVAL, OUTLIER
 from onnx import TensorProto, helper, numpy_helper
+from qdq_models import ort_static
 
-from pytest_int8gate.backends.onnxruntime import OrtBackend
+from pytest_int8gate.backends.onnxruntime import OPTIMIZATION_LEVELS, OrtBackend
 from pytest_int8gate.backends.simulated import (
     DIFFERENCE_TOLERANCE,
     ERROR_TOLERANCE,
+    SIMULATED_OPTIMIZATION,
+    SIMULATED_SESSION_CONFIG,
     dequantize_like_onnxruntime,
     fold_weight_dequantize,
 )
@@ -249,3 +253,73 @@ def test_simulated_engine_with_nothing_quantized_equals_the_fp32_engine_bit_for_
     one_layer = backend.int8_runner(quantize_model(loaded, table, some).proto)
     # its twin with one layer quantized differs: the comparison can fail
     assert not np.array_equal(one_layer.run({"input": held_out})["logits"], fp32)
+
+
+# ---- every Q/DQ pair survives the simulated engine's optimisation -------------------------------------
+
+
+def _qdq_pairs(model: onnx.ModelProto) -> Counter[tuple[str, bytes, bytes, int | None]]:
+    """The QuantizeLinear / DequantizeLinear nodes of ``model`` that act on a computed tensor, by what
+    they compute: (op, scale, zero point, axis when per channel). Nodes whose input derives from constants
+    alone are left out: constant folding computes them (exactly, with the same kernels)."""
+    constants = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    derived = set(constants)
+    pairs: Counter[tuple[str, bytes, bytes, int | None]] = Counter()
+    for node in model.graph.node:  # topological order: a constant-derived input is known before its use
+        if node.input and all(not name or name in derived for name in node.input):
+            derived.update(node.output)
+            continue
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        scale = constants[node.input[1]].astype(np.float32)
+        zero = constants[node.input[2]].tobytes() if len(node.input) > 2 and node.input[2] else b""
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1) if scale.size > 1 else None
+        pairs[(node.op_type, scale.tobytes(), zero, axis)] += 1
+    return pairs
+
+
+def _optimized_as_simulated(model: onnx.ModelProto, path: Path, config: dict[str, str]) -> onnx.ModelProto:
+    """The graph ONNX Runtime runs for the simulated INT8 engine (weights folded, its level and config)."""
+    folded, _ = fold_weight_dequantize(model)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = OPTIMIZATION_LEVELS[SIMULATED_OPTIMIZATION]
+    for key, value in config.items():
+        options.add_session_config_entry(key, value)
+    options.optimized_model_filepath = str(path)
+    options.log_severity_level = 3
+    ort.InferenceSession(folded.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return onnx.load(str(path))
+
+
+def _example_qdq(path: Path, *, half: bool = False) -> onnx.ModelProto:
+    with np.load(CALIB) as archive:
+        calib = archive[archive.files[0]][:32]
+    loaded = load_model(path)
+    name = loaded.info.inputs[0].name
+    table, _ = calibrate(
+        loaded.proto, activation_tensors(loaded), [{name: calib}], model_hash="m", data_fingerprint="d"
+    )
+    layers = [layer.name for layer in loaded.info.layers]
+    plan = QuantPlan(calibrator="max", exclude=frozenset(layers[::2] if half else ()))
+    return quantize_model(loaded, table, plan).proto
+
+
+@pytest.mark.parametrize(
+    "case", ["digits_cnn", "digits_mobilenet", "digits_vit", "digits_mobilenet-half", "ort_static"]
+)
+def test_the_simulated_engine_keeps_every_qdq_pair_of_the_model(case: str, tmp_path: Path) -> None:
+    """A pair ONNX Runtime dropped or merged would make that tensor FP32 in INT8: a false pass. The graph
+    it runs (saved by ONNX Runtime) holds every pair on a computed tensor, with its scale and zero point:
+    the example models (all quantized and every other layer, as a search probes), and a Q/DQ model from
+    ONNX Runtime's quantize_static (per-channel weights)."""
+    if case == "ort_static":
+        model = onnx.load(str(ort_static(tmp_path / "static.onnx")))
+    else:
+        model = _example_qdq(DIGITS.with_name(case.split("-")[0] + ".onnx"), half=case.endswith("-half"))
+    before = _qdq_pairs(model)
+    assert sum(before.values()) >= 4
+    after = _qdq_pairs(_optimized_as_simulated(model, tmp_path / "optimized.onnx", SIMULATED_SESSION_CONFIG))
+    assert before - after == Counter()
+    # the twin with ONNX Runtime's Q/DQ transformers on fuses pairs into int8 kernels: the check sees it
+    fused = _qdq_pairs(_optimized_as_simulated(model, tmp_path / "fused.onnx", {}))
+    assert before - fused != Counter()
