@@ -84,7 +84,8 @@ def checked_output(value: np.ndarray, output: str, *, precision: str, first_samp
 class MetricAccumulator:
     """Streams (fp32, int8, labels) batches into the comparison metrics."""
 
-    def __init__(self, *, labels: bool, keep_outputs: bool = False) -> None:
+    def __init__(self, *, labels: bool, keep_outputs: bool = False, kind: OutputKind | None = None) -> None:
+        """``kind``: what the output is (None: read from the first batch given to :meth:`add`)."""
         self.labels = labels
         self.keep_outputs = keep_outputs
         self.count = 0
@@ -100,7 +101,7 @@ class MetricAccumulator:
         self.classes: int | None = None
         self.kept: tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]] = ([], [], [])
         self.hits: dict[str, list[np.ndarray]] = {}
-        self.kind: OutputKind | None = None
+        self.kind: OutputKind | None = kind
         # per-element mean and sum of squared deviations of FP32 across samples (Chan et al.'s merge)
         self.mean: np.ndarray | None = None
         self.m2: np.ndarray | None = None
@@ -271,9 +272,16 @@ def _labelled_batches(
         start += n
 
 
+#: FP32 samples each output's kind is read from: the first this many of the set, whatever the batch size
+#: (a batch sized down by memory, or of 1, must not turn class scores into something judged otherwise).
+KIND_SAMPLES = 32
+
+
 class GateAccumulator:
     """One :class:`MetricAccumulator` per gated output. Labels (and a user KPI) belong to one output: the one
-    ``output_name`` names, else the first whose FP32 values are class scores ``[N, C]`` (else the first)."""
+    ``output_name`` names, else the first whose FP32 values are class scores ``[N, C]`` (else the first).
+    Each output's kind is read from its first :data:`KIND_SAMPLES` FP32 samples: batches are held until
+    that many have come (or the set ends)."""
 
     def __init__(self, outputs: tuple[str, ...], *, labels: bool, kpi: bool) -> None:
         self.outputs = outputs
@@ -281,19 +289,23 @@ class GateAccumulator:
         self.kpi = kpi
         self.labelled = outputs[0]
         self.accumulators: dict[str, MetricAccumulator] | None = None
+        self._held: list[tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray], np.ndarray | None]] = []
+        self._held_samples = 0
 
-    def _start(self, fp32: Mapping[str, np.ndarray]) -> dict[str, MetricAccumulator]:
+    def _start(self, first: Mapping[str, np.ndarray]) -> dict[str, MetricAccumulator]:
+        """The accumulators, from the FP32 values of the set's first samples of every output."""
+        kinds = {name: classify_output(first[name]) for name in self.outputs}
         classes = [
             name
             for name in self.outputs
-            if classify_output(fp32[name]) is OutputKind.CLASS_SCORES and class_view(fp32[name]) is not None
+            if kinds[name] is OutputKind.CLASS_SCORES and class_view(first[name]) is not None
         ]
         if classes:
             self.labelled = classes[0]
         return {
-            name: MetricAccumulator(labels=self.has_labels, keep_outputs=self.kpi)
+            name: MetricAccumulator(labels=self.has_labels, keep_outputs=self.kpi, kind=kinds[name])
             if name == self.labelled
-            else MetricAccumulator(labels=False)
+            else MetricAccumulator(labels=False, kind=kinds[name])
             for name in self.outputs
         }
 
@@ -301,11 +313,30 @@ class GateAccumulator:
         self, fp32: Mapping[str, np.ndarray], int8: Mapping[str, np.ndarray], labels: np.ndarray | None
     ) -> None:
         if self.accumulators is None:
-            self.accumulators = self._start(fp32)
+            self._held.append((fp32, int8, labels))
+            self._held_samples += next(iter(fp32.values())).shape[0] if fp32 else 0
+            if self._held_samples >= KIND_SAMPLES:
+                self._release()
+            return
         for name, acc in self.accumulators.items():
             acc.add(fp32[name], int8[name], labels if name == self.labelled else None)
 
+    def _release(self) -> None:
+        """Start the accumulators from the held batches' first samples, then add those batches."""
+        held, self._held = self._held, []
+        first = {}
+        for name in self.outputs:
+            # an output whose per-sample shape changes between batches: its first batch's shape
+            shape = held[0][0][name].shape[1:]
+            parts = [fp32[name] for fp32, _, _ in held if fp32[name].shape[1:] == shape]
+            first[name] = np.concatenate(parts)[:KIND_SAMPLES]
+        self.accumulators = self._start(first)
+        for fp32, int8, labels in held:
+            self.add(fp32, int8, labels)
+
     def result(self, kpi: KpiFunction | None) -> Comparison:
+        if self.accumulators is None and self._held:
+            self._release()
         if self.accumulators is None:
             raise DataError("the evaluation data holds no samples.")
         compared = []

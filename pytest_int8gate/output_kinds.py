@@ -2,8 +2,9 @@
 default budget that judges it without being blind to the errors that kind of output hides from cosine.
 
 Plain data and numpy only: the evaluation stage classifies an output from its declared shape and its FP32
-values on the first evaluation batch; the gate asks here which limits apply when the user gave none and
-which user-chosen metrics say little about an output.
+values on the evaluation set's first samples (evaluate.KIND_SAMPLES, whatever the batch size); the gate
+asks here which limits apply when the user gave none and which user-chosen metrics say little about an
+output.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from pytest_int8gate import evaluate
 from pytest_int8gate.evaluate import EVALUATION_ACTIVATION_BUDGET, evaluation_batch_size
-from pytest_int8gate.gate import Budget
+from pytest_int8gate.gate import Budget, judge
 from pytest_int8gate.graph import activation_bytes
 from pytest_int8gate.pipeline import GatePipeline, GateSpec
 
@@ -78,3 +78,34 @@ def test_a_model_whose_batch_would_exceed_the_budget_is_evaluated_in_smaller_bat
     assert asked.eval_batch_size == 5
     assert (verdict.fp32, verdict.int8) == (same.fp32, same.int8)
     assert not any(note.startswith("evaluated in batches") for note in same.notes)
+
+
+def _close_calls(samples: int = 64) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Logits of 4 classes whose first sample happens to lie in [0, 1] (not a softmax), and INT8 logits
+    that swap the two leading classes of every other sample (both stay above 0.5: values barely move)."""
+    rng = np.random.default_rng(7)
+    fp32 = rng.uniform(-3.0, 0.0, (samples, 4)).astype(np.float32)
+    fp32[:, 0], fp32[:, 1] = 2.0, 1.99
+    fp32[0] = [0.1, 0.2, 0.3, 0.45]
+    int8 = fp32.copy()
+    int8[1::2, 0], int8[1::2, 1] = 1.99, 2.0
+    return {"logits": fp32}, {"logits": int8}
+
+
+@pytest.mark.parametrize("batch", [1, 3, 32, 64])
+def test_an_output_is_judged_as_the_same_kind_whatever_the_evaluation_batch(batch: int) -> None:
+    """A batch sized down by memory must not change what an output is taken for: the kind is read from
+    the same first samples, so class scores keep their top-1 agreement (half the decisions flip here)."""
+    fp32, int8 = _close_calls()
+    accumulator = evaluate.GateAccumulator(("logits",), labels=False, kpi=False)
+    for start in range(0, 64, batch):
+        accumulator.add(
+            {k: v[start : start + batch] for k, v in fp32.items()},
+            {k: v[start : start + batch] for k, v in int8.items()},
+            None,
+        )
+    comparison = accumulator.result(None)
+    (output,) = comparison.outputs
+    assert output.profile is not None and output.profile.kind.name == "CLASS_SCORES"
+    assert output.int8["top1_agreement"] == 0.5 and output.num_samples == 64
+    assert not all(result.passed for result in judge(Budget(), comparison))
