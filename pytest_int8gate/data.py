@@ -372,7 +372,10 @@ def _npy_row_blocks(path: Path, name: str, max_rows: int) -> Iterator[Feeds]:
             except Exception as exc:
                 raise _numpy_file_error(path, exc) from exc
             if read != block.nbytes:
-                raise DataError(f"{path}: the file ended early; it changed while it was read.")
+                raise DataError(
+                    f"{path}: the file ended before the data its header declares; it is truncated or "
+                    "forged, or it changed while it was read."
+                )
             yield {name: block}
 
 

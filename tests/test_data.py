@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import sys
 import tracemalloc
 import uuid
@@ -480,6 +481,17 @@ def test_a_npy_is_read_a_block_of_rows_at_a_time(
     path.write_bytes(path.read_bytes()[:-4])
     with pytest.raises(DataError, match=r"x\.npy: .*(truncated|changed)"):
         collect(dataset, 4)
+
+
+def test_a_forged_npy_header_of_empty_values_is_one_sentence(tmp_path: Path, single: ModelInfo) -> None:
+    # "|S0" declares values of 0 bytes, so no payload is due, but numpy reads such values as 1 byte each:
+    # the block read comes up short, which is the file's fault, not a change during the run
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "|S0", "fortran_order": False, "shape": (5, 3, 2)})
+    (tmp_path / "forged.npy").write_bytes(header.getvalue())
+    with pytest.raises(DataError, match=r"forged\.npy: .*truncated or forged") as info:
+        load_dataset(tmp_path / "forged.npy", single)
+    assert "\n" not in str(info.value)
 
 
 def test_reading_a_npy_keeps_memory_flat_in_its_size(
