@@ -781,9 +781,10 @@ class GatePipeline:
             notes.append(self.smoothed(self.plan).deploy_note())
         if self.eval_batch_size < self.batch_size and self.activation_bytes_per_sample:
             megabytes = self.activation_bytes_per_sample / 2**20
+            samples = f"{self.eval_batch_size} sample{'' if self.eval_batch_size == 1 else 's'}"
             notes.append(
-                f"evaluated in batches of {self.eval_batch_size} samples, not {self.batch_size}: the model's "
-                f"tensors take ~{megabytes:.0f} MB per sample"
+                f"evaluated in batches of {samples}, not {self.batch_size}: the model's tensors take "
+                f"~{megabytes:.0f} MB per sample"
             )
         if self.cache is not None:
             notes.extend(self.cache.notes)  # damaged cache entries that were found and rebuilt
