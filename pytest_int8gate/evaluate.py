@@ -275,13 +275,24 @@ def _labelled_batches(
 #: FP32 samples each output's kind is read from: the first this many of the set, whatever the batch size
 #: (a batch sized down by memory, or of 1, must not turn class scores into something judged otherwise).
 KIND_SAMPLES = 32
+#: Bytes of FP32 and INT8 outputs held until the kind is known: outputs so large that KIND_SAMPLES of them
+#: would pass this are classified from fewer first samples (as many as fit, at least one; the count
+#: depends on an output sample's size alone, never on the batch size).
+KIND_HOLD_BYTES = 64 << 20
+
+
+def kind_samples(bytes_per_sample: float) -> int:
+    """First samples each output's kind is read from, for outputs of ``bytes_per_sample`` (FP32 + INT8)."""
+    if bytes_per_sample <= 0:
+        return KIND_SAMPLES
+    return max(1, min(KIND_SAMPLES, int(KIND_HOLD_BYTES // bytes_per_sample)))
 
 
 class GateAccumulator:
     """One :class:`MetricAccumulator` per gated output. Labels (and a user KPI) belong to one output: the one
     ``output_name`` names, else the first whose FP32 values are class scores ``[N, C]`` (else the first).
-    Each output's kind is read from its first :data:`KIND_SAMPLES` FP32 samples: batches are held until
-    that many have come (or the set ends)."""
+    Each output's kind is read from its first FP32 samples (:func:`kind_samples`: :data:`KIND_SAMPLES` when
+    they fit in :data:`KIND_HOLD_BYTES`): batches are held until that many have come (or the set ends)."""
 
     def __init__(self, outputs: tuple[str, ...], *, labels: bool, kpi: bool) -> None:
         self.outputs = outputs
@@ -291,6 +302,7 @@ class GateAccumulator:
         self.accumulators: dict[str, MetricAccumulator] | None = None
         self._held: list[tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray], np.ndarray | None]] = []
         self._held_samples = 0
+        self._kind_samples = KIND_SAMPLES
 
     def _start(self, first: Mapping[str, np.ndarray]) -> dict[str, MetricAccumulator]:
         """The accumulators, from the FP32 values of the set's first samples of every output."""
@@ -313,9 +325,13 @@ class GateAccumulator:
         self, fp32: Mapping[str, np.ndarray], int8: Mapping[str, np.ndarray], labels: np.ndarray | None
     ) -> None:
         if self.accumulators is None:
+            count = next(iter(fp32.values())).shape[0] if fp32 else 0
+            if not self._held and count:
+                size = sum(fp32[name].nbytes + int8[name].nbytes for name in self.outputs)
+                self._kind_samples = kind_samples(size / count)
             self._held.append((fp32, int8, labels))
-            self._held_samples += next(iter(fp32.values())).shape[0] if fp32 else 0
-            if self._held_samples >= KIND_SAMPLES:
+            self._held_samples += count
+            if self._held_samples >= self._kind_samples:
                 self._release()
             return
         for name, acc in self.accumulators.items():
@@ -329,7 +345,7 @@ class GateAccumulator:
             # an output whose per-sample shape changes between batches: its first batch's shape
             shape = held[0][0][name].shape[1:]
             parts = [fp32[name] for fp32, _, _ in held if fp32[name].shape[1:] == shape]
-            first[name] = np.concatenate(parts)[:KIND_SAMPLES]
+            first[name] = np.concatenate(parts)[: self._kind_samples]
         self.accumulators = self._start(first)
         for fp32, int8, labels in held:
             self.add(fp32, int8, labels)

@@ -109,3 +109,30 @@ def test_an_output_is_judged_as_the_same_kind_whatever_the_evaluation_batch(batc
     assert output.profile is not None and output.profile.kind.name == "CLASS_SCORES"
     assert output.int8["top1_agreement"] == 0.5 and output.num_samples == 64
     assert not all(result.passed for result in judge(Budget(), comparison))
+
+
+def test_outputs_too_large_to_hold_are_classified_from_fewer_first_samples_whatever_the_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Holding KIND_SAMPLES samples of huge outputs (segmentation maps) would undo a batch sized by memory:
+    the kind is then read from as many first samples as fit, a count set by the output's size alone."""
+    fp32, int8 = _close_calls()
+    fp32["logits"][:5] = [0.1, 0.2, 0.3, 0.45]  # the first five samples look like scores in [0, 1]
+    per_sample = fp32["logits"][0].nbytes + int8["logits"][0].nbytes
+    monkeypatch.setattr(evaluate, "KIND_HOLD_BYTES", 5 * per_sample)
+    assert evaluate.kind_samples(per_sample) == 5 and evaluate.kind_samples(0) == evaluate.KIND_SAMPLES
+    kinds = set()
+    for batch in (1, 2, 64):
+        accumulator = evaluate.GateAccumulator(("logits",), labels=False, kpi=False)
+        for start in range(0, 64, batch):
+            accumulator.add(
+                {k: v[start : start + batch] for k, v in fp32.items()},
+                {k: v[start : start + batch] for k, v in int8.items()},
+                None,
+            )
+            if start + batch >= 5:  # nothing is held beyond the samples the kind is read from
+                assert accumulator.accumulators is not None
+        (output,) = accumulator.result(None).outputs
+        assert output.num_samples == 64 and output.profile is not None
+        kinds.add(output.profile.kind.name)
+    assert kinds == {"SCORES"}
