@@ -735,6 +735,11 @@ def _scan_chunk(
             f"{source}: array {bounded_repr(scalar)} is 0-d (one value, no sample axis); give it as a "
             f"constant input instead: {_CONST_HINT.format(name=scalar, value='VALUE')}."
         )
+    if scalar is not None:
+        raise DataError(
+            f"{source}: array {bounded_repr(scalar)} is 0-d (one value, no sample axis); the data must hold "
+            "its samples on axis 0."
+        )
     if len(set(lengths.values())) != 1 or -1 in lengths.values():
         if model is not None:
             _suggest_sample_axis(source, index, chunk, lengths, model)
