@@ -291,31 +291,45 @@ def _optimized_as_simulated(model: onnx.ModelProto, path: Path, config: dict[str
     return onnx.load(str(path))
 
 
-def _example_qdq(path: Path, *, half: bool = False) -> onnx.ModelProto:
+def _example_qdq(path: Path, *, half: bool = False, placement: str = "minimal") -> onnx.ModelProto:
     with np.load(CALIB) as archive:
         calib = archive[archive.files[0]][:32]
     loaded = load_model(path)
     name = loaded.info.inputs[0].name
-    table, _ = calibrate(
-        loaded.proto, activation_tensors(loaded), [{name: calib}], model_hash="m", data_fingerprint="d"
-    )
+    tensors = activation_tensors(loaded, placement)
+    table, _ = calibrate(loaded.proto, tensors, [{name: calib}], model_hash="m", data_fingerprint="d")
     layers = [layer.name for layer in loaded.info.layers]
-    plan = QuantPlan(calibrator="max", exclude=frozenset(layers[::2] if half else ()))
+    plan = QuantPlan(calibrator="max", exclude=frozenset(layers[::2] if half else ()), placement=placement)
     return quantize_model(loaded, table, plan).proto
 
 
 @pytest.mark.parametrize(
-    "case", ["digits_cnn", "digits_mobilenet", "digits_vit", "digits_mobilenet-half", "ort_static"]
+    "case",
+    [
+        "digits_cnn",
+        "digits_mobilenet",
+        "digits_vit",
+        "digits_mobilenet-half",
+        "digits_mobilenet-tensorrt",
+        "digits_vit-tensorrt",
+        "ort_static",
+    ],
 )
 def test_the_simulated_engine_keeps_every_qdq_pair_of_the_model(case: str, tmp_path: Path) -> None:
     """A pair ONNX Runtime dropped or merged would make that tensor FP32 in INT8: a false pass. The graph
     it runs (saved by ONNX Runtime) holds every pair on a computed tensor, with its scale and zero point:
-    the example models (all quantized and every other layer, as a search probes), and a Q/DQ model from
-    ONNX Runtime's quantize_static (per-channel weights)."""
+    the example models (all quantized, every other layer as a search probes, and the tensorrt placement's
+    pairs on residual Adds and pooling), and a Q/DQ model from ONNX Runtime's quantize_static (per-channel
+    weights)."""
     if case == "ort_static":
         model = onnx.load(str(ort_static(tmp_path / "static.onnx")))
     else:
-        model = _example_qdq(DIGITS.with_name(case.split("-")[0] + ".onnx"), half=case.endswith("-half"))
+        name, _, variant = case.partition("-")
+        model = _example_qdq(
+            DIGITS.with_name(f"{name}.onnx"),
+            half=variant == "half",
+            placement="tensorrt" if variant == "tensorrt" else "minimal",
+        )
     before = _qdq_pairs(model)
     assert sum(before.values()) >= 4
     after = _qdq_pairs(_optimized_as_simulated(model, tmp_path / "optimized.onnx", SIMULATED_SESSION_CONFIG))
