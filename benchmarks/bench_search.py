@@ -167,8 +167,8 @@ class Run:
         return [o.name for o in self.report.offenders] == [layer_name(p) for p in self.case.planted]
 
 
-def run_case(case: Case, workdir: Path, strategy: str) -> Run:
-    model = save_chain(case.weights, workdir / f"{case.family}_{case.n_layers}_{len(case.planted)}.onnx")
+def case_pipeline(case: Case, model: Path, **changes: object) -> GatePipeline:
+    """The gate of ``case`` on ``model`` (its chain saved), calibrated outside any timing."""
     assert case.budget is not None
     spec = GateSpec(
         model=model,
@@ -176,13 +176,18 @@ def run_case(case: Case, workdir: Path, strategy: str) -> Run:
         eval_data=case.evaluation,
         budget=case.budget,
         calibrator=case.calibrator,
-        bisect_strategy=strategy,
         bisect_subset=SUBSET,
         threads=1,
         min_calib_samples=0,
     )
-    pipeline = GatePipeline(spec)
+    pipeline = GatePipeline(replace(spec, **changes))  # type: ignore[arg-type]
     pipeline.table  # noqa: B018 - calibrate outside the timing
+    return pipeline
+
+
+def run_case(case: Case, workdir: Path, strategy: str) -> Run:
+    model = save_chain(case.weights, workdir / f"{case.family}_{case.n_layers}_{len(case.planted)}.onnx")
+    pipeline = case_pipeline(case, model, bisect_strategy=strategy)
     started = time.perf_counter()
     verdict = pipeline.run()
     seconds = time.perf_counter() - started
@@ -248,19 +253,7 @@ def reference_fix(case: Case, workdir: Path, *, int8_only: bool, max_entries: in
     plan passes by the margin; then the fix is verified on every sample and on the unseen ones.
     ``int8_only``: no layer in float (the smallest all-INT8 fix the greedy finds)."""
     model = save_chain(case.weights, workdir / f"{case.family}_{case.n_layers}_reference.onnx")
-    assert case.budget is not None
-    spec = GateSpec(
-        model=model,
-        calib_data=case.calib,
-        eval_data=case.evaluation,
-        budget=case.budget,
-        calibrator=case.calibrator,
-        bisect_subset=SUBSET,
-        threads=1,
-        min_calib_samples=0,
-    )
-    pipeline = GatePipeline(spec)
-    pipeline.table  # noqa: B018 - calibrate outside the timing
+    pipeline = case_pipeline(case, model)
     started = time.perf_counter()
     context, evaluator = pipeline.context, pipeline.evaluator
     candidates = _candidate_layers(context)
