@@ -163,6 +163,8 @@ class SpreadOutcome:
     pruning_evaluations: int = 0
     pruned: tuple[str, ...] = ()
     notes: list[str] = field(default_factory=list)
+    #: the plan of ``fix`` (None until verified)
+    plan: QuantPlan | None = None
 
 
 def spread_walk(
@@ -307,6 +309,7 @@ def spread_walk(
             chosen = applied(entries[: search.length])
             plan = unpruned
             outcome.fix = verifier.verify(plan)
+    outcome.plan = plan
     by_name = {layer.name: layer for layer in candidates}
     producers = {n: p.producer for n, p in pairs.items() if isinstance(p, EqualizationPair)}
     rows = []

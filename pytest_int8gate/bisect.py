@@ -240,17 +240,43 @@ def bisect_failure(context: GateContext, evaluator: PlanEvaluator, failing: Comp
             )
         if spread is not None:
             notes.extend(spread.notes)
-            if spread.fix is not None:
-                notes.extend(verifier.generalisation_notes(spread.fix))
+            spread_fix, spread_offenders = spread.fix, list(spread.offenders)
+            spread_pruning, spread_pruned = spread.pruning_evaluations, spread.pruned
+            if (
+                spread_fix is not None
+                and spread_fix.passed
+                and spread.plan is not None
+                and spread.plan.exclude - context.plan.exclude
+            ):
+                # Layers in float cost the deployment most, and the ranking put them in by own SQNR, which
+                # need not follow their effect on the outputs: each is tried back in INT8, as it is or with
+                # an INT8-preserving rung, best own SQNR first.
+                pruning = Pruning(
+                    context,
+                    oracle,
+                    verifier,
+                    clock,
+                    order=[layer.name for layer in oracle.layers],
+                    ladder=ladder,
+                    float_only=True,
+                    accept=lambda probe: clears_margin(probe, holdout),
+                )
+                spread_fix = pruning.prune(spread.plan, spread_fix)
+                notes.extend(pruning.notes)
+                spread_pruning += pruning.evaluations
+                spread_pruned = (*spread_pruned, *pruning.dropped)
+                spread_offenders = _after_pruning(spread_offenders, pruning, ladder, candidates)
+            if spread_fix is not None:
+                notes.extend(verifier.generalisation_notes(spread_fix))
             return report(
                 search_evaluations=spread.search_evaluations,
-                offenders=spread.offenders,
-                fix=spread.fix,
+                offenders=tuple(spread_offenders),
+                fix=spread_fix,
                 notes=tuple(notes),
                 verification_evaluations=verifier.evaluations,
                 global_evaluations=global_evaluations,
-                pruning_evaluations=spread.pruning_evaluations,
-                pruned=spread.pruned,
+                pruning_evaluations=spread_pruning,
+                pruned=spread_pruned,
                 walk=walk_mode,
                 stopped_by=clock.stopped_by,
                 duration_s=time.perf_counter() - started,
@@ -416,15 +442,7 @@ def bisect_failure(context: GateContext, evaluator: PlanEvaluator, failing: Comp
         pruning_evaluations = pruning.evaluations
         pruned = tuple(pruning.dropped)
         notes.extend(pruning.notes)
-        back = {name for kind, name, _ in pruning.dropped_entries if kind == "exclude"}
-        by_name = {layer.name: layer for layer in candidates}
-        offenders = [
-            ladder.offender(by_name[o.name], o.metrics, pruning.rungs[o.name])
-            if o.name in pruning.rungs
-            else o
-            for o in offenders
-            if not (o.action is RepairAction.FLOAT and o.name in back and o.name not in pruning.rungs)
-        ]
+        offenders = _after_pruning(offenders, pruning, ladder, candidates)
     if fix is not None and fix.fp32_max_abs_difference is not None and fix.fp32_reference_max_abs:
         # the fix as finally verified (after pruning): its equalized FP32 model must be the same function
         relative = fix.fp32_max_abs_difference / fix.fp32_reference_max_abs
@@ -455,6 +473,19 @@ def bisect_failure(context: GateContext, evaluator: PlanEvaluator, failing: Comp
         stopped_by=clock.stopped_by,
     )
 
+
+
+def _after_pruning(
+    offenders: Sequence[OffendingLayer], pruning: Pruning, ladder: RepairLadder, candidates: Sequence[Layer]
+) -> list[OffendingLayer]:
+    """The report's rows after ``pruning``: a layer back in INT8 leaves; one a rung brought back says so."""
+    back = {name for kind, name, _ in pruning.dropped_entries if kind == "exclude"}
+    by_name = {layer.name: layer for layer in candidates}
+    return [
+        ladder.offender(by_name[o.name], o.metrics, pruning.rungs[o.name]) if o.name in pruning.rungs else o
+        for o in offenders
+        if not (o.action is RepairAction.FLOAT and o.name in back and o.name not in pruning.rungs)
+    ]
 
 
 def _fix_plan(base: QuantPlan, offenders: Sequence[OffendingLayer]) -> QuantPlan:

@@ -3,7 +3,7 @@ samples (remembered plans cost nothing), and the smaller fix verified."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -34,15 +34,21 @@ class Pruning:
         *,
         order: Sequence[str] = (),
         ladder: RepairLadder | None = None,
+        float_only: bool = False,
+        accept: Callable[[Probe], bool] | None = None,
     ) -> None:
         """``order``: the order float layers are tried back in INT8 (default: topological); ``ladder``: the
-        INT8-preserving rungs tried on a layer in float that cannot come back as it is."""
+        INT8-preserving rungs tried on a layer in float that cannot come back as it is; ``float_only``: only
+        the layers in float are tried (the fix's INT8 entries were already chosen with care); ``accept``:
+        when a smaller fix passes on the search samples (default: it meets the budget there)."""
         self.context = context
         self.oracle = oracle
         self.verifier = verifier
         self.clock = clock
         self.order = list(order)
         self.ladder = ladder
+        self.float_only = float_only
+        self.accept: Callable[[Probe], bool] = accept or (lambda probe: probe.passed)
         #: layer -> the rung that brought it back from float
         self.rungs: dict[str, Rung] = {}
         self.evaluations = 0
@@ -81,6 +87,8 @@ class Pruning:
             plan.exclude - spec.exclude, key=lambda n: (first.get(n, len(first)), order.get(n, 0))
         )
         found = [("exclude", n, f"{n} in float") for n in floated]
+        if self.float_only:
+            return found
         found += [
             ("override", n, f"{n} with calibrator {plan.overrides[n]}")
             for n in ordered(plan.overrides)
@@ -128,7 +136,7 @@ class Pruning:
             outcome = self.measure(self.without(current, kind, name), label)
             if outcome is None:
                 break
-            if outcome.passed:
+            if self.accept(outcome):
                 current = self.without(current, kind, name)
                 self.dropped.append(label)
                 self.dropped_entries.append((kind, name, label))
@@ -145,7 +153,7 @@ class Pruning:
                 nonlocal stopped
                 result = self.measure(rung.apply(back, name), f"{label}, {name} with {rung.text} instead")
                 stopped = result is None
-                return None if result is None else result.passed
+                return None if result is None else self.accept(result)
 
             rung = self.ladder.climb(name, attempt)
             if rung is not None:

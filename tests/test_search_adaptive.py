@@ -433,3 +433,33 @@ def test_every_evaluation_is_counted_when_the_cap_stops_the_search_before_its_wa
     # the twin whose cap leaves room for the walk: it counts that probe as its first evaluation
     roomy = GatePipeline(spec_for(planted_model(tmp_path, 16, (3, 12)), bisect_max_evaluations=8)).run()
     assert bisection(roomy).search_evaluations >= 1 and bisection(roomy).evaluations == roomy.evaluations - 1
+
+
+def test_layers_the_spread_walk_keeps_in_float_are_each_tried_back_in_int8(tmp_path: Path) -> None:
+    # Calibrator overrides alone cannot meet this budget, so the ranked prefix reaches layers in float,
+    # ranked by own SQNR; one of them (measured: fc14) comes back in INT8 with another calibrator, by the
+    # search samples' standard-error margin, and the smaller fix holds on the unseen ones.
+    model = save_chain(mild_ranges(16), tmp_path / "spread16.onnx")
+    spec = GateSpec(
+        model=model,
+        calib_data=inputs(2048, seed=1),
+        eval_data=inputs(512, seed=2),
+        budget=Budget({"cosine": 0.997}),
+        calibrator="entropy",
+        bisect_subset=128,
+        threads=1,
+        min_calib_samples=0,
+        repairs=("calibrator",),
+    )
+    verdict = GatePipeline(spec).run()
+    report = bisection(verdict)
+    assert report.walk == "spread"
+    fix = report.fix
+    assert fix is not None and fix.passed and fix.generalised is True
+    back = [label for label in report.pruned if " in float" in label]
+    assert back, report.pruned
+    assert all(label.split(" ")[0] not in fix.exclude for label in back)
+    assert fix.exclude and "fc14" not in fix.exclude and fix.overrides.get("fc14") == "percentile"
+    # the report's rows are the fix's entries; every evaluation is counted in a phase
+    assert {o.name for o in report.offenders if o.action == "float"} == set(fix.exclude)
+    assert report.evaluations == verdict.evaluations - 1
