@@ -99,7 +99,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     m(
         "budget-drop-sign", "budget operator", f"{PKG}/gate.py",
-        "            observed = fp32 - int8\n", "            observed = int8 - fp32\n",
+        "        observed = fp32 - int8\n", "        observed = int8 - fp32\n",
         [f"{T}/test_gate.py"], "a drop is FP32 minus INT8",
     ),
     m(
@@ -124,7 +124,7 @@ MUTANTS: tuple[Mutant, ...] = (
     # ---- confidence intervals ------------------------------------------------------------------------------
     m(
         "strict-ci-ignored", "confidence interval", f"{PKG}/gate.py",
-        "            passed = passed and within\n", "            passed = passed\n",
+        "        passed = passed and within\n", "        passed = passed\n",
         [f"{T}/test_stats.py"], "--int8-strict-ci needs the whole interval within the limit",
     ),
     m(
@@ -257,8 +257,8 @@ MUTANTS: tuple[Mutant, ...] = (
     m(
         "bisect-first-probe-uncounted", "binary search", f"{PKG}/search_walk.py",
         "            state.search_evaluations += 1  # measured before: counted here, not repeated\n"
-        "            whole = first\n",
-        "            whole = first\n",
+        "            state.counted_first = True\n",
+        "            state.counted_first = True\n",
         [f"{T}/test_bisect.py"], "the report counts every evaluation",
     ),
     m(
@@ -325,7 +325,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     m(
         "fix-view-no-note", "verified fix", f"{PKG}/report/view.py",
-        'outcome_note="" if f.passed else "(not a fix)",', 'outcome_note="",',
+        'outcome_note = "" if f.passed else "(not a fix)"', 'outcome_note = ""',
         [f"{T}/test_search_judgement.py"], "a failing fix is called not a fix",
     ),
     m(

@@ -92,3 +92,17 @@ def test_repair_benchmark_names_every_rung_of_its_fixes(
     rounded = next(row for row in rows if "rounded to 0" in row)
     assert "| 1 smoothquant | 0 |" in wide, wide
     assert "| 1 bias corr. | 0 |" in rounded, rounded
+
+
+def test_every_mutant_still_applies_to_the_code_it_targets() -> None:
+    """A mutant whose original text no longer exists would be reported as neither killed nor survived."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "mutation.py"), "--check"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    assert lines and all(line.startswith("applies") for line in lines), "\n".join(
+        line for line in lines if not line.startswith("applies")
+    )
