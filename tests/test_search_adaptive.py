@@ -283,22 +283,28 @@ def test_a_calibrator_override_predicted_by_own_sqnr_costs_one_search_evaluation
 # ---- error spread thin: the shortest passing prefix of ranked entries ------------------------------
 
 
-def test_spread_error_gets_a_small_int8_fix_within_the_target_count_and_it_holds_on_unseen_samples(
-    tmp_path: Path,
-) -> None:
-    # Every layer's input has a mildly wide channel: no layer breaks the budget alone, no calibrator for
-    # the whole model passes (measured: entropy 0.979, the best), and the error accumulates over 16 layers.
-    model = save_chain(mild_ranges(16), tmp_path / "spread16.onnx")
+def spread16_spec(root: Path, cosine: float, **changes: object) -> GateSpec:
+    """A 16-layer chain whose every layer's input has a mildly wide channel, calibrator entropy, 128 of
+    512 evaluation samples for the search (384 unseen)."""
     spec = GateSpec(
-        model=model,
+        model=save_chain(mild_ranges(16), root / "spread16.onnx"),
         calib_data=inputs(2048, seed=1),
         eval_data=inputs(512, seed=2),
-        budget=Budget({"cosine": 0.986}),
+        budget=Budget({"cosine": cosine}),
         calibrator="entropy",
         bisect_subset=128,
         threads=1,
         min_calib_samples=0,
     )
+    return replace(spec, **changes)  # type: ignore[arg-type]
+
+
+def test_spread_error_gets_a_small_int8_fix_within_the_target_count_and_it_holds_on_unseen_samples(
+    tmp_path: Path,
+) -> None:
+    # Every layer's input has a mildly wide channel: no layer breaks the budget alone, no calibrator for
+    # the whole model passes (measured: entropy 0.979, the best), and the error accumulates over 16 layers.
+    spec = spread16_spec(tmp_path, 0.986)
     verdict = GatePipeline(spec).run()
     report = bisection(verdict)
     assert report.walk == "spread"
@@ -439,18 +445,7 @@ def test_layers_the_spread_walk_keeps_in_float_are_each_tried_back_in_int8(tmp_p
     # Calibrator overrides alone cannot meet this budget, so the ranked prefix reaches layers in float,
     # ranked by own SQNR; one of them (measured: fc14) comes back in INT8 with another calibrator, by the
     # search samples' standard-error margin, and the smaller fix holds on the unseen ones.
-    model = save_chain(mild_ranges(16), tmp_path / "spread16.onnx")
-    spec = GateSpec(
-        model=model,
-        calib_data=inputs(2048, seed=1),
-        eval_data=inputs(512, seed=2),
-        budget=Budget({"cosine": 0.997}),
-        calibrator="entropy",
-        bisect_subset=128,
-        threads=1,
-        min_calib_samples=0,
-        repairs=("calibrator",),
-    )
+    spec = spread16_spec(tmp_path, 0.997, repairs=("calibrator",))
     verdict = GatePipeline(spec).run()
     report = bisection(verdict)
     assert report.walk == "spread"
