@@ -14,11 +14,14 @@ import os
 import re
 import struct
 import tempfile
+import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -29,6 +32,14 @@ from .backends.onnxruntime import OrtRunner
 from .data import ModelFeeds
 from .errors import CalibrationError, DataError, bounded_repr, bounded_text
 from .graph import add_graph_outputs
+
+_kernel: ModuleType | None
+try:  # the optional C kernel (setup.py): the same counts as the numpy path, about three times cheaper
+    from . import _histogram as _kernel
+except ImportError:  # installed without a C compiler
+    _kernel = None
+#: Which binning the calibration histogram uses here ("compiled": the C kernel is built; "numpy").
+HISTOGRAM_KERNEL = "compiled" if _kernel is not None else "numpy"
 
 CALIBRATORS: tuple[str, ...] = ("max", "percentile", "entropy", "mse")
 
@@ -146,7 +157,9 @@ class TensorStatistics:
         if self._exponent is None:
             self._counts[0] += array.size
             return
-        (scratch or HistogramScratch()).add_counts(self._counts, array, self._exponent, low >= 0)
+        (scratch or HistogramScratch()).add_counts(
+            self._counts, array, self._exponent, low >= 0, batch_absmax
+        )
 
     def merge(self, other: TensorStatistics) -> None:
         """Add ``other``'s values to these statistics (same result as updating with them)."""
@@ -197,23 +210,36 @@ def _bin_counts(finite: np.ndarray, exponent: int) -> np.ndarray:
 
 
 class HistogramScratch:
-    """Reusable buffers for binning: the values are binned in chunks of :data:`SCRATCH_VALUES`, so the
-    temporaries stay in a core's cache and no array the size of an activation is allocated per update.
+    """Reusable buffers for binning. With the C kernel (``_histogram.c``) float32 values are binned in one
+    pass with the GIL released; otherwise in chunks of :data:`SCRATCH_VALUES`, so that numpy's temporaries
+    stay in a core's cache and no array the size of an activation is allocated per update. Both give the
+    same counts.
 
-    One scratch serves one thread at a time (the calibration pass keeps one for its statistics worker).
+    One scratch serves one thread at a time (each worker of the calibration pass keeps its own).
     """
 
-    __slots__ = ("_indices", "_scaled")
+    __slots__ = ("_indices", "_lanes", "_scaled")
 
-    def __init__(self) -> None:
+    def __init__(self, *, compiled: bool = True) -> None:
+        """``compiled=False`` takes the numpy path even where the C kernel is built."""
         self._scaled = np.empty(SCRATCH_VALUES, dtype=np.float32)
         self._indices = np.empty(SCRATCH_VALUES, dtype=np.uint16)
+        # the kernel's interleaved counters, zero between calls
+        self._lanes = (
+            np.zeros(_kernel.LANES * HIST_BINS, dtype=np.uint32) if compiled and _kernel is not None else None
+        )
 
     def add_counts(
-        self, counts: np.ndarray, finite: np.ndarray, exponent: int, nonnegative: bool = False
+        self,
+        counts: np.ndarray,
+        finite: np.ndarray,
+        exponent: int,
+        nonnegative: bool = False,
+        absmax: float | None = None,
     ) -> None:
         """Add the counts of |finite| on the grid [0, 2**exponent) to ``counts`` (HIST_BINS int64);
-        ``nonnegative`` says no value is below 0 (a ReLU's output), so that |x| is x."""
+        ``nonnegative`` says no value is below 0 (a ReLU's output), so that |x| is x; ``absmax``, if
+        known, is the largest |x| of ``finite``."""
         shift = _HISTOGRAM_SHIFT - exponent
         # Scaling by a power of two is exact unless the factor itself leaves float32's normal range.
         if finite.dtype != np.float32 or not -126 <= shift <= 127:
@@ -222,6 +248,11 @@ class HistogramScratch:
             counts += np.bincount(scaled.astype(np.uint16), minlength=HIST_BINS)
             return
         factor = np.float32(math.ldexp(1.0, shift))
+        if self._lanes is not None and _kernel is not None and finite.flags.c_contiguous:
+            # |x| * factor <= absmax * factor (exact: a power-of-two scaling), so no bin above it is reached
+            reach = HIST_BINS if absmax is None else min(HIST_BINS, int(absmax * float(factor)) + 1)
+            _kernel.add_counts(finite, counts, self._lanes, float(factor), reach)
+            return
         for start in range(0, finite.size, SCRATCH_VALUES):
             chunk = finite[start : start + SCRATCH_VALUES]
             scaled = self._scaled[: chunk.size]
@@ -260,13 +291,19 @@ def _merge_pairs(counts: np.ndarray, times: int) -> np.ndarray:
     return merged
 
 
+#: Most inferences the calibration pass runs side by side; each holds one step's activations.
+MAX_PASS_WORKERS = 4
+#: Histogram bytes the workers' own statistics may hold together (each keeps its own until they are merged).
+WORKER_STATISTICS_BYTES = 64 << 20
+
+
 @dataclass(frozen=True)
 class CalibrationStatistics:
     """The statistics of one FP32 pass and what it cost.
 
-    ``fp32_pass_s`` is the time inside ONNX Runtime, ``statistics_s`` the time spent updating statistics
-    (on a worker thread, overlapping the next step's inference where the machine has the cores), and
-    ``pass_wall_s`` the wall time of the whole pass, data loading included.
+    ``fp32_pass_s`` is the time inside ONNX Runtime and ``statistics_s`` the time spent updating statistics,
+    each summed over the ``workers`` that ran side by side; ``pass_wall_s`` is the wall time of the whole
+    pass, data loading included.
     """
 
     tensors: Mapping[str, TensorStatistics]
@@ -276,6 +313,31 @@ class CalibrationStatistics:
     pass_wall_s: float = 0.0
     #: The most samples one inference step held (steps are sized by the exposed activations' bytes).
     step_samples: int = 0
+    #: Inferences run side by side, each with ``threads_per_worker`` ONNX Runtime intra-op threads (0: its
+    #: own choice).
+    workers: int = 1
+    threads_per_worker: int = 0
+
+
+@dataclass
+class _Worker:
+    """One worker's own statistics, scratch and time (a worker is one thread of the pass)."""
+
+    stats: dict[str, TensorStatistics]
+    scratch: HistogramScratch
+    fp32_s: float = 0.0
+    statistics_s: float = 0.0
+
+
+def pass_workers(tensors: int, threads: int = 0) -> tuple[int, int]:
+    """How many inferences the calibration pass runs side by side, and ONNX Runtime's intra-op threads for
+    each (0: its own choice), on ``threads`` CPUs (0: all usable ones) for ``tensors`` histograms."""
+    cpus = threads or _usable_cpus()
+    by_memory = WORKER_STATISTICS_BYTES // max(tensors * HIST_BINS * 8, 1)
+    workers = max(1, min(cpus, MAX_PASS_WORKERS, by_memory))
+    if workers == 1:
+        return 1, threads
+    return workers, max(1, cpus // workers)
 
 
 def collect_statistics(
@@ -285,16 +347,23 @@ def collect_statistics(
     *,
     threads: int = 0,
     activation_budget: int = ACTIVATION_BUDGET_BYTES,
-    overlap: bool | None = None,
+    workers: int | None = None,
 ) -> CalibrationStatistics:
     """Run ``model`` once in FP32 over ``batches`` and stream statistics of ``tensors``.
 
     Intermediate tensors become extra graph outputs of one ONNX Runtime session; tensors that are graph
     inputs are read from the feeds. The caller's batches are split into steps of as many samples as keep
     the exposed activations within ``activation_budget`` bytes (measured on the first sample; a model
-    with a fixed batch size is fed its batches whole). With ``overlap`` (default: when more than one CPU
-    is usable) the statistics of a step are taken on one worker thread while ONNX Runtime runs the next
-    step: at most two steps' activations are alive. Memory does not depend on the number of samples.
+    with a fixed batch size is fed its batches whole).
+
+    Steps go to ``workers`` threads (default: :func:`pass_workers`), each running a step through the shared
+    session and then taking its statistics into its own :class:`TensorStatistics`, which are merged at the
+    end. Counts are exact and independent of order, so the split never changes a value. Side-by-side
+    single-threaded inferences use a few cores better than one inference on all of them at one sample a
+    step (no barrier per operator), and the statistics fill the same cores instead of preempting ONNX
+    Runtime's threads: measured on 2 cores, a ResNet-style pass with statistics took 1.25x the bare pass,
+    against 1.6x for intra-op threads with statistics on a thread beside them. At most ``workers`` steps'
+    activations are alive at once; memory does not depend on the number of samples.
     """
     names = list(dict.fromkeys(tensors))
     initializers = {init.name for init in model.graph.initializer}
@@ -315,36 +384,57 @@ def collect_statistics(
     first_input = graph_inputs[0]
     exposed = [name for name in names if name not in graph_inputs]
     fed = [name for name in names if name in graph_inputs]
-    # Python works between and beside the runs: ONNX Runtime's spinning threads would take its core.
+    if workers is None:
+        workers, intra_op = pass_workers(len(names), threads)
+    else:
+        workers, intra_op = max(1, workers), (threads if workers <= 1 else max(1, threads // workers))
     runner = OrtRunner(
         add_graph_outputs(model, exposed),
         precision="fp32",
         optimize=True,
-        threads=threads,
+        threads=intra_op,
+        # Python works between the runs: spinning intra-op threads would take its core
         session_config={"session.intra_op.allow_spinning": "0"},
     )
     splittable = not fixed_batch_axis(model, graph_inputs)
-    if overlap is None:
-        overlap = _usable_cpus() > 1
-    stats = {name: TensorStatistics() for name in names}
-    scratch = HistogramScratch()
-    statistics_s = 0.0
+    states: list[_Worker] = []
+    local = threading.local()
+    states_lock = threading.Lock()
 
-    def take_statistics(feeds: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> None:
-        nonlocal statistics_s
+    def worker() -> _Worker:
+        state: _Worker | None = getattr(local, "state", None)
+        if state is None:
+            state = _Worker({name: TensorStatistics() for name in names}, HistogramScratch())
+            with states_lock:
+                states.append(state)
+            local.state = state
+        return state
+
+    def run_step(feeds: Mapping[str, np.ndarray]) -> int:
+        """Run one step and take its statistics on this thread; the exposed activations' bytes."""
+        state = worker()
         started = time.perf_counter()
+        outputs = runner.run(feeds)
+        taken = time.perf_counter()
         for name in fed:
-            stats[name].update(np.asarray(feeds[name]), scratch)
+            state.stats[name].update(np.asarray(feeds[name]), state.scratch)
         for name in exposed:
-            stats[name].update(outputs[name], scratch)
-        statistics_s += time.perf_counter() - started
+            state.stats[name].update(outputs[name], state.scratch)
+        state.fp32_s += taken - started
+        state.statistics_s += time.perf_counter() - taken
+        return sum(outputs[name].nbytes for name in exposed) + sum(
+            np.asarray(feeds[name]).nbytes for name in fed
+        )
 
-    fp32_pass_s = 0.0
     num_samples = num_batches = largest_step = 0
     step: int | None = None if splittable else 0
     wall_started = time.perf_counter()
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="int8gate-statistics") if overlap else None
-    pending: Future[None] | None = None
+    pool = (
+        ThreadPoolExecutor(max_workers=workers, thread_name_prefix="int8gate-calibration")
+        if workers > 1
+        else None
+    )
+    pending: deque[Future[int]] = deque()
     try:
         for index, batch in enumerate(batches):
             if not isinstance(batch, Mapping):
@@ -367,38 +457,38 @@ def collect_statistics(
                 feeds = (
                     batch if whole else {key: value[start : start + count] for key, value in batch.items()}
                 )
-                started = time.perf_counter()
-                outputs = runner.run(feeds)
-                fp32_pass_s += time.perf_counter() - started
                 largest_step = max(largest_step, size if whole else count)
-                if step is None:  # the first sample: how many fit in the budget
-                    per_sample = sum(outputs[name].nbytes for name in exposed) + sum(
-                        np.asarray(feeds[name]).nbytes for name in fed
-                    )
-                    step = max(1, activation_budget // max(per_sample, 1))
-                if pool is None:
-                    take_statistics(feeds, outputs)
+                if step is None:  # the first sample, on this thread: how many fit in the budget
+                    step = max(1, activation_budget // max(run_step(feeds), 1))
+                elif pool is None:
+                    run_step(feeds)
                 else:
-                    if pending is not None:
-                        pending.result()
-                    pending = pool.submit(take_statistics, feeds, outputs)
+                    if len(pending) >= workers:  # at most one step in hand per worker
+                        pending.popleft().result()
+                    pending.append(pool.submit(run_step, feeds))
                 start += count
                 if whole:
                     break
-        if pending is not None:
-            pending.result()
+        while pending:
+            pending.popleft().result()
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
     if num_batches == 0:
         raise DataError("the calibration data yielded no batches; at least one sample is needed.")
+    stats = states[0].stats
+    for state in states[1:]:
+        for name in names:
+            stats[name].merge(state.stats[name])
     return CalibrationStatistics(
         tensors=stats,
         num_samples=num_samples,
-        fp32_pass_s=fp32_pass_s,
-        statistics_s=statistics_s,
+        fp32_pass_s=sum(state.fp32_s for state in states),
+        statistics_s=sum(state.statistics_s for state in states),
         pass_wall_s=time.perf_counter() - wall_started,
         step_samples=largest_step,
+        workers=workers,
+        threads_per_worker=intra_op,
     )
 
 

@@ -20,7 +20,13 @@ import onnx
 
 from . import __version__
 from .calibrate import CALIBRATORS as TABLE_CALIBRATORS
-from .calibrate import CalibrationTable, CalibratorSettings, calibrate, trt_version_number
+from .calibrate import (
+    HISTOGRAM_KERNEL,
+    CalibrationTable,
+    CalibratorSettings,
+    calibrate,
+    trt_version_number,
+)
 from .data import InputLayout, batch_size_for, load_dataset, resolve_layout
 from .equalize import RULES as EQUALIZATION_RULES
 from .equalize import activation_channel_ranges, equalize, fp32_difference, select_pairs
@@ -310,9 +316,17 @@ def run_calibrate(args: argparse.Namespace) -> int:
         f"calibrated {len(tensors)} activation tensor(s) of {Path(args.model).name} on "
         f"{stats.num_samples} samples (batch {batch_size})"
     )
-    steps = f"  (steps of {stats.step_samples} sample(s))" if stats.step_samples else ""
-    print(f"  fp32 pass     {stats.fp32_pass_s:8.3f} s{steps}")
-    print(f"  statistics    {stats.statistics_s:8.3f} s  (beside the next step's pass where CPUs allow)")
+    steps = f"; steps of {stats.step_samples} sample(s)" if stats.step_samples else ""
+    if stats.workers > 1:
+        side_by_side = (
+            f", summed over {stats.workers} inferences side by side"
+            f" of {stats.threads_per_worker} thread(s) each"
+        )
+        kernel = f"summed over the same; {HISTOGRAM_KERNEL} histograms"
+    else:
+        side_by_side, kernel = "", f"{HISTOGRAM_KERNEL} histograms"
+    print(f"  fp32 pass     {stats.fp32_pass_s:8.3f} s  (time inside ONNX Runtime{side_by_side}{steps})")
+    print(f"  statistics    {stats.statistics_s:8.3f} s  ({kernel})")
     print(f"  pass in all   {stats.pass_wall_s:8.3f} s  (data reading included)")
     print(f"  other         {other_s:8.3f} s  (session build, calibrators)")
     print(f"  total         {total_s:8.3f} s")

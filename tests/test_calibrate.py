@@ -20,7 +20,9 @@ from pytest_int8gate import __version__
 from pytest_int8gate.calibrate import (
     CALIBRATORS,
     HIST_BINS,
+    MAX_PASS_WORKERS,
     SCRATCH_VALUES,
+    WORKER_STATISTICS_BYTES,
     CalibrationTable,
     CalibratorSettings,
     TensorStatistics,
@@ -31,6 +33,7 @@ from pytest_int8gate.calibrate import (
     compute_amax,
     entropy_amax,
     mse_amax,
+    pass_workers,
     percentile_amax,
     read_trt_cache,
     trt_version_number,
@@ -538,25 +541,38 @@ def test_collect_statistics_rejects_unknown_tensors_and_weights(
         collect_statistics(model, ["w1"], batches)
 
 
-def test_steps_and_overlap_do_not_change_the_statistics(
+def test_steps_and_workers_do_not_change_the_statistics(
     mlp: tuple[onnx.ModelProto, np.ndarray, np.ndarray],
 ) -> None:
-    """The pass splits batches into steps by activation bytes and may take statistics on a worker thread:
-    neither changes a single count (a step budget of one byte forces one sample per step)."""
+    """The pass splits batches into steps by activation bytes and spreads the steps over workers with
+    statistics of their own: neither changes a single count (a step budget of one byte forces one sample
+    per step)."""
     model, _, _ = mlp
     rng = np.random.default_rng(21)
     batches = [
         {"x": (rng.standard_normal((n, 6)) * (1 + i)).astype(np.float32)} for i, n in enumerate((7, 1, 32))
     ]
+    cases = ((1, 1), (1, 2), (1, 3), (10**9, 1), (10**9, 2), (200, 2), (200, 4))
     runs = [
-        collect_statistics(model, ["x", "hidden", "y"], batches, activation_budget=budget, overlap=overlap)
-        for budget, overlap in ((1, False), (1, True), (10**9, False), (10**9, True), (200, True))
+        collect_statistics(model, ["x", "hidden", "y"], batches, activation_budget=budget, workers=workers)
+        for budget, workers in cases
     ]
-    assert [run.step_samples for run in runs] == [1, 1, 32, 32, 2]
+    assert [run.step_samples for run in runs] == [1, 1, 1, 32, 32, 2, 2]
+    assert [run.workers for run in runs] == [workers for _, workers in cases]
     for run in runs[1:]:
         assert run.num_samples == 40
         for name in ("x", "hidden", "y"):
             assert snapshot(run.tensors[name]) == snapshot(runs[0].tensors[name])
+
+
+def test_the_pass_runs_one_single_threaded_inference_per_cpu_within_memory() -> None:
+    assert pass_workers(21, threads=2) == (2, 1)
+    assert pass_workers(21, threads=16) == (MAX_PASS_WORKERS, 16 // MAX_PASS_WORKERS)
+    assert pass_workers(21, threads=1) == (1, 1)
+    # each worker keeps its own histograms: too many tensors for that, and one inference runs on all threads
+    too_many = WORKER_STATISTICS_BYTES // (HIST_BINS * 8)
+    assert pass_workers(too_many, threads=8) == (1, 8)
+    assert pass_workers(too_many // 2, threads=8) == (2, 4)
 
 
 def test_a_model_with_a_fixed_batch_is_fed_its_batches_whole() -> None:
