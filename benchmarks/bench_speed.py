@@ -191,7 +191,7 @@ def in_loop(model: Path, inputs: np.ndarray, rounds: int) -> dict[str, float]:
     and data loading, interleaved."""
     import onnxruntime as ort
 
-    from pytest_int8gate.calibrate import calibrate
+    from pytest_int8gate.calibrate import HISTOGRAM_KERNEL, calibrate
     from pytest_int8gate.data import Dataset, check_dataset
     from pytest_int8gate.graph import load_model
     from pytest_int8gate.quantize import activation_tensors
@@ -240,6 +240,9 @@ def in_loop(model: Path, inputs: np.ndarray, rounds: int) -> dict[str, float]:
         "fp32_pass": best.fp32_pass_s,
         "statistics": best.statistics_s,
         "step": best.step_samples,
+        "workers": best.workers,
+        "threads": best.threads_per_worker,
+        "kernel": HISTOGRAM_KERNEL,
         "tensors": len(tensors),
     }
 
@@ -420,9 +423,10 @@ def calibration(
     notes.insert(
         0,
         f"In the loop, int8gate's {loop['ours']:.2f} s: the pass with statistics {loop['pass_wall']:.2f} s "
-        f"(inside ONNX Runtime {loop['fp32_pass']:.2f} s, statistics {loop['statistics']:.2f} s on a worker "
-        f"thread beside the next step's inference, steps of {loop['step']} sample(s), {loop['tensors']} "
-        "tensors), the rest session build and the four calibrators.",
+        f"({loop['workers']} inference(s) side by side of {loop['threads'] or 'auto'} thread(s) each, "
+        f"summed over them: inside ONNX Runtime {loop['fp32_pass']:.2f} s, statistics "
+        f"{loop['statistics']:.2f} s with the {loop['kernel']} histogram kernel; steps of {loop['step']} "
+        f"sample(s), {loop['tensors']} tensors), the rest session build and the four calibrators.",
     )
     notes.append(f"Load average (1 min) before / after this section: {load_before} / {load_average()}.")
     return [*table, "", *(" ".join(notes),), ""], figures

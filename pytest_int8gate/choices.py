@@ -38,6 +38,13 @@ REPAIRS: tuple[str, ...] = tuple(action.value for action in RepairAction if acti
 BACKEND_NAMES: tuple[str, ...] = ("onnxruntime", "tensorrt", "auto")
 #: How ONNX Runtime runs a Q/DQ model: simulated (Q/DQ in float, what TensorRT computes) or fused kernels.
 ORT_MODES: tuple[str, ...] = ("simulated", "fused")
+#: How cross-layer equalization picks each channel's scale (equalize.py).
+EQUALIZATION_RULES: tuple[str, ...] = ("weights", "activations")
+#: SmoothQuant migration strengths tried by the repair ladder, the paper's default first (smoothquant.py).
+SMOOTHQUANT_ALPHAS: tuple[float, ...] = (0.5, 0.75, 0.25)
+#: A rewritten FP32 model (equalized, smoothed) whose outputs move by more than this relative to the largest
+#: output is not function-preserving: measured float32 rounding is ~1e-7 relative (7.6e-6 on outputs of 45).
+FP32_TOLERANCE = 1e-4
 #: Where Q/DQ pairs go (see placement.py): weighted layers' inputs, or TensorRT's fusion-aware rules.
 PLACEMENTS: tuple[str, ...] = ("minimal", "tensorrt")
 DEFAULT_PLACEMENT = "minimal"

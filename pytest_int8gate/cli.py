@@ -27,17 +27,13 @@ from .calibrate import (
     calibrate,
     trt_version_number,
 )
+from .choices import EQUALIZATION_RULES, FP32_TOLERANCE, SMOOTHQUANT_ALPHAS
 from .data import InputLayout, batch_size_for, load_dataset, resolve_layout
-from .equalize import RULES as EQUALIZATION_RULES
-from .equalize import activation_channel_ranges, equalize, fp32_difference, select_pairs
 from .errors import Int8GateError, bounded_text
 from .graph import ModelInfo, load_model
 from .placement import with_placement
 from .quantize import QuantPlan, activation_tensors, quantize_model
-from .repair import FP32_TOLERANCE
 from .settings import BY_NAME, Setting, SettingError, from_text, name_of, parse_items, spec_value, surface
-from .smoothquant import ALPHAS as SMOOTH_ALPHAS
-from .smoothquant import select_targets
 
 if TYPE_CHECKING:
     from .pipeline import GateSpec
@@ -194,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_alpha,
         metavar="A",
         help="migration strength in (0, 1) (default: the best of "
-        f"{', '.join(f'{a:g}' for a in SMOOTH_ALPHAS)})",
+        f"{', '.join(f'{a:g}' for a in SMOOTHQUANT_ALPHAS)})",
     )
     add_settings(sq, "calibrator", "placement", "budget", *_INPUT_OPTIONS)
     _add_run_options(sq)
@@ -410,6 +406,8 @@ def _write(path: str, text: str, *, what: str) -> None:
 
 # ---- equalize -------------------------------------------------------------------------------------
 def run_equalize(args: argparse.Namespace) -> int:
+    from .equalize import activation_channel_ranges, equalize, fp32_difference, select_pairs
+
     loaded = load_model(args.model)
     if args.rule == "activations" and not args.data:
         raise Int8GateError("--rule activations measures the activation ranges on --data; give it.")
@@ -465,6 +463,7 @@ def run_equalize(args: argparse.Namespace) -> int:
 def run_smoothquant(args: argparse.Namespace) -> int:
     from .gate import Budget
     from .pipeline import GatePipeline, GateSpec
+    from .smoothquant import select_targets
 
     spec = GateSpec(
         model=Path(args.model),
@@ -488,7 +487,7 @@ def run_smoothquant(args: argparse.Namespace) -> int:
         if not targets:
             raise Int8GateError(f"{args.model}: no MatMul or Gemm layer that SmoothQuant can apply to.")
         layers = [t.layer for t in targets]
-        alphas = (args.alpha,) if args.alpha is not None else SMOOTH_ALPHAS
+        alphas = (args.alpha,) if args.alpha is not None else SMOOTHQUANT_ALPHAS
         base = replace(pipeline.plan, smoothquant={})
         print(f"INT8 ({spec.calibrator}) of {name} on {pipeline.eval_data.num_samples} samples:")
         best: tuple[tuple[int, float], QuantPlan] | None = None

@@ -53,10 +53,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from .choices import EQUALIZATION_RULES as RULES
 from .errors import ModelError
 from .graph import LoadedModel, graph_consumers, model_hash
 
-RULES = ("weights", "activations")
 #: Ops with op(s·z) = s·op(z) elementwise for s > 0: any channel layout.
 ELEMENTWISE_HOMOGENEOUS = ("Relu", "LeakyRelu", "PRelu", "Identity")
 #: Bounded ops accepted between two layers by rescaling their bounds per channel (a ReLU6 is a Clip).

@@ -17,6 +17,7 @@ import numpy as np
 from . import __version__
 from .bias_correction import BatchSource, correct_biases
 from .cache import ArtifactCache, content_key
+from .choices import FP32_TOLERANCE as FP32_TOLERANCE
 from .choices import REPAIRS as REPAIRS  # the rung names and their check; these paths stay importable
 from .choices import check_repairs as check_repairs
 from .data import sample_count
@@ -25,10 +26,6 @@ from .errors import ModelError
 from .graph import LoadedModel
 from .quantize import QuantizedModel
 from .smoothquant import SmoothQuantReport, smoothed_model
-
-#: An equalized model whose FP32 outputs move by more than this (relative to the largest output) is
-#: not function-preserving: measured float32 rounding is ~1e-7 relative (7.6e-6 on outputs of 45).
-FP32_TOLERANCE = 1e-4
 
 
 @dataclass(frozen=True)

@@ -478,7 +478,8 @@ SETTINGS: tuple[Setting, ...] = (
         "threads",
         "int",
         0,
-        "ONNX Runtime intra-op threads (0: ONNX Runtime's choice)",
+        "ONNX Runtime intra-op threads (0: its choice); the calibration pass spreads them over up to 4 "
+        "inferences side by side (0: over the usable CPUs)",
         Absent("under pytest ONNX Runtime picks its thread count; parallel gates come from pytest-xdist"),
         Absent("under pytest ONNX Runtime picks its thread count; parallel gates come from pytest-xdist"),
         Absent("a tuning knob of the machine running the gate, not of the model"),

@@ -18,11 +18,11 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .choices import SMOOTHQUANT_ALPHAS
 from .errors import ModelError
 from .graph import LoadedModel, model_hash
 
-#: Migration strengths tried by the repair ladder, the paper's default first.
-ALPHAS: tuple[float, ...] = (0.5, 0.75, 0.25)
+ALPHAS = SMOOTHQUANT_ALPHAS
 DEFAULT_ALPHA = 0.5
 #: Scales are kept within this range of 1: a channel that is all zeros must not blow up its weight row.
 _SCALE_LIMIT = 1e4
