@@ -59,13 +59,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else (EXIT_PASS if exc.code is None else EXIT_ERROR)
     command: Callable[[argparse.Namespace], int] = args.run
     try:
-        return command(args)
+        code = command(args)
+        sys.stdout.flush()  # a reader that went away shows here, in the handler below, not at exit
+        return code
     except Int8GateError as exc:
         print(f"{PROG}: error: {_one_line(str(exc))}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # whoever read the output went away (`| head`): stop quietly, as a command ended by SIGPIPE; Python
+        # would otherwise report the same error again when it flushes stdout at exit
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_ERROR
     except Exception as exc:  # a defect, not the user's input: still one line, and an error
         if os.environ.get(TRACEBACK_VARIABLE):
             raise
@@ -308,6 +316,14 @@ def run_calibrate(args: argparse.Namespace) -> int:
     total_s = time.perf_counter() - started
     other_s = max(total_s - stats.pass_wall_s, 0.0)
 
+    # written before anything is printed: output piped into `head` must not cost the table
+    try:
+        table.save(args.out)
+    except OSError as exc:
+        raise Int8GateError(f"{args.out}: cannot write the calibration table ({exc}).") from exc
+    cache = table.to_trt_cache(args.method, args.trt_version) if args.trt_cache else None
+    if cache is not None:
+        _write(args.trt_cache, cache, what="TensorRT calibration cache")
     print(
         f"calibrated {len(tensors)} activation tensor(s) of {Path(args.model).name} on "
         f"{stats.num_samples} samples (batch {batch_size})"
@@ -336,14 +352,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
     for name, reason in table.skipped.items():
         print(f"skipped {name}: {reason}")
 
-    try:
-        table.save(args.out)
-    except OSError as exc:
-        raise Int8GateError(f"{args.out}: cannot write the calibration table ({exc}).") from exc
     print(f"wrote {args.out}")
-    if args.trt_cache:
-        cache = table.to_trt_cache(args.method, args.trt_version)
-        _write(args.trt_cache, cache, what="TensorRT calibration cache")
+    if cache is not None:
         print(f"wrote {args.trt_cache} ({cache.splitlines()[0]}, {args.method} scales)")
     return EXIT_PASS
 

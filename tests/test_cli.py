@@ -374,3 +374,36 @@ def test_module_entry_point_runs_as_a_process(tmp_path: Path, mlp: tuple[Path, P
     assert failed.returncode == 2
     assert failed.stderr.startswith("int8gate: error: ")
     assert "'nope'" in failed.stderr
+
+
+def test_calibrate_piped_into_a_reader_that_leaves_still_writes_the_table(tmp_path: Path) -> None:
+    """`int8gate calibrate ... | head -1`: the table is written before the report is printed, and the closed
+    pipe ends the command quietly (no 'internal error', no second report at exit)."""
+    table = tmp_path / "t.json"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")])),
+    }
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pytest_int8gate.cli",
+            "calibrate",
+            str(DIGITS),
+            "--data",
+            str(CALIB),
+            "--out",
+            str(table),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # the reader leaves before the first line
+    with process.stderr:
+        stderr = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 2
+    assert stderr == ""
+    assert CalibrationTable.load(table).amax
