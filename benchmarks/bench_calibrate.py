@@ -144,6 +144,8 @@ def _run_int8gate(
     result = {
         "fp32_pass_s": stats.fp32_pass_s,
         "statistics_s": stats.statistics_s,
+        "pass_wall_s": stats.pass_wall_s,
+        "workers": float(stats.workers),
         "tensors": float(len(tensors)),
         "layers": float(len(loaded.info.layers)),
     }
