@@ -1,6 +1,8 @@
-"""Run a model with chosen intermediate tensors exposed, batch by batch, into an accumulator: the one
-loop behind calibration statistics, the diagnostics' activation ranges and NaN/Inf search, equalization's
-channel ranges and FP32 comparison, bias correction's channel means and the search's layer sensitivity.
+"""Run a model with chosen intermediate tensors exposed, batch by batch, into an accumulator: the loop
+behind the diagnostics' activation ranges and NaN/Inf search, equalization's channel ranges and FP32
+comparison, bias correction's channel means and the search's layer sensitivity. (Calibration's pass,
+``calibrate.collect_statistics``, spreads its steps over inferences side by side instead, each with
+statistics of its own, because its histograms merge exactly.)
 
 Intermediate tensors become extra graph outputs of one ONNX Runtime session; tensors that are graph
 inputs are read from the feeds. The session is released when the probe closes.
