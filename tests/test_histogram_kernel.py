@@ -31,7 +31,7 @@ def counts_of(values: np.ndarray, *, compiled: bool, chunks: int = 1) -> tuple[l
 
 def test_the_kernel_is_built_wherever_a_c_compiler_is() -> None:
     """The build (setup.py) may skip the kernel only for want of a compiler: a build that silently failed
-    would leave every test below skipped and calibration three times slower."""
+    would leave every test below skipped and calibration statistics twice as slow."""
     compiler = str(sysconfig.get_config_var("CC") or "cc").split()[0]
     if shutil.which(compiler) is None:
         pytest.skip(f"no C compiler ({compiler}) on this machine: the numpy path runs")
