@@ -28,7 +28,7 @@ from .calibrate import (
     trt_version_number,
 )
 from .choices import EQUALIZATION_RULES, FP32_TOLERANCE, SMOOTHQUANT_ALPHAS
-from .data import InputLayout, batch_size_for, load_dataset, resolve_layout
+from .data import InputLayout, batch_size_for, load_dataset, read_once, resolve_layout
 from .errors import Int8GateError, bounded_text
 from .graph import ModelInfo, load_model
 from .placement import with_placement
@@ -299,7 +299,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
     loaded = load_model(args.model)
     # A console script's sys.path does not hold the working directory; module:function data lives there.
     layout = _layout(args, loaded.info)
-    dataset = load_dataset(args.data, loaded.info, role="calibration", search_path=Path.cwd(), layout=layout)
+    # one pass over the data: it is checked and fingerprinted as the calibration pass reads it
+    data = read_once(args.data, loaded.info, role="calibration", search_path=Path.cwd(), layout=layout)
     tensors = activation_tensors(loaded, args.placement)
     batch_size = batch_size_for(loaded.info, args.batch_size, layout)
 
@@ -307,12 +308,13 @@ def run_calibrate(args: argparse.Namespace) -> int:
     table, stats = calibrate(
         loaded.proto,
         tensors,
-        dataset.batches(batch_size),
+        data.batches(batch_size),
         model_hash=loaded.info.model_hash,
-        data_fingerprint=dataset.fingerprint,
+        data_fingerprint="",
         settings=settings,
         threads=args.threads,
     )
+    table = replace(table, data_fingerprint=data.dataset.fingerprint)
     total_s = time.perf_counter() - started
     other_s = max(total_s - stats.pass_wall_s, 0.0)
 

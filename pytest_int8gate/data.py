@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 import zipfile
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
@@ -84,8 +84,10 @@ class Dataset:
         """Batches with every input's samples on axis 0 and no constant inputs (the chunks' layout)."""
         if batch_size < 1:
             raise DataError(f"{self.source}: batch size must be at least 1, not {batch_size}.")
-        pending: list[Feeds] = []
-        pending_count = 0
+        yield from _regroup(self._verified_chunks(), batch_size)
+
+    def _verified_chunks(self) -> Iterator[Feeds]:
+        """The chunks again, each checked against what the first pass saw."""
         seen = 0
         # The fingerprint names this content in cache keys and reports: a source that yields anything
         # else on a later pass (a loader with random or one-shot data, a file rewritten mid-run) is an
@@ -96,22 +98,11 @@ class Dataset:
                 tuple(chunk[k].shape[1:]) != self.sample_shapes[k] for k in self.input_names
             ):
                 raise DataError(f"{self.source}: {_CHANGED_BETWEEN_PASSES}")
-            size = _chunk_len(chunk)
-            seen += size
+            seen += _chunk_len(chunk)
             if seen > self.num_samples:  # also stops a loader that never ends on a later pass
                 raise DataError(f"{self.source}: {_CHANGED_BETWEEN_PASSES}")
             _fold_chunk(digest, chunk, self.input_names)
-            start = 0
-            while start < size:
-                take = min(batch_size - pending_count, size - start)
-                pending.append({k: v[start : start + take] for k, v in chunk.items()})
-                pending_count += take
-                start += take
-                if pending_count == batch_size:
-                    yield _concat(pending)
-                    pending, pending_count = [], 0
-        if pending:
-            yield _concat(pending)
+            yield chunk
         self.layout.digest_update(digest)
         if digest.hexdigest() != self.fingerprint:
             raise DataError(f"{self.source}: {_CHANGED_BETWEEN_PASSES}")
@@ -242,6 +233,25 @@ def _chunk_len(chunk: Mapping[str, np.ndarray]) -> int:
     return int(next(iter(chunk.values())).shape[0])
 
 
+def _regroup(chunks: Iterator[Feeds], batch_size: int) -> Iterator[Feeds]:
+    """Batches of ``batch_size`` samples (the last one may be smaller) from chunks of any length."""
+    pending: list[Feeds] = []
+    pending_count = 0
+    for chunk in chunks:
+        size = _chunk_len(chunk)
+        start = 0
+        while start < size:
+            take = min(batch_size - pending_count, size - start)
+            pending.append({k: v[start : start + take] for k, v in chunk.items()})
+            pending_count += take
+            start += take
+            if pending_count == batch_size:
+                yield _concat(pending)
+                pending, pending_count = [], 0
+    if pending:
+        yield _concat(pending)
+
+
 def _concat(parts: list[Feeds]) -> Feeds:
     if len(parts) == 1:
         return parts[0]
@@ -266,6 +276,74 @@ def load_dataset(
     ``timeout_s`` seconds is abandoned (its thread cannot be stopped and is left to end with the process).
     ``progress`` hears what is read, the samples so far and any wait for a loader.
     """
+    return _drain(
+        _scanned_source(spec, model, role, search_path, max_samples, timeout_s, progress, layout)
+    )
+
+
+def read_once(
+    spec: str | os.PathLike[str],
+    model: ModelInfo,
+    *,
+    role: str = "calibration",
+    search_path: str | os.PathLike[str] | None = None,
+    max_samples: int = DEFAULT_MAX_SAMPLES,
+    timeout_s: float = DEFAULT_DATA_TIMEOUT_S,
+    progress: DataProgress | None = None,
+    layout: InputLayout | None = None,
+) -> DataRead:
+    """The data named by ``spec`` for a consumer that needs one pass over it (``int8gate calibrate``):
+    :func:`load_dataset`'s checks and fingerprint are made while the batches are read, not in a pass of
+    their own, so the data is read and hashed once instead of twice. A problem is the same
+    :class:`DataError`, raised at the chunk that has it (before that chunk reaches the consumer); the
+    dataset's summary (fingerprint, sample count) is known once the batches are exhausted."""
+    scanning = _scanned_source(
+        spec, model, role, search_path, max_samples, timeout_s, progress, layout, shapes_first=True
+    )
+    return DataRead(scanning, layout or InputLayout())
+
+
+class DataRead:
+    """One pass over data, checked and fingerprinted as it is read (see :func:`read_once`)."""
+
+    def __init__(self, scanning: Generator[Feeds, None, Dataset], layout: InputLayout) -> None:
+        self._scanning = scanning
+        self._layout = layout
+        self._dataset: Dataset | None = None
+
+    def batches(self, batch_size: int) -> Iterator[Feeds]:
+        """Feeds of ``batch_size`` samples as the model takes them (like :meth:`Dataset.batches`); one
+        call per DataRead."""
+        if batch_size < 1:
+            raise DataError(f"batch size must be at least 1, not {batch_size}.")
+
+        def chunks() -> Iterator[Feeds]:
+            self._dataset = yield from self._scanning
+
+        for batch in _regroup(chunks(), batch_size):
+            yield self._layout.to_model(batch)
+
+    @property
+    def dataset(self) -> Dataset:
+        """The checked dataset's summary; only once :meth:`batches` has been read to the end."""
+        if self._dataset is None:
+            raise DataError("the data was not read to the end, so it has no fingerprint yet.")
+        return self._dataset
+
+
+def _scanned_source(
+    spec: str | os.PathLike[str],
+    model: ModelInfo,
+    role: str,
+    search_path: str | os.PathLike[str] | None,
+    max_samples: int,
+    timeout_s: float,
+    progress: DataProgress | None,
+    layout: InputLayout | None,
+    *,
+    shapes_first: bool = False,
+) -> Generator[Feeds, None, Dataset]:
+    """The chunks of the data named by ``spec``, checked and fingerprinted (:func:`_scanned`)."""
     text = os.fspath(spec)
     report = progress or _silent
     layout = layout or InputLayout()
@@ -275,7 +353,7 @@ def load_dataset(
         # samples on axis 0 of the file's array (no sample axes): a .npy can be read a block of rows at once
         chunks = _file_chunks(Path(text), layout.data_view(model), role, max_samples, blocks=layout.trivial)
     report(f"reading {role} data {text}")
-    return _scan(
+    return _scanned(
         layout.sample_first(chunks, text),
         text,
         model,
@@ -283,6 +361,7 @@ def load_dataset(
         max_samples=max_samples,
         progress=report,
         layout=layout,
+        shapes_first=shapes_first,
     )
 
 
@@ -661,6 +740,37 @@ def _scan(
 ) -> Dataset:
     """One pass: count samples, check chunks (samples on axis 0; against ``model`` as ``layout`` lays its
     inputs out, if given), fingerprint the content."""
+    return _drain(
+        _scanned(chunks, source, model, role, max_samples=max_samples, progress=progress, layout=layout)
+    )
+
+
+def _drain(scanning: Generator[Feeds, None, Dataset]) -> Dataset:
+    """Run a scan to its end; its dataset."""
+    while True:
+        try:
+            next(scanning)
+        except StopIteration as done:
+            dataset: Dataset = done.value
+            return dataset
+
+
+def _scanned(
+    chunks: Callable[[], Iterator[Feeds]],
+    source: str,
+    model: ModelInfo | None = None,
+    role: str = "calibration",
+    *,
+    max_samples: int | None = None,
+    progress: DataProgress = _silent,
+    layout: InputLayout | None = None,
+    shapes_first: bool = False,
+) -> Generator[Feeds, None, Dataset]:
+    """Yield each chunk once it is checked and folded into the fingerprint; return the dataset (its count,
+    fingerprint and distinct samples) at the end. With ``shapes_first`` the per-sample shapes are checked
+    against ``model`` at the first chunk, so that a consumer never receives data of the wrong shape; the
+    sample count (a fixed batch axis needs whole batches) is checked at the end, before the generator
+    returns."""
     layout = layout or InputLayout()
     if model is not None:
         model = layout.data_view(model)
@@ -679,9 +789,13 @@ def _scan(
             names = names or tuple(sorted(chunk))
             if max_samples is not None and total > max_samples:
                 raise DataError(_too_many(source, f"the {role} data holds", max_samples))
+            if shapes_first and index == 0 and model is not None:
+                for tensor in model.inputs:
+                    _check_shape(source, tensor, shapes[tensor.name])
             if time.monotonic() - reported >= PROGRESS_INTERVAL_S:
                 progress(f"read {total} samples of {source}")
                 reported = time.monotonic()
+            yield chunk
     finally:
         close = getattr(stream, "close", None)
         if callable(close):  # a loader stopped at the cap or at an error stops producing now

@@ -18,6 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 from pytest_int8gate import __version__
 from pytest_int8gate.calibrate import INT8_MAX, CalibrationTable, read_trt_cache
 from pytest_int8gate.cli import main, parse_overrides
+from pytest_int8gate.data import load_dataset, read_once
 from pytest_int8gate.errors import Int8GateError
 from pytest_int8gate.graph import load_model
 
@@ -407,3 +408,101 @@ def test_calibrate_piped_into_a_reader_that_leaves_still_writes_the_table(tmp_pa
     assert process.wait(timeout=120) == 2
     assert stderr == ""
     assert CalibrationTable.load(table).amax
+
+
+# ---- int8gate calibrate reads its data once: checked and fingerprinted as the pass reads it --------------
+
+
+def _npy_folder(folder: Path, *parts: np.ndarray) -> Path:
+    """A folder of .npy files, read one file (one chunk) at a time, in name order."""
+    folder.mkdir()
+    for index, part in enumerate(parts):
+        np.save(folder / f"{index:02d}.npy", part)
+    return folder
+
+
+def test_calibrate_fingerprints_its_data_in_the_one_pass_it_reads(
+    tmp_path: Path, mlp: tuple[Path, Path, np.ndarray], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The table's fingerprint and sample count are those of a separate scan of the same data (one .npz, or a
+    folder of chunks), and a changed sample changes the fingerprint."""
+    model, data, x = mlp
+    folder = _npy_folder(tmp_path / "chunks", x[:15], x[15:16], x[16:])
+    info = load_model(model).info
+    fingerprints = set()
+    for source in (data, folder):
+        expected = load_dataset(str(source), info, role="calibration")
+        table_path = tmp_path / f"{source.name}.json"
+        assert _calibrate(model, source, table_path) == 0
+        table = CalibrationTable.load(table_path)
+        assert table.data_fingerprint == expected.fingerprint
+        assert table.num_samples == expected.num_samples == 40
+        fingerprints.add(table.data_fingerprint)
+    changed = x.copy()
+    changed[39, 0] += 1.0
+    np.save(folder / "02.npy", changed[16:])
+    assert _calibrate(model, folder, tmp_path / "changed.json") == 0
+    assert CalibrationTable.load(tmp_path / "changed.json").data_fingerprint not in fingerprints
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("where", ["first chunk", "last chunk"])
+def test_calibrate_refuses_a_non_finite_sample_wherever_it_is_and_writes_no_table(
+    tmp_path: Path, mlp: tuple[Path, Path, np.ndarray], capsys: pytest.CaptureFixture[str], where: str
+) -> None:
+    model, _, x = mlp
+    bad = x.copy()
+    bad[0 if where == "first chunk" else -1, 2] = np.nan
+    folder = _npy_folder(tmp_path / "chunks", bad[:20], bad[20:])
+    table = tmp_path / "t.json"
+    assert _calibrate(model, folder, table) == 2
+    line = _error_line(capsys.readouterr().err)
+    sample = "sample 0" if where == "first chunk" else "sample 39"
+    assert "holds NaN or Inf" in line and sample in line
+    assert not table.exists()
+    # its benign twin calibrates
+    assert _calibrate(model, _npy_folder(tmp_path / "good", x[:20], x[20:]), table) == 0
+
+
+def test_calibrate_refuses_data_of_the_wrong_shape_before_running_the_model(
+    tmp_path: Path, mlp: tuple[Path, Path, np.ndarray], capsys: pytest.CaptureFixture[str]
+) -> None:
+    model, _, _ = mlp
+    data = tmp_path / "wide.npy"
+    np.save(data, np.zeros((8, 5), np.float32))  # the model takes [N, 4]
+    assert _calibrate(model, data, tmp_path / "t.json") == 2
+    line = _error_line(capsys.readouterr().err)
+    assert "wide.npy" in line and "'x'" in line and "ONNX Runtime" not in line
+
+
+def test_a_fixed_batch_model_still_refuses_a_partial_batch_in_one_sentence(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    w = np.random.default_rng(3).normal(size=(4, 2)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")],
+        "fixed",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, 2])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    model = tmp_path / "fixed.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(model))
+    data = tmp_path / "x.npy"
+    np.save(data, np.random.default_rng(4).normal(size=(20, 4)).astype(np.float32))
+    table = tmp_path / "t.json"
+    assert _calibrate(model, data, table) == 2
+    line = _error_line(capsys.readouterr().err)
+    assert "do not fill whole batches of 8" in line and not table.exists()
+    np.save(data, np.random.default_rng(4).normal(size=(16, 4)).astype(np.float32))
+    assert _calibrate(model, data, table) == 0
+
+
+def test_a_one_pass_read_has_no_summary_before_its_end(mlp: tuple[Path, Path, np.ndarray]) -> None:
+    model, data, _ = mlp
+    read = read_once(str(data), load_model(model).info)
+    with pytest.raises(Int8GateError, match="not read to the end"):
+        _ = read.dataset
+    batches = list(read.batches(16))
+    assert [len(b["x"]) for b in batches] == [16, 16, 8]
+    assert read.dataset.num_samples == 40
