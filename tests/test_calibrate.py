@@ -36,6 +36,7 @@ from pytest_int8gate.calibrate import (
     pass_workers,
     percentile_amax,
     read_trt_cache,
+    skip_reason,
     trt_version_number,
 )
 from pytest_int8gate.errors import CalibrationError, DataError
@@ -674,3 +675,14 @@ def test_nan_inputs_are_counted_and_the_tensor_skipped(
     with pytest.raises(CalibrationError, match=r"'x'.*non-finite"):
         table.amax_for("x", "entropy")
     assert "x" not in table.to_trt_cache()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_batches_of_no_samples_give_statistics_that_saw_nothing(
+    mlp: tuple[onnx.ModelProto, np.ndarray, np.ndarray], workers: int
+) -> None:
+    empty = [{"x": np.zeros((0, 6), np.float32)}]
+    result = collect_statistics(mlp[0], ["x", "hidden"], empty, workers=workers)
+    assert result.num_samples == 0
+    assert all(stats.count == 0 for stats in result.tensors.values())
+    assert skip_reason(result.tensors["hidden"]) == "no values seen in the calibration pass"
