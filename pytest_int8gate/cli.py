@@ -341,7 +341,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
         side_by_side, kernel = "", f"{HISTOGRAM_KERNEL} histograms"
     print(f"  fp32 pass     {stats.fp32_pass_s:8.3f} s  (time inside ONNX Runtime{side_by_side}{steps})")
     print(f"  statistics    {stats.statistics_s:8.3f} s  ({kernel})")
-    print(f"  pass in all   {stats.pass_wall_s:8.3f} s  (data reading included)")
+    print(f"  pass in all   {stats.pass_wall_s:8.3f} s  (reading, checking, fingerprinting the data)")
     print(f"  other         {other_s:8.3f} s  (session build, calibrators)")
     print(f"  total         {total_s:8.3f} s")
     if table.amax:

@@ -74,7 +74,8 @@ def test_speed_benchmark_measures_every_figure_on_a_tiny_network(
         assert heading in text, heading
     assert "### Calibration of a ResNet-18-shaped network" in text
     assert sum("calibration in the loop" in f.what for f in figures) == 2  # the small and the realistic net
-    timing = bench_speed._TIMING_LINE.match("  pass in all      2.424 s  (data reading included)")
+    line = "  pass in all      2.424 s  (reading, checking, fingerprinting the data)"
+    timing = bench_speed._TIMING_LINE.match(line)
     assert timing is not None and (timing["name"], timing["seconds"]) == ("pass in all", "2.424")
 
 
