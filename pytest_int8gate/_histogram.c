@@ -7,8 +7,8 @@
  *   counts       C-contiguous writable int64 buffer of the histogram's bins (added to)
  *   lanes        C-contiguous writable uint32 buffer of LANES * len(counts) zeros, left zero on return
  *   factor       the grid's bins per unit, a power of two exactly representable in float32
- *   reach        how many bins from 0 the values can reach (<= len(counts)): only those are folded and
- *                cleared, which keeps a call on a small tensor cheap
+ *   reach        how many bins from 0 the values can reach (<= len(counts) < 2**31): only those are folded
+ *                and cleared, which keeps a call on a small tensor cheap
  * A value outside [0, reach) after scaling (NaN included) is not counted and raises ValueError after the
  * pass: no write is ever out of bounds whatever the caller passes.
  */
@@ -35,6 +35,14 @@ static int get_buffer(PyObject *object, Py_buffer *view, int writable, Py_ssize_
         return -1;
     }
     return 0;
+}
+
+/* Whether a buffer's struct format is one item, in native byte order, of one of the type codes given (the item
+ * sizes are checked apart): a big-endian int64 buffer must not be counted into as if it were native. */
+static int native_format(const char *format, const char *codes) {
+    if (format == NULL) return 0;
+    if (format[0] == '@' || format[0] == '=' || format[0] == (PY_LITTLE_ENDIAN ? '<' : '>')) format++;
+    return format[0] != '\0' && format[1] == '\0' && strchr(codes, format[0]) != NULL;
 }
 
 /* Values are scaled and converted STAGE at a time in a loop the compiler vectorises, then counted. */
@@ -105,12 +113,14 @@ static PyObject *add_counts(PyObject *self, PyObject *args) {
     }
     Py_ssize_t n = values.len / 4, bins = counts.len / 8;
     const char *error = NULL;
-    if (strcmp(values.format, "f") != 0 && strcmp(values.format, "<f") != 0 && strcmp(values.format, "=f") != 0)
-        error = "values must be float32";
-    else if (strchr("lq", counts.format[strlen(counts.format) - 1]) == NULL)
-        error = "counts must be int64";
-    else if (strchr("IL", lanes.format[strlen(lanes.format) - 1]) == NULL)
-        error = "lanes must be uint32";
+    if (!native_format(values.format, "f"))
+        error = "values must be float32 in native byte order";
+    else if (!native_format(counts.format, "lq"))
+        error = "counts must be int64 in native byte order";
+    else if (!native_format(lanes.format, "IL"))
+        error = "lanes must be uint32 in native byte order";
+    else if (bins > INT32_MAX) /* count_block's bin indices are int32 */
+        error = "counts must hold fewer than 2**31 bins";
     else if (bins < 1 || lanes.len / 4 != (Py_ssize_t)LANES * bins)
         error = "lanes must hold LANES * len(counts) counters";
     else if (reach < 0 || reach > bins)

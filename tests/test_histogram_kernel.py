@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -191,6 +193,10 @@ def test_the_kernel_refuses_values_off_its_grid_and_writes_nothing_out_of_bounds
         (np.ones(4, np.float32), np.zeros(8, np.int64), np.zeros(32, np.uint32), 0.1, 8, "factor"),
         (np.ones(4, np.float32), np.zeros(8, np.int64), np.zeros(32, np.uint32), -1.0, 8, "factor"),
         (np.ones(8, np.float32)[::2], np.zeros(8, np.int64), np.zeros(32, np.uint32), 1.0, 8, "contiguous"),
+        # counts and lanes in the other byte order (values in it are refused as not float32 already)
+        (np.ones(4, np.float32), np.zeros(8, ">i8"), np.zeros(32, np.uint32), 1.0, 8, "int64 in native"),
+        (np.ones(4, np.float32), np.zeros(8, np.int64), np.zeros(32, ">u4"), 1.0, 8, "uint32 in native"),
+        (np.ones(4, ">f4"), np.zeros(8, np.int64), np.zeros(32, np.uint32), 1.0, 8, "float32 in native"),
     ],
 )
 def test_the_kernel_checks_its_arguments(
@@ -216,3 +222,40 @@ def test_the_numpy_path_runs_where_the_kernel_is_not_built() -> None:
     )
     assert counts == expected.tolist()
     assert math.isclose(width, 4.0 / HIST_BINS)
+
+
+HUGE_COUNTS = """
+import importlib.util, mmap, sys
+import numpy as np
+
+spec = importlib.util.spec_from_file_location("_histogram", sys.argv[1])
+kernel = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(kernel)
+bins = (1 << 31) + (1 << 20)  # more bins than an int32 index reaches: 16 GiB of counts, 32 GiB of lanes
+flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0x4000)
+try:  # address space only: the kernel must refuse them before touching a page
+    counts = np.frombuffer(mmap.mmap(-1, bins * 8, flags=flags), np.int64)
+    lanes = np.frombuffer(mmap.mmap(-1, bins * 16, flags=flags), np.uint32)
+except (OSError, OverflowError, ValueError):
+    sys.exit(77)
+try:
+    kernel.add_counts(np.full(4096, 2.0**31 + 256, np.float32), counts, lanes, 1.0, bins)
+except ValueError as exc:
+    print(exc)
+"""
+
+
+def test_the_kernel_refuses_more_bins_than_its_indices_reach(kernel: ModuleType, tmp_path: Path) -> None:
+    """Bins at and above 2**31 would take a negative int32 index (a write before the lanes: a crash, run in
+    a process of its own here). The buffers are mapped, not allocated: nothing is touched."""
+    if not hasattr(kernel, "__file__") or sys.maxsize < 2**40:
+        pytest.skip("needs the kernel as a file and a 64-bit address space")
+    script = tmp_path / "huge.py"
+    script.write_text(HUGE_COUNTS)
+    done = subprocess.run(
+        [sys.executable, str(script), str(kernel.__file__)], capture_output=True, text=True, timeout=60
+    )
+    if done.returncode == 77:
+        pytest.skip("this machine does not map 48 GiB of address space")
+    assert done.returncode == 0, f"exit {done.returncode}: {done.stderr[-400:]}"
+    assert done.stdout.strip() == "counts must hold fewer than 2**31 bins"
