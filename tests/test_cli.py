@@ -506,3 +506,18 @@ def test_a_one_pass_read_has_no_summary_before_its_end(mlp: tuple[Path, Path, np
     batches = list(read.batches(16))
     assert [len(b["x"]) for b in batches] == [16, 16, 8]
     assert read.dataset.num_samples == 40
+
+
+def test_calibrate_writes_the_same_table_whatever_the_inferences_side_by_side(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--threads 1 runs the pass as one inference; 3 and 4 spread its steps over as many inferences side by
+    side, each with statistics of its own: the tables (every calibrator's amax) are the same bytes."""
+    tables = []
+    for threads in (1, 3, 4):
+        table = tmp_path / f"t{threads}.json"
+        assert _calibrate(DIGITS, CALIB, table, "--threads", str(threads)) == 0
+        side_by_side = f"summed over {threads} inferences side by side"
+        assert (side_by_side in capsys.readouterr().out) is (threads > 1)
+        tables.append(table.read_bytes())
+    assert tables[0] == tables[1] == tables[2]
