@@ -15,7 +15,7 @@ import pytest
 from example_files import CALIB, DIGITS, EVAL, LABELS, OUTLIER
 from onnx import TensorProto, helper, numpy_helper
 
-from pytest_int8gate import __version__
+from pytest_int8gate import __version__, calibrate
 from pytest_int8gate.calibrate import INT8_MAX, CalibrationTable, read_trt_cache
 from pytest_int8gate.cli import main, parse_overrides
 from pytest_int8gate.data import load_dataset, read_once
@@ -517,7 +517,8 @@ def test_calibrate_writes_the_same_table_whatever_the_inferences_side_by_side(
     for threads in (1, 3, 4):
         table = tmp_path / f"t{threads}.json"
         assert _calibrate(DIGITS, CALIB, table, "--threads", str(threads)) == 0
-        side_by_side = f"summed over {threads} inferences side by side"
-        assert (side_by_side in capsys.readouterr().out) is (threads > 1)
+        out = capsys.readouterr().out
+        assert (f"summed over {threads} inferences side by side" in out) is (threads > 1)
+        assert f"{calibrate.HISTOGRAM_KERNEL} histograms)" in out  # which binning ran, as README says
         tables.append(table.read_bytes())
     assert tables[0] == tables[1] == tables[2]
