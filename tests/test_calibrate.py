@@ -6,7 +6,11 @@ import json
 import math
 import random
 import struct
+import threading
+import time
 import tracemalloc
+import weakref
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +21,7 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 from pytest_int8gate import __version__
+from pytest_int8gate.backends.onnxruntime import OrtRunner
 from pytest_int8gate.calibrate import (
     CALIBRATORS,
     HIST_BINS,
@@ -564,6 +569,40 @@ def test_steps_and_workers_do_not_change_the_statistics(
         assert run.num_samples == 40
         for name in ("x", "hidden", "y"):
             assert snapshot(run.tensors[name]) == snapshot(runs[0].tensors[name])
+
+
+@pytest.mark.parametrize("workers", [1, 2, 4])
+def test_at_most_one_step_per_worker_holds_its_activations(
+    mlp: tuple[onnx.ModelProto, np.ndarray, np.ndarray], monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    """Memory of the side-by-side pass: the activations ONNX Runtime returns for a step are freed before
+    the step after the next ``workers`` ones runs (each step is held a little longer than it takes)."""
+    model, _, _ = mlp
+    alive = peak = 0
+    lock = threading.Lock()
+    run = OrtRunner.run
+
+    def released() -> None:
+        nonlocal alive
+        with lock:
+            alive -= 1
+
+    def counted_run(self: OrtRunner, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        nonlocal alive, peak
+        outputs = run(self, feeds)
+        with lock:
+            alive += 1
+            peak = max(peak, alive)
+        weakref.finalize(outputs["hidden"], released)
+        time.sleep(0.002)
+        return outputs
+
+    monkeypatch.setattr(OrtRunner, "run", counted_run)
+    rng = np.random.default_rng(23)
+    batches = [{"x": rng.standard_normal((8, 6)).astype(np.float32)} for _ in range(8)]
+    result = collect_statistics(model, ["x", "hidden"], batches, activation_budget=1, workers=workers)
+    assert result.num_samples == 64 and result.workers == workers
+    assert 1 <= peak <= workers
 
 
 def test_the_pass_runs_one_single_threaded_inference_per_cpu_within_memory() -> None:
