@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -522,3 +523,32 @@ def test_calibrate_writes_the_same_table_whatever_the_inferences_side_by_side(
         assert f"{calibrate.HISTOGRAM_KERNEL} histograms)" in out  # which binning ran, as README says
         tables.append(table.read_bytes())
     assert tables[0] == tables[1] == tables[2]
+
+
+def test_calibrate_interrupted_mid_pass_stops_at_once_and_writes_no_table(
+    tmp_path: Path, mlp: tuple[Path, Path, np.ndarray]
+) -> None:
+    """Ctrl-C while the side-by-side pass has steps on its workers: one line, exit 130, no table and no
+    traceback. The loader interrupts its own process part-way through the data."""
+    model, _, _ = mlp
+    (tmp_path / "interrupting.py").write_text(
+        "import os, signal\n"
+        "import numpy as np\n"
+        "def batches():\n"
+        "    for seed in range(400):\n"
+        "        if seed == 20:\n"
+        "            os.kill(os.getpid(), signal.SIGINT)\n"
+        "        yield {'x': np.random.default_rng(seed).normal(size=(64, 4)).astype(np.float32)}\n"
+    )
+    table = tmp_path / "t.json"
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path}
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest_int8gate.cli", "calibrate", str(model), "--data",
+         "interrupting:batches", "--out", str(table), "--threads", "4"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+        # Python turns SIGINT into KeyboardInterrupt only where it is not ignored (a background job's is)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    assert (done.returncode, done.stderr) == (130, "int8gate: interrupted\n")
+    assert not table.exists()
