@@ -552,3 +552,21 @@ def test_calibrate_interrupted_mid_pass_stops_at_once_and_writes_no_table(
     )  # fmt: skip
     assert (done.returncode, done.stderr) == (130, "int8gate: interrupted\n")
     assert not table.exists()
+
+
+def test_calibrate_loads_no_repair_equalization_or_smoothquant_code(tmp_path: Path) -> None:
+    """`int8gate calibrate` is the command a speed-minded user runs most: the repair rungs stay unloaded."""
+    argv = ["calibrate", str(DIGITS), "--data", str(CALIB), "--out", str(tmp_path / "t.json")]
+    script = (
+        "import sys\n"
+        "from pytest_int8gate.cli import main\n"
+        f"assert main({argv!r}) == 0\n"
+        "heavy = ('equalize', 'smoothquant', 'repair', 'bias_correction', 'search', 'pipeline')\n"
+        "print(sorted(name for name in heavy if f'pytest_int8gate.{name}' in sys.modules))\n"
+    )
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    done = subprocess.run(
+        [sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": path}, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-600:]
+    assert done.stdout.splitlines()[-1] == "[]"
