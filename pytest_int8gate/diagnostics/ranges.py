@@ -71,8 +71,8 @@ class ActivationProbe(ExposedModel):
         """Each tensor's range and clipping over ``batches``, run in steps of as many samples as keep the
         exposed activations within calibration's budget (a batch of 32 large activations would cost
         gigabytes; ranges and counts do not depend on how the samples are split). With more than one CPU a
-        step's ranges are taken on a worker thread while ONNX Runtime runs the next step, as calibration
-        does (two steps' activations alive at most)."""
+        step's ranges are taken on a worker thread while ONNX Runtime runs the next step (two steps'
+        activations alive at most)."""
         ranges = {name: ActivationRange() for name in self.tensors}
 
         def update(values: Mapping[str, np.ndarray]) -> None:
