@@ -183,3 +183,13 @@ def test_progress_reports_each_stage(tmp_path: Path) -> None:
     stages: list[str] = []
     GatePipeline(spec(tmp_path / "cache"), progress=lambda stage, _message: stages.append(stage)).run()
     assert {"calibrate", "build", "evaluate"} <= set(stages)
+
+
+def test_the_calibration_table_is_the_same_whatever_the_inferences_side_by_side() -> None:
+    """threads 1: one inference; 3 and 4: the pass's steps spread over as many, each with its own histograms.
+    The gate's table (every calibrator's amax, fingerprint, sample count) is the same document."""
+    documents = []
+    for threads in (1, 3, 4):
+        with GatePipeline(spec(None, threads=threads)) as pipeline:
+            documents.append(pipeline.table.to_json())
+    assert documents[0] == documents[1] == documents[2]
