@@ -199,6 +199,25 @@ def test_the_benign_model_passes_and_the_planted_outlier_fails(files: Path) -> N
     assert any(r.output == "stateN" and not r.passed for r in verdicts["vad_outlier.onnx"].results)
 
 
+def test_its_calibration_table_is_the_same_whatever_the_inferences_side_by_side(files: Path) -> None:
+    """A constant and a state with its samples on axis 1 make each batch one step (run whole): spread over
+    1, 3 or 4 inferences side by side, the steps give the same table."""
+    documents = []
+    for threads in (1, 3, 4):
+        spec = GateSpec(
+            model=files / "vad.onnx",
+            calib_data=str(files / "calib.npz"),
+            eval_data=str(files / "eval.npz"),
+            constants={"sr": 16000},
+            sample_axes={"state": 1},
+            bisect=False,
+            threads=threads,
+        )
+        with GatePipeline(spec) as pipeline:
+            documents.append(pipeline.table.to_json())
+    assert documents[0] == documents[1] == documents[2]
+
+
 def test_the_command_line_gates_it(files: Path, capsys: pytest.CaptureFixture[str]) -> None:
     base = ["check", "--calib-data", str(files / "calib.npz"), "--eval-data", str(files / "eval.npz")]
     layout = ["--const", "sr=16000", "--sample-axis", "state=1", "--no-bisect"]
