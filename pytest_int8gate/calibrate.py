@@ -60,7 +60,9 @@ QUANTIZED_LEVELS = 128
 MSE_CANDIDATES = 256
 
 TABLE_FORMAT = "pytest-int8gate calibration table"
-TABLE_FORMAT_VERSION = 1
+#: 2: data fingerprints digest each sample with BLAKE3 (1: SHA-256). A table of another version is refused
+#: as such, not as one whose data changed.
+TABLE_FORMAT_VERSION = 2
 TRT_CACHE_ALGORITHM = "EntropyCalibration2"
 
 _HISTOGRAM_SHIFT = HIST_BINS.bit_length() - 1
@@ -295,6 +297,8 @@ def _merge_pairs(counts: np.ndarray, times: int) -> np.ndarray:
 MAX_PASS_WORKERS = 4
 #: Histogram bytes the workers' own statistics may hold together (each keeps its own until they are merged).
 WORKER_STATISTICS_BYTES = 64 << 20
+#: Exposed-activation bytes the steps in flight may hold together (see :func:`in_flight_steps`).
+IN_FLIGHT_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -327,6 +331,13 @@ class _Worker:
     scratch: HistogramScratch
     fp32_s: float = 0.0
     statistics_s: float = 0.0
+
+
+def in_flight_steps(workers: int, step_bytes: int) -> int:
+    """Steps the pass keeps in flight: one per worker while their activations fit in
+    :data:`IN_FLIGHT_BYTES`, and never fewer than two (the most a step as large as a whole fixed batch of a
+    detector, gigabytes, can afford; workers then wait rather than hold more)."""
+    return max(min(workers, 2), min(workers, IN_FLIGHT_BYTES // max(step_bytes, 1)))
 
 
 def pass_workers(tensors: int, threads: int = 0) -> tuple[int, int]:
@@ -363,8 +374,9 @@ def collect_statistics(
     step (no barrier per operator), and the statistics fill the same cores instead of preempting ONNX
     Runtime's threads: measured on 2 cores at one sample a step, the pass with statistics took 1.2-1.4x
     the bare pass on ResNet-style networks, against 1.5-1.9x for intra-op threads with statistics on a
-    thread beside them. At most ``workers`` steps' activations are alive at once, and each worker keeps
-    one set of histograms; memory does not depend on the number of samples.
+    thread beside them. At most ``workers`` steps' activations are alive at once, fewer when they would
+    exceed :data:`IN_FLIGHT_BYTES` (:func:`in_flight_steps`), and each worker keeps one set of histograms;
+    memory does not depend on the number of samples.
 
     A step runs after the iterator has moved on, so a batch's arrays must stay as they are until the pass
     returns: a source that refills one buffer for every batch must yield copies (the data module's
@@ -440,6 +452,7 @@ def collect_statistics(
         else None
     )
     pending: deque[Future[int]] = deque()
+    window = 0  # steps in flight at once: set by the first step
     try:
         for index, batch in enumerate(batches):
             if not isinstance(batch, Mapping):
@@ -463,13 +476,18 @@ def collect_statistics(
                     batch if whole else {key: value[start : start + count] for key, value in batch.items()}
                 )
                 largest_step = max(largest_step, size if whole else count)
-                if step is None:  # the first sample, waited for: how many fit in the budget
+                if window == 0:  # the first step, run alone: how many samples fit in the budget, and how
+                    # many steps of that size may be in flight
                     measured = pool.submit(run_step, feeds).result() if pool is not None else run_step(feeds)
-                    step = max(1, activation_budget // max(measured, 1))
+                    step_bytes = measured
+                    if step is None:  # one sample was measured
+                        step = max(1, activation_budget // max(measured, 1))
+                        step_bytes = measured * step
+                    window = in_flight_steps(workers, step_bytes)
                 elif pool is None:
                     run_step(feeds)
                 else:
-                    if len(pending) >= workers:  # at most one step in hand per worker
+                    if len(pending) >= window:  # at most one step in hand per worker, within the bytes
                         pending.popleft().result()
                     pending.append(pool.submit(run_step, feeds))
                 start += count

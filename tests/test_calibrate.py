@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 from pytest_int8gate import __version__
+from pytest_int8gate import calibrate as calibrate_module
 from pytest_int8gate.backends.onnxruntime import OrtRunner
 from pytest_int8gate.calibrate import (
     CALIBRATORS,
@@ -37,6 +38,7 @@ from pytest_int8gate.calibrate import (
     collect_statistics,
     compute_amax,
     entropy_amax,
+    in_flight_steps,
     mse_amax,
     pass_workers,
     percentile_amax,
@@ -571,13 +573,9 @@ def test_steps_and_workers_do_not_change_the_statistics(
             assert snapshot(run.tensors[name]) == snapshot(runs[0].tensors[name])
 
 
-@pytest.mark.parametrize("workers", [1, 2, 4])
-def test_at_most_one_step_per_worker_holds_its_activations(
-    mlp: tuple[onnx.ModelProto, np.ndarray, np.ndarray], monkeypatch: pytest.MonkeyPatch, workers: int
-) -> None:
-    """Memory of the side-by-side pass: the activations ONNX Runtime returns for a step are freed before
-    the step after the next ``workers`` ones runs (each step is held a little longer than it takes)."""
-    model, _, _ = mlp
+def peak_steps_alive(model: onnx.ModelProto, monkeypatch: pytest.MonkeyPatch, workers: int) -> int:
+    """The most steps whose activations ONNX Runtime returned and the pass still held, at once, over 64
+    samples in steps of one (each step is held a little longer than it takes)."""
     alive = peak = 0
     lock = threading.Lock()
     run = OrtRunner.run
@@ -602,7 +600,16 @@ def test_at_most_one_step_per_worker_holds_its_activations(
     batches = [{"x": rng.standard_normal((8, 6)).astype(np.float32)} for _ in range(8)]
     result = collect_statistics(model, ["x", "hidden"], batches, activation_budget=1, workers=workers)
     assert result.num_samples == 64 and result.workers == workers
-    assert 1 <= peak <= workers
+    return peak
+
+
+@pytest.mark.parametrize("workers", [1, 2, 4])
+def test_at_most_one_step_per_worker_holds_its_activations(
+    mlp: tuple[onnx.ModelProto, np.ndarray, np.ndarray], monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    """Memory of the side-by-side pass: the activations ONNX Runtime returns for a step are freed before
+    the step after the next ``workers`` ones runs."""
+    assert 1 <= peak_steps_alive(mlp[0], monkeypatch, workers) <= workers
 
 
 def test_the_pass_runs_one_single_threaded_inference_per_cpu_within_memory() -> None:
@@ -725,3 +732,35 @@ def test_batches_of_no_samples_give_statistics_that_saw_nothing(
     assert result.num_samples == 0
     assert all(stats.count == 0 for stats in result.tensors.values())
     assert skip_reason(result.tensors["hidden"]) == "no values seen in the calibration pass"
+
+
+def test_steps_in_flight_are_bounded_by_their_bytes() -> None:
+    gib = 1 << 30
+    assert in_flight_steps(4, 4 << 20) == 4  # small steps: one per worker
+    assert in_flight_steps(4, gib // 3) == 3
+    assert in_flight_steps(4, 4 * gib) == 2  # a whole fixed batch of gigabytes: two, as the pass always held
+    assert in_flight_steps(1, 4 * gib) == 1
+
+
+def test_large_steps_keep_fewer_in_flight_than_workers(
+    mlp: tuple[onnx.ModelProto, np.ndarray, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With every step over the in-flight bytes, four workers hold at most two steps' activations."""
+    monkeypatch.setattr(calibrate_module, "IN_FLIGHT_BYTES", 1)
+    assert 1 <= peak_steps_alive(mlp[0], monkeypatch, 4) <= 2
+
+
+def test_a_table_fingerprinted_the_earlier_way_is_refused_as_such(
+    mlp: tuple[onnx.ModelProto, np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    """Tables of format 1 fingerprinted data with SHA-256: one is refused for its format, never reported as
+    a table whose data changed (its own fingerprint cannot match today's)."""
+    batches = [{"x": np.random.default_rng(14).standard_normal((8, 6)).astype(np.float32)}]
+    table, _ = calibrate(mlp[0], ["x", "hidden"], batches, model_hash="m", data_fingerprint="d")
+    document = json.loads(table.to_json())
+    assert document["format_version"] == 2
+    document["format_version"] = 1
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(document))
+    with pytest.raises(CalibrationError, match=r"format version 1 is not 2; recalibrate"):
+        CalibrationTable.load(path, model_hash="m", data_fingerprint="another")
