@@ -442,8 +442,12 @@ def _npy_row_blocks(path: Path, name: str, max_rows: int) -> Iterator[Feeds]:
         row_shape = tuple(shape[1:])
         row_bytes = max(math.prod(row_shape) * dtype.itemsize, 1)
         rows = max(_READ_BLOCK_BYTES // row_bytes, 1)
-        if rows > DEFAULT_BATCH_SIZE:  # whole default batches: they are then views of a block, not copies
+        # whole default batches: they are then views of a block, not copies (a batch spanning two blocks is
+        # copied into new memory: measured 0.1-0.2 s per pass over 157 MB of 320 px images)
+        if rows > DEFAULT_BATCH_SIZE:
             rows -= rows % DEFAULT_BATCH_SIZE
+        elif row_bytes * DEFAULT_BATCH_SIZE <= 4 * _READ_BLOCK_BYTES:
+            rows = DEFAULT_BATCH_SIZE
         for start in range(0, shape[0], rows):
             count = min(rows, shape[0] - start)
             try:

@@ -498,7 +498,9 @@ def test_reading_a_npy_keeps_memory_flat_in_its_size(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(data_module, "_READ_BLOCK_BYTES", 1 << 20)
-    images = np.random.default_rng(3).standard_normal((256, 16, 32, 32)).astype(np.float32)  # 16 MiB
+    # 32 MiB read in blocks of one default batch (2 MiB: blocks hold whole batches when a batch fits in
+    # four blocks' bytes), so that the batches are views of a block
+    images = np.random.default_rng(3).standard_normal((512, 16, 32, 32)).astype(np.float32)
     np.save(tmp_path / "images.npy", images)
     info = identity_model({"x": ["N", 16, 32, 32]})
     tracemalloc.start()
@@ -506,5 +508,21 @@ def test_reading_a_npy_keeps_memory_flat_in_its_size(
     count = sum(batch["x"].shape[0] for batch in dataset.batches(8))
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    assert count == 256 and dataset.distinct_samples == 256
+    assert count == 512 and dataset.distinct_samples == 512
     assert peak < images.nbytes / 4, peak
+
+
+def test_a_npy_of_large_samples_is_read_in_whole_default_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Samples so large that a block holds fewer than a default batch: the blocks hold one batch each, so
+    that no batch spans two blocks and is copied (a 320 px image is 1.2 MB against 32 MiB blocks)."""
+    monkeypatch.setattr(data_module, "_READ_BLOCK_BYTES", 1 << 20)
+    images = np.random.default_rng(4).standard_normal((80, 16, 32, 32)).astype(np.float32)  # 64 KiB each
+    np.save(tmp_path / "images.npy", images)
+    dataset = load_dataset(tmp_path / "images.npy", identity_model({"x": ["N", 16, 32, 32]}))
+    assert [len(chunk["x"]) for chunk in dataset.chunks()] == [32, 32, 16]
+    batches = list(dataset.batches(DEFAULT_BATCH_SIZE))
+    assert [len(batch["x"]) for batch in batches] == [32, 32, 16]
+    assert all(batch["x"].base is not None for batch in batches)  # views of a block, not copies
+    np.testing.assert_array_equal(np.concatenate([batch["x"] for batch in batches]), images)
