@@ -242,3 +242,21 @@ def test_without_tensorrt_auto_falls_back_and_tensorrt_is_an_error() -> None:
     with pytest.raises(BackendError, match="tensorrt was requested but") as info:
         get_backend("tensorrt")
     assert reason in str(info.value)
+
+
+def test_a_run_failure_is_reported_once_as_one_sentence(capfd: pytest.CaptureFixture[str]) -> None:
+    """ONNX Runtime logs a failing kernel on the process's stderr by itself; the runner keeps that quiet, so
+    the user reads the failure once, as the BackendError's sentence."""
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["data", "index"], ["y"], name="lookup")],
+        "gather",
+        [helper.make_tensor_value_info("index", TensorProto.INT64, ["N"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N"])],
+        [numpy_helper.from_array(np.arange(4, dtype=np.float32), "data")],
+    )
+    runner = OrtRunner(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), precision="fp32", optimize=True
+    )
+    with pytest.raises(BackendError, match=r"failed to run the fp32 model: .*out of data bounds"):
+        runner.run({"index": np.array([7], np.int64)})
+    assert "onnxruntime" not in capfd.readouterr().err

@@ -137,7 +137,9 @@ class OrtRunner(ClosingRunner):
         for key, value in (session_config or {}).items():
             options.add_session_config_entry(key, value)
         options.graph_optimization_level = OPTIMIZATION_LEVELS[level]
-        options.log_severity_level = 3
+        # 4 (fatal only): a failure reaches the user once, as the one sentence BackendError makes of it, not
+        # also as ONNX Runtime's own coloured log line
+        options.log_severity_level = 4
         if threads:
             options.intra_op_num_threads = threads
         try:
